@@ -1,0 +1,21 @@
+"""Pure math on updates: weighted averaging and server optimisers."""
+
+from fedgpt.aggregation.fedavg import weighted_average
+from fedgpt.aggregation.server_opt import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedYogi,
+    make_server_optimizer,
+)
+
+__all__ = [
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedYogi",
+    "make_server_optimizer",
+    "weighted_average",
+]

@@ -1,0 +1,29 @@
+"""Weighted averaging of flat client deltas.
+
+FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", Algorithm 1): Δ_t = Σ_k (n_k / n) Δ_k with n = Σ_k n_k over the
+clients that reported this round.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedgpt.errors import FedGPTError
+
+
+def weighted_average(deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_k (w_k / Σ w) · deltas[k] for ``deltas`` of shape (K, P) and ``weights`` of shape (K,).
+
+    One matrix-vector product; float64 accumulation of the normalised weights.
+    """
+    if deltas.ndim != 2 or weights.shape != (deltas.shape[0],):
+        raise FedGPTError(
+            f"weighted_average: expected deltas (K, P) and weights (K,), got "
+            f"{tuple(deltas.shape)} and {tuple(weights.shape)}"
+        )
+    w = weights.to(torch.float64)
+    total = w.sum()
+    if not total > 0:
+        raise FedGPTError("weighted_average: the weights must sum to a positive number")
+    return (w / total).to(deltas.dtype) @ deltas

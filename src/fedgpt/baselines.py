@@ -1,0 +1,136 @@
+"""Baselines measured in the same run as the federation, with the same model, seed and
+evaluation:
+
+* centralized — one model trained on the pooled training text of all clients, for the
+  same number of training sequences the federation consumed (same batch size, so the
+  same number of optimiser steps), with the client optimiser settings;
+* local-only — what a site can do alone: a seeded sample of clients each train only on
+  their own text, validating every ``local_eval_every`` steps on a held-out tail of their
+  training text and stopping when it no longer helps (``local_patience``), up to the
+  per-client budget; each is evaluated on its own test split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fedgpt.client.app import ClientData, client_seed
+from fedgpt.client.trainer import evaluate_tokens, make_optimizer, train_steps
+from fedgpt.config import RunConfig
+from fedgpt.models.params import FlatModel
+
+
+def train_centralized(
+    fm: FlatModel,
+    init: torch.Tensor,
+    data: Mapping[str, ClientData],
+    cfg: RunConfig,
+    steps: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Train from ``init`` on the pooled training tokens for ``steps`` steps."""
+    start = time.perf_counter()
+    pooled = torch.cat([data[cid].train for cid in sorted(data)])
+    fm.load(init)
+    opt = make_optimizer(fm, cfg.client)
+    gen = torch.Generator().manual_seed(client_seed(cfg.seed, 0, "__centralized__"))
+    chunk = 50
+    done = 0
+    losses = []
+    while done < steps:
+        n = min(chunk, steps - done)
+        losses.append(train_steps(fm, opt, pooled, cfg.client, n, gen))
+        done += n
+        if on_progress:
+            on_progress(done)
+    info = {
+        "steps": steps,
+        "examples_seen": steps * cfg.client.batch_size,
+        "train_loss_last": float(torch.cat(losses)[-chunk:].mean()) if losses else None,
+        "seconds": time.perf_counter() - start,
+    }
+    return fm.flat.clone(), info
+
+
+def _local_one(
+    fm: FlatModel, init: torch.Tensor, d: ClientData, cfg: RunConfig, budget: int
+) -> dict:
+    b = cfg.baselines
+    n_val = max(cfg.client.seq_len + 1, int(round(d.train.numel() * b.local_val_fraction)))
+    n_val = min(n_val, d.train.numel() // 2)
+    train, val = d.train[:-n_val], d.train[-n_val:]
+    fm.load(init)
+    opt = make_optimizer(fm, cfg.client)
+    gen = torch.Generator().manual_seed(client_seed(cfg.seed, 0, "__local__/" + d.client_id))
+    seq = cfg.client.seq_len
+
+    def val_loss() -> float:
+        s, _, c = evaluate_tokens(fm.model, val, seq)
+        return s / max(c, 1)
+
+    best, best_w, best_step, bad, done = val_loss(), fm.flat.clone(), 0, 0, 0
+    while done < budget and bad < b.local_patience:
+        n = min(b.local_eval_every, budget - done)
+        train_steps(fm, opt, train, cfg.client, n, gen)
+        done += n
+        v = val_loss()
+        if v < best:
+            best, best_w, best_step, bad = v, fm.flat.clone(), done, 0
+        else:
+            bad += 1
+    fm.load(best_w)
+    s, correct, count = evaluate_tokens(fm.model, d.test, seq)
+    return {
+        "client": d.client_id,
+        "steps": done,
+        "best_step": best_step,
+        "test_loss": s / max(count, 1),
+        "test_accuracy": correct / max(count, 1),
+        "count": count,
+    }
+
+
+def train_local_only(
+    fm: FlatModel,
+    init: torch.Tensor,
+    data: Mapping[str, ClientData],
+    cfg: RunConfig,
+    client_ids: Sequence[str],
+    on_progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Local-only training of ``client_ids``; returns per-client results and their summary."""
+    start = time.perf_counter()
+    budget = cfg.baselines.local_max_steps or cfg.client.local_steps * cfg.federation.rounds
+    per_client = []
+    for cid in client_ids:
+        per_client.append(_local_one(fm, init, data[cid], cfg, budget))
+        if on_progress:
+            on_progress(cid)
+    acc = np.array([r["test_accuracy"] for r in per_client])
+    loss = np.array([r["test_loss"] for r in per_client])
+    return {
+        "test_loss_mean": float(loss.mean()),
+        "test_accuracy_mean": float(acc.mean()),
+        "test_accuracy_std": float(acc.std()),
+        "test_accuracy_min": float(acc.min()),
+        "test_accuracy_max": float(acc.max()),
+        "perplexity_mean": float(np.exp(np.minimum(loss, 50)).mean()),
+        "num_clients": len(per_client),
+        "steps_mean": float(np.mean([r["steps"] for r in per_client])),
+        "budget": budget,
+        "seconds": time.perf_counter() - start,
+        "per_client": per_client,
+    }
+
+
+def sample_local_clients(client_ids: Sequence[str], k: int, seed: int) -> tuple[list[str], bool]:
+    """A seeded sample of ``k`` clients (all of them if there are no more than ``k``)."""
+    if len(client_ids) <= k:
+        return list(client_ids), False
+    rng = np.random.default_rng([seed, 0x10CA1])
+    idx = np.sort(rng.choice(len(client_ids), size=k, replace=False))
+    return [client_ids[i] for i in idx], True

@@ -1,0 +1,182 @@
+"""The ``fedgpt`` command. Thin: parses options, calls the library, prints results.
+
+Every user mistake (a :class:`~fedgpt.errors.FedGPTError`) becomes one line on stderr
+and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedgpt.errors import ConfigError, FedGPTError
+
+app = typer.Typer(
+    name="fedgpt",
+    help="Privacy-preserving federated fine-tuning of language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect the federated data.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+
+def user_errors(fn):
+    """Turn FedGPTError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FedGPTError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML configuration file")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override a key: dotted.key=value (repeatable)"),
+]
+
+
+@app.command()
+@user_errors
+def run(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default: out_dir/name)")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue the stopped run in this folder")
+    ] = None,
+    baselines: Annotated[
+        bool | None,
+        typer.Option("--baselines/--no-baselines", help="override baselines.enabled"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="log lines, no bars")] = False,
+) -> None:
+    """Run a federated fine-tuning (default: LEAF Shakespeare, one client per role)."""
+    from fedgpt.cli.progress import QuietHooks, RichHooks
+    from fedgpt.config import load_config
+    from fedgpt.experiment import new_run_dir, resume_config, run_experiment
+
+    overrides = list(set_ or [])
+    if rounds is not None:
+        overrides.append(f"federation.rounds={rounds}")
+    if baselines is not None:
+        overrides.append(f"baselines.enabled={'true' if baselines else 'false'}")
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("--resume takes the configuration saved in the run folder; drop -c")
+        cfg = resume_config(resume, overrides)
+        run_dir = resume
+    else:
+        cfg = load_config(config, overrides)
+        run_dir = out or new_run_dir(cfg)
+    hooks = QuietHooks() if quiet else RichHooks()
+    with hooks:
+        hooks.log(f"run folder: {run_dir}")
+        summary = run_experiment(cfg, run_dir, resume=resume is not None, hooks=hooks)
+    _print_summary(summary, run_dir)
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['run_name']}: next-character test accuracy")
+    for col in ("method", "test loss", "perplexity", "accuracy"):
+        table.add_column(col)
+    fed = summary["federated"]
+    table.add_row("federated", f"{fed['test_loss']:.4f}", f"{fed['perplexity']:.2f}",
+                  f"{fed['test_accuracy']:.4f}")
+    b = summary.get("baselines") or {}
+    if b.get("centralized"):
+        c = b["centralized"]
+        table.add_row("centralized", f"{c['test_loss']:.4f}", f"{c['perplexity']:.2f}",
+                      f"{c['test_accuracy']:.4f}")
+    if b.get("local_only"):
+        lo = b["local_only"]
+        table.add_row(
+            f"local-only ({lo['num_clients']} clients, mean ± sd)",
+            f"{lo['test_loss_mean']:.4f}", f"{lo['perplexity_mean']:.2f}",
+            f"{lo['test_accuracy_mean']:.4f} ± {lo['test_accuracy_std']:.4f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"report: {run_dir / 'report.html'}  ({summary['seconds']:.0f} s)")
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the configuration (defaults, or resolved from -c/--set) as documented TOML."""
+    from fedgpt.config import load_config, to_toml
+
+    typer.echo(to_toml(load_config(config, list(set_ or [])), comments=True), nl=False)
+
+
+@data_app.command("stats")
+@user_errors
+def data_stats(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Clients and characters per client of the configured data."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedgpt.config import load_config
+    from fedgpt.data import dataset_stats
+    from fedgpt.experiment import load_clients
+
+    cfg = load_config(config, list(set_ or []))
+    stats = dataset_stats(load_clients(cfg))
+    table = Table(title=f"data: {cfg.data.source} (min_chars={cfg.data.min_chars})")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}")
+    Console().print(table)
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="run folder")],
+    data: Annotated[Path, typer.Option(help="client directory or plain text file")],
+    seq_len: Annotated[int | None, typer.Option(help="window length (default: run's)")] = None,
+) -> None:
+    """Evaluate a run's model; prints one JSON object (loss, perplexity, accuracy)."""
+    from fedgpt.inference import evaluate_run
+
+    typer.echo(json.dumps(evaluate_run(run_dir, data, seq_len)))
+
+
+@app.command()
+@user_errors
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="run folder")],
+    prompt: Annotated[str, typer.Option(help="text to continue")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate")] = 200,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.8,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+) -> None:
+    """Continue a prompt with a run's model."""
+    from fedgpt.inference import generate_text
+
+    typer.echo(generate_text(run_dir, prompt, max_new_tokens, temperature, seed))
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,80 @@
+"""The client side of the message protocol: dispatch on the message type.
+
+Each handler is a plain function of (message, local state). The local state is the
+client's own tokenised data and a model to train in; nothing else leaves the client but
+the reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedgpt.client.trainer import Failure, evaluate_tokens, local_update
+from fedgpt.config import ClientConfig
+from fedgpt.models.params import FlatModel
+from fedgpt.runtime.messages import Message
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's tokenised text."""
+
+    client_id: str
+    train: torch.Tensor
+    test: torch.Tensor
+
+
+def client_seed(run_seed: int, round: int, client_id: str) -> int:
+    """A 63-bit seed for (run, round, client), independent of sampling order."""
+    key = np.frombuffer(client_id.encode("utf-8"), dtype=np.uint8).astype(np.uint32)
+    ss = np.random.SeedSequence([run_seed, round, *key.tolist()])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class ClientApp:
+    """Handles ``train`` and ``evaluate`` messages for the clients whose data it holds."""
+
+    def __init__(self, fm: FlatModel, data: Mapping[str, ClientData], cfg: ClientConfig):
+        self.fm = fm
+        self.data = data
+        self.cfg = cfg
+
+    def __call__(self, client_id: str, msg: Message) -> Message:
+        if msg.type == "train":
+            return self.train(client_id, msg)
+        if msg.type == "evaluate":
+            return self.evaluate(client_id, msg)
+        raise ValueError(f"unknown message type {msg.type!r}")
+
+    def train(self, client_id: str, msg: Message) -> Message:
+        gen = torch.Generator().manual_seed(int(msg.config["seed"]))
+        rnd = int(msg.config["round"])
+        result = local_update(
+            self.fm, msg.tensors["weights"], self.data[client_id].train, self.cfg, gen,
+            client_id, rnd,
+        )
+        if isinstance(result, Failure):
+            return Message("train/failure", {"round": rnd, "reason": result.reason})
+        return Message(
+            "train/result",
+            {"round": rnd, "num_examples": result.num_examples, "metrics": result.metrics},
+            {"delta": result.delta},
+        )
+
+    def evaluate(self, client_id: str, msg: Message) -> Message:
+        self.fm.load(msg.tensors["weights"])
+        loss_sum, correct, count = evaluate_tokens(
+            self.fm.model,
+            self.data[client_id].test,
+            int(msg.config.get("seq_len", self.cfg.seq_len)),
+            int(msg.config.get("max_tokens", 0)),
+        )
+        return Message(
+            "evaluate/result",
+            {"round": msg.config.get("round", 0), "loss_sum": loss_sum, "correct": correct,
+             "count": count},
+        )

@@ -1,0 +1,174 @@
+"""The local trainer: one function from (global weights, client data, config, generator)
+to an :class:`Update`.
+
+Local training is mini-batch SGD or AdamW on the client's own tokens, starting from the
+global weights w_t, for ``local_steps`` steps (or ``local_epochs`` passes). With FedProx
+(Li et al. 2020, "Federated Optimization in Heterogeneous Networks", eq. 2) each client
+minimises h_k(w) = F_k(w) + (mu/2)·||w − w_t||², i.e. the gradient gains mu·(w − w_t).
+The update is the flat delta Δ_k = w_k − w_t of the trainable parameters (McMahan et al.
+2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+Algorithm 1). A non-finite loss or delta is reported as a :class:`Failure`, never
+returned as an update.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fedgpt.client.batches import eval_windows, sample_windows
+from fedgpt.config import ClientConfig
+from fedgpt.models.params import FlatModel
+
+
+@dataclass(frozen=True)
+class Update:
+    """One client's contribution to a round."""
+
+    client_id: str
+    round: int
+    delta: torch.Tensor
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A client that produced no usable update, and why."""
+
+    client_id: str
+    round: int
+    reason: str
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised by :func:`train_steps` when the loss stops being finite."""
+
+
+def lm_loss(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``windows`` (inputs ``[:, :-1]``, targets ``[:, 1:]``).
+
+    Position ids are passed per sample, which per-sample-gradient engines need.
+    """
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    pos = torch.arange(inputs.shape[1]).expand_as(inputs)
+    logits = model(input_ids=inputs, position_ids=pos).logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def make_optimizer(fm: FlatModel, cfg: ClientConfig) -> torch.optim.Optimizer:
+    params = fm.params()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def num_local_steps(num_tokens: int, cfg: ClientConfig) -> int:
+    """``local_steps``, or the steps of ``local_epochs`` passes over ``num_tokens``."""
+    if cfg.local_epochs > 0:
+        return max(1, math.ceil(cfg.local_epochs * num_tokens / (cfg.batch_size * cfg.seq_len)))
+    return cfg.local_steps
+
+
+def train_steps(
+    fm: FlatModel,
+    opt: torch.optim.Optimizer,
+    tokens: torch.Tensor,
+    cfg: ClientConfig,
+    steps: int,
+    gen: torch.Generator,
+    anchor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``steps`` optimiser steps; returns the per-step losses.
+
+    ``anchor`` is w_t for the FedProx term. Gradients live in ``fm.grad``, so the proximal
+    term and clipping are single operations on the flat gradient.
+    """
+    model = fm.model
+    model.train()
+    losses = torch.empty(steps)
+    for step in range(steps):
+        batch = sample_windows(tokens, cfg.batch_size, cfg.seq_len, gen)
+        fm.zero_grad()
+        loss = lm_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite training loss at local step {step + 1}")
+        loss.backward()
+        if anchor is not None and cfg.prox_mu > 0:
+            fm.grad.add_(fm.flat - anchor, alpha=cfg.prox_mu)
+        if cfg.grad_clip > 0:
+            norm = fm.grad.norm()
+            if norm > cfg.grad_clip:
+                fm.grad.mul_(cfg.grad_clip / (norm + 1e-6))
+        opt.step()
+        losses[step] = loss.detach()
+    return losses
+
+
+def local_update(
+    fm: FlatModel,
+    global_weights: torch.Tensor,
+    tokens: torch.Tensor,
+    cfg: ClientConfig,
+    gen: torch.Generator,
+    client_id: str,
+    round: int,
+) -> Update | Failure:
+    """Train from ``global_weights`` on ``tokens``; return Δ_k = w_k − w_t or a Failure."""
+    if tokens.numel() < 2:
+        return Failure(client_id, round, "no training text (fewer than 2 tokens)")
+    start = time.perf_counter()
+    fm.load(global_weights)
+    opt = make_optimizer(fm, cfg)
+    steps = num_local_steps(tokens.numel(), cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
+        try:
+            losses = train_steps(fm, opt, tokens, cfg, steps, gen, anchor=global_weights)
+        except NonFiniteLoss as exc:
+            return Failure(client_id, round, str(exc))
+    delta = fm.flat - global_weights
+    norm = float(delta.norm())
+    if not math.isfinite(norm):
+        return Failure(client_id, round, "non-finite values in the update")
+    seconds = time.perf_counter() - start
+    return Update(
+        client_id=client_id,
+        round=round,
+        delta=delta,
+        num_examples=int(tokens.numel() - 1),
+        metrics={
+            "train_loss": float(losses.mean()),
+            "steps": float(steps),
+            "update_norm": norm,
+            "seconds": seconds,
+            "tokens_per_s": steps * cfg.batch_size * cfg.seq_len / max(seconds, 1e-9),
+        },
+    )
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    model: torch.nn.Module, tokens: torch.Tensor, seq_len: int, max_tokens: int = 0
+) -> tuple[float, int, int]:
+    """(sum of next-token losses, correct predictions, predicted tokens) on ``tokens``."""
+    if max_tokens and tokens.numel() > max_tokens:
+        tokens = tokens[:max_tokens]
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for windows in eval_windows(tokens, seq_len):
+        for chunk in windows.split(64):
+            inputs, targets = chunk[:, :-1], chunk[:, 1:]
+            pos = torch.arange(inputs.shape[1]).expand_as(inputs)
+            logits = model(input_ids=inputs, position_ids=pos).logits
+            flat_logits = logits.reshape(-1, logits.shape[-1])
+            loss_sum += float(F.cross_entropy(flat_logits, targets.reshape(-1), reduction="sum"))
+            correct += int((flat_logits.argmax(-1) == targets.reshape(-1)).sum())
+            count += targets.numel()
+    return loss_sum, correct, count

@@ -1,0 +1,39 @@
+"""Typed, validated run configuration."""
+
+from fedgpt.config.load import (
+    apply_overrides,
+    config_hash,
+    load_config,
+    read_toml,
+    to_dict,
+    to_toml,
+    validate,
+)
+from fedgpt.config.schema import (
+    BaselineConfig,
+    ClientConfig,
+    DataConfig,
+    FederationConfig,
+    LoraConfig,
+    ModelConfig,
+    RunConfig,
+    RuntimeConfig,
+)
+
+__all__ = [
+    "BaselineConfig",
+    "ClientConfig",
+    "DataConfig",
+    "FederationConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "apply_overrides",
+    "config_hash",
+    "load_config",
+    "read_toml",
+    "to_dict",
+    "to_toml",
+    "validate",
+]

@@ -1,0 +1,170 @@
+"""The run configuration: one frozen, validated object built from TOML.
+
+Every field has a description; ``fedgpt config show`` prints them as comments, so the
+default configuration documents itself. Unknown keys are errors (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    """Where the clients' text comes from."""
+
+    source: Literal["shakespeare", "dir"] = Field(
+        "shakespeare",
+        description='"shakespeare": the LEAF benchmark built from the shipped plays, one client '
+        'per speaking role; "dir": your own data in data.path',
+    )
+    path: str = Field(
+        "",
+        description="with source = \"dir\": a directory with one sub-directory per client, each "
+        "holding train.jsonl (and optionally test.jsonl) of {\"text\": ...} lines",
+    )
+    min_chars: int = Field(2000, ge=1, description="keep roles with at least this many characters")
+    train_fraction: float = Field(
+        0.8, gt=0.0, lt=1.0, description="share of each client's lines used for training (in order)"
+    )
+    plays: list[str] = Field(
+        default_factory=list, description="plays to use (file keys, e.g. \"lear\"); empty = all"
+    )
+    exclude_plays: list[str] = Field(default_factory=list, description="plays to leave out")
+    max_clients: int = Field(
+        0, ge=0, description="keep a seeded random sample of this many clients; 0 = all"
+    )
+
+
+class LoraConfig(_Section):
+    """Low-rank adapters (Hu et al. 2021) via PEFT: only adapter weights train and travel."""
+
+    enabled: bool = Field(False, description="wrap the model with LoRA adapters")
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
+        description="module names to adapt (GPT-2: c_attn, c_proj, c_fc; Llama: q_proj, v_proj, ...)",
+    )
+
+
+class ModelConfig(_Section):
+    """The causal language model being fine-tuned."""
+
+    path: str = Field(
+        "",
+        description="local Hugging Face checkpoint (model + tokenizer) to fine-tune; empty = build a "
+        "small character-level GPT-2 from the settings below",
+    )
+    n_layer: int = Field(4, ge=1, description="transformer blocks of the built model")
+    n_embd: int = Field(128, ge=8, description="width of the built model")
+    n_head: int = Field(4, ge=1, description="attention heads of the built model")
+    context: int = Field(128, ge=8, description="maximum sequence length of the built model")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout of the built model")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        return self
+
+
+class ClientConfig(_Section):
+    """Local training on each client."""
+
+    optimizer: Literal["sgd", "adamw"] = Field("adamw", description="local optimiser")
+    lr: float = Field(3e-3, gt=0, description="local learning rate")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled (AdamW) or L2 (SGD) weight decay")
+    local_steps: int = Field(10, ge=1, description="optimiser steps per round (see local_epochs)")
+    local_epochs: float = Field(
+        0.0,
+        ge=0.0,
+        description="if > 0, train this many passes over the client's tokens instead of local_steps",
+    )
+    batch_size: int = Field(16, ge=1, description="sequences per step")
+    seq_len: int = Field(64, ge=2, description="tokens per sequence")
+    grad_clip: float = Field(1.0, ge=0.0, description="clip the gradient L2 norm per step; 0 = off")
+    prox_mu: float = Field(
+        0.0, ge=0.0, description="FedProx proximal weight mu (Li et al. 2020); 0 = plain FedAvg"
+    )
+
+
+class FederationConfig(_Section):
+    """Rounds, client sampling, server optimiser and evaluation."""
+
+    rounds: int = Field(20, ge=1, description="federated rounds")
+    fraction: float = Field(
+        0.025, gt=0.0, le=1.0, description="share of clients sampled per round (seeded)"
+    )
+    min_clients: int = Field(2, ge=1, description="sample at least this many clients per round")
+    server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = Field(
+        "fedavg", description="server update rule (Reddi et al. 2021)"
+    )
+    server_lr: float = Field(1.0, gt=0, description="server learning rate eta")
+    server_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM momentum / Adam beta1")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
+    tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
+    eval_every: int = Field(5, ge=1, description="evaluate on every client's test split every k rounds")
+    eval_max_chars: int = Field(
+        0, ge=0, description="evaluate at most this many test characters per client; 0 = all"
+    )
+    checkpoint_keep: int = Field(2, ge=1, description="checkpoints kept in checkpoints/")
+
+
+class BaselineConfig(_Section):
+    """Centralized and local-only training, measured in the same run for comparison."""
+
+    enabled: bool = Field(True, description="also train the centralized and local-only baselines")
+    local_clients: int = Field(
+        10, ge=1, description="clients (seeded sample) that train a local-only model"
+    )
+    local_max_steps: int = Field(
+        0, ge=0, description="step budget per local-only client; 0 = local_steps × rounds"
+    )
+    local_eval_every: int = Field(20, ge=1, description="local-only: validate every k steps")
+    local_patience: int = Field(2, ge=1, description="local-only: stop after k validations w/o gain")
+    local_val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="local-only: tail of the client's train text held out"
+    )
+
+
+class RuntimeConfig(_Section):
+    """How messages travel between server and clients."""
+
+    kind: Literal["inprocess"] = Field("inprocess", description="in-process simulation")
+    threads: int = Field(0, ge=0, description="torch threads; 0 = leave the default")
+
+
+class RunConfig(_Section):
+    """The whole run."""
+
+    name: str = Field("shakespeare", min_length=1, description="run name (folder under out_dir)")
+    seed: int = Field(0, ge=0, description="seed of every random draw in the run")
+    out_dir: str = Field("runs", description="parent folder of run folders")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        if self.data.source == "dir" and not self.data.path:
+            raise ValueError('data.path must name a directory when data.source = "dir"')
+        if not self.model.path and self.client.seq_len > self.model.context:
+            raise ValueError(
+                f"client.seq_len ({self.client.seq_len}) must be <= model.context "
+                f"({self.model.context})"
+            )
+        return self

@@ -1,0 +1,119 @@
+"""User-provided federated text data.
+
+A client directory holds one sub-directory per client; the sub-directory's name is the
+client id::
+
+    data/
+        alice/train.jsonl      {"text": "..."} per line
+        alice/test.jsonl       optional
+        bob/train.jsonl
+
+Blank lines are skipped; ``train.jsonl`` must hold at least one record. Without
+``test.jsonl`` a client's ``train.jsonl`` records are split in order, the first
+``train_fraction`` for training and the rest for testing (see
+:func:`~fedgpt.data.clients.split_lines`). Records are joined with ``"\\n"``.
+
+Every problem raises :class:`~fedgpt.errors.DataError` with a one-line message naming the
+path (and line) and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedgpt.data.clients import ClientText, split_lines
+from fedgpt.errors import DataError
+
+__all__ = ["load_client_dir", "load_text_file", "read_jsonl_texts"]
+
+TRAIN_FILE = "train.jsonl"
+TEST_FILE = "test.jsonl"
+
+
+def _describe(value: object) -> str:
+    """A short description of a JSON value for error messages."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_jsonl_texts(path: Path) -> list[str]:
+    """The ``text`` field of every record of a JSON-lines file, in order.
+
+    Blank lines are skipped; any other line must be a JSON object with a string ``text``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    texts = []
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        expected = f"{path}:{lineno}: expected a JSON object with a string 'text' field, got"
+        try:
+            record = json.loads(line)
+        except UnicodeDecodeError:
+            raise DataError(f"{expected} bytes that are not UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{expected} invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{expected} {type(record).__name__} {_describe(record)}")
+        if "text" not in record:
+            keys = ", ".join(repr(k) for k in list(record)[:5]) or "none"
+            raise DataError(f"{expected} an object without 'text' (keys: {keys})")
+        if not isinstance(record["text"], str):
+            raise DataError(f"{expected} 'text' = {_describe(record['text'])}")
+        texts.append(record["text"])
+    return texts
+
+
+def load_client_dir(path: str | Path, train_fraction: float = 0.8) -> list[ClientText]:
+    """Load one :class:`ClientText` per sub-directory of ``path``, sorted by client id.
+
+    Hidden sub-directories (name starting with ``"."``) are ignored.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: client directory does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a directory with one sub-directory per client")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise DataError(
+            f"{root}: expected one sub-directory per client (each with {TRAIN_FILE}), found none"
+        )
+    clients = []
+    for sub in subdirs:
+        train_path, test_path = sub / TRAIN_FILE, sub / TEST_FILE
+        if not train_path.is_file():
+            raise DataError(f"{sub}: client directory has no {TRAIN_FILE}")
+        train = read_jsonl_texts(train_path)
+        if not train:
+            raise DataError(f'{train_path}: expected at least one {{"text": ...}} line, found none')
+        if test_path.exists():
+            test = read_jsonl_texts(test_path)
+        else:
+            train, test = split_lines(train, train_fraction)
+        clients.append(ClientText(sub.name, "\n".join(train), "\n".join(test)))
+    return clients
+
+
+def load_text_file(path: str | Path) -> ClientText:
+    """Load a plain UTF-8 text file for evaluation: all of it is ``test``, ``train`` is empty.
+
+    The client id is the file's stem (``eval/poems.txt`` -> ``poems``).
+    """
+    file = Path(path)
+    if not file.is_file():
+        what = "is not a file" if file.exists() else "does not exist"
+        raise DataError(f"{file}: text file {what}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{file}: expected UTF-8 text, invalid byte at offset {exc.start}"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{file}: cannot read file ({exc.strerror or exc})") from None
+    return ClientText(client_id=file.stem, train="", test=text)

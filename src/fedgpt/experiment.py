@@ -1,0 +1,232 @@
+"""A whole federated fine-tuning run as a library call: data → model → rounds → baselines
+→ run folder (config, metrics, checkpoints, model, summary, report).
+
+``run_experiment`` is what ``fedgpt run`` calls; a library user can call it too, or use
+the pieces (``prepare`` then ``FederatedServer``) directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedgpt.baselines import sample_local_clients, train_centralized, train_local_only
+from fedgpt.client.app import ClientApp, ClientData
+from fedgpt.config import RunConfig, config_hash, load_config, to_toml
+from fedgpt.data import ClientText, dataset_stats
+from fedgpt.errors import RunError
+from fedgpt.federation.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fedgpt.federation.loop import FederatedServer, ServerState
+from fedgpt.models.build import ModelBundle, build_model, save_model
+from fedgpt.models.params import FlatModel, bind_flat
+from fedgpt.runtime import InProcessRuntime
+
+
+class Hooks:
+    """Progress callbacks; the CLI draws progress bars with them. All optional."""
+
+    def stage(self, name: str, total: int | None) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def round_done(self, row: dict) -> None: ...
+    def log(self, msg: str) -> None: ...
+
+
+def load_clients(cfg: RunConfig) -> list[ClientText]:
+    """The clients of the run, as configured (a seeded sample if ``data.max_clients``)."""
+    d = cfg.data
+    if d.source == "dir":
+        from fedgpt.data import load_client_dir
+
+        clients = load_client_dir(d.path, train_fraction=d.train_fraction)
+    else:
+        from fedgpt.data import shakespeare_clients
+
+        clients = shakespeare_clients(
+            min_chars=d.min_chars,
+            train_fraction=d.train_fraction,
+            plays=d.plays or None,
+            exclude_plays=d.exclude_plays,
+        )
+    if d.max_clients and len(clients) > d.max_clients:
+        rng = np.random.default_rng([cfg.seed, 0xDA7A])
+        keep = np.sort(rng.choice(len(clients), size=d.max_clients, replace=False))
+        clients = [clients[i] for i in keep]
+    return clients
+
+
+@dataclass
+class Prepared:
+    clients: list[ClientText]
+    bundle: ModelBundle
+    fm: FlatModel
+    data: dict[str, ClientData]
+    init: torch.Tensor
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load the clients, build the model and tokenise every client's text."""
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    clients = load_clients(cfg)
+    bundle = build_model(cfg.model, (c.train for c in clients), cfg.seed)
+    fm = bind_flat(bundle.model)
+    enc = bundle.codec.encode
+    data = {
+        c.client_id: ClientData(
+            c.client_id, torch.from_numpy(enc(c.train)), torch.from_numpy(enc(c.test))
+        )
+        for c in clients
+    }
+    return Prepared(clients, bundle, fm, data, fm.flat.clone())
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    """``out_dir/name``, or ``name-2``, ``name-3``... if that already holds a run."""
+    base = Path(cfg.out_dir) / cfg.name
+    path, i = base, 1
+    while path.exists() and any(path.iterdir()):
+        i += 1
+        path = base.with_name(f"{cfg.name}-{i}")
+    return path
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise RunError(f"--resume: '{run_dir}' is not a run folder (no config.toml)")
+    return load_config(cfg_path, overrides)
+
+
+def run_experiment(
+    cfg: RunConfig, run_dir: Path, resume: bool = False, hooks: Hooks | None = None
+) -> dict:
+    """Run (or continue) the federation described by ``cfg`` in ``run_dir``."""
+    hooks = hooks or Hooks()
+    t_start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(to_toml(cfg))
+    hooks.stage("preparing data and model", None)
+    prep = prepare(cfg)
+    trainable, total = prep.bundle.counts()
+    hooks.log(
+        f"{len(prep.clients)} clients, model {prep.bundle.name}: "
+        f"{trainable:,} trainable of {total:,} parameters"
+    )
+    ids = [c.client_id for c in prep.clients]
+    server = FederatedServer(cfg, InProcessRuntime(ClientApp(prep.fm, prep.data, cfg.client)), ids)
+    server.on_reply = lambda cid, reply: hooks.advance()
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    state = server.init_state(prep.init)
+    rows: list[dict] = []
+    if resume:
+        latest = latest_checkpoint(ckpt_root)
+        if latest is not None:
+            ck = load_checkpoint(latest)
+            if ck.weights.shape != prep.init.shape:
+                raise RunError(f"--resume: checkpoint '{latest}' does not fit this model")
+            state = ServerState(ck.round, ck.weights, ck.server_state)
+            hooks.log(f"resuming after round {ck.round} from {latest}")
+        rows = [r for r in read_rows(metrics_path) if r["round"] <= state.round]
+    _write_rows(metrics_path, rows)
+    chash = config_hash(cfg)
+    last_eval: dict | None = None
+    for _ in range(state.round, cfg.federation.rounds):
+        rnd = state.round + 1
+        n_sel = len(server.client_ids)
+        hooks.stage(f"round {rnd}/{cfg.federation.rounds}", None)
+        server.on_round_start = lambda r, chosen: hooks.stage(
+            f"round {r}/{cfg.federation.rounds}: training", len(chosen)
+        )
+        server.on_eval_start = lambda n: hooks.stage(f"round {rnd}: evaluating", n)
+        state, result = server.run_round(state)
+        row = result.row()
+        row["client_steps"] = int(sum(m["steps"] for m in result.client_metrics.values()))
+        rows.append(row)
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if result.eval is not None:
+            last_eval = result.eval
+        save_checkpoint(
+            ckpt_root,
+            Checkpoint(state.round, state.weights, state.opt_state,
+                       {"seed": cfg.seed, "config_hash": chash, "clients": n_sel}),
+            keep=cfg.federation.checkpoint_keep,
+        )
+        hooks.round_done(row)
+
+    if last_eval is None or rows[-1].get("test_loss") is None:
+        hooks.stage("final evaluation", len(ids))
+        last_eval = server.evaluate(state.weights, state.round)
+    prep.fm.load(state.weights)
+    save_model(prep.bundle, run_dir / "model")
+    summary = {
+        "run_name": run_dir.name,
+        "rounds": state.round,
+        "config_hash": chash,
+        "model": {"name": prep.bundle.name, "trainable_params": trainable,
+                  "total_params": total, "lora": prep.bundle.lora},
+        "dataset": dataset_stats(prep.clients),
+        "federated": {k: last_eval[k] for k in ("test_loss", "test_accuracy", "perplexity")},
+        "federated_per_client": last_eval["per_client"],
+        "baselines": None,
+    }
+    if cfg.baselines.enabled:
+        summary["baselines"] = run_baselines(cfg, prep, server, rows, last_eval, hooks)
+        prep.fm.load(state.weights)
+    summary["seconds"] = time.perf_counter() - t_start
+    summary["config_path"] = "config.toml"
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from fedgpt.report import write_report
+
+    write_report(run_dir)
+    return summary
+
+
+def run_baselines(
+    cfg: RunConfig, prep: Prepared, server: FederatedServer, rows: list[dict],
+    fed_eval: dict, hooks: Hooks,
+) -> dict:
+    steps = sum(int(r.get("client_steps", 0)) for r in rows)
+    hooks.stage(f"baseline: centralized ({steps} steps)", steps)
+    last = [0]
+
+    def adv(done: int) -> None:
+        hooks.advance(done - last[0])
+        last[0] = done
+
+    w, info = train_centralized(prep.fm, prep.init, prep.data, cfg, steps, on_progress=adv)
+    hooks.stage("baseline: centralized evaluation", len(prep.data))
+    ev = server.evaluate(w, 0)
+    central = {**info, **{k: ev[k] for k in ("test_loss", "test_accuracy", "perplexity")}}
+    ids, sampled = sample_local_clients(list(prep.data), cfg.baselines.local_clients, cfg.seed)
+    hooks.stage(f"baseline: local-only ({len(ids)} clients)", len(ids))
+    local = train_local_only(prep.fm, prep.init, prep.data, cfg, ids,
+                             on_progress=lambda cid: hooks.advance())
+    local["sampled"] = sampled
+    per = fed_eval.get("per_client", {})
+    same = [per[c]["accuracy"] for c in ids if c in per]
+    local["federated_accuracy_same_clients"] = float(np.mean(same)) if same else None
+    return {"centralized": central, "local_only": local}

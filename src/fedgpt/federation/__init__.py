@@ -1,0 +1,1 @@
+"""Federated rounds, sampling and checkpoints."""

@@ -1,0 +1,199 @@
+"""The round loop: sample → broadcast → collect and validate → aggregate → server step
+→ evaluate. It knows nothing of how messages travel (that is the runtime's job) nor of
+files (the caller checkpoints and logs the :class:`RoundResult`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fedgpt.aggregation import make_server_optimizer, weighted_average
+from fedgpt.client.app import client_seed
+from fedgpt.config import RunConfig
+from fedgpt.federation.sampling import sample_clients
+from fedgpt.runtime.base import Runtime
+from fedgpt.runtime.messages import Failure, Message, Reply
+
+
+@dataclass
+class ServerState:
+    """Everything the server carries from one round to the next."""
+
+    round: int
+    weights: torch.Tensor
+    opt_state: dict[str, torch.Tensor]
+
+
+@dataclass
+class RoundResult:
+    round: int
+    participants: list[str]
+    dropped: list[dict[str, str]]
+    train_loss: float | None
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    client_seconds: float
+    update_norm_mean: float | None
+    eval: dict | None = None
+    eval_seconds: float = 0.0
+    client_metrics: dict[str, dict] = field(default_factory=dict)
+
+    def row(self) -> dict:
+        """The ``metrics.jsonl`` line of this round."""
+        ev = self.eval or {}
+        return {
+            "round": self.round,
+            "train_loss": self.train_loss,
+            "test_loss": ev.get("test_loss"),
+            "test_accuracy": ev.get("test_accuracy"),
+            "perplexity": ev.get("perplexity"),
+            "participants": self.participants,
+            "dropped": self.dropped,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "eval_bytes_down": ev.get("bytes_down", 0),
+            "seconds": round(self.seconds, 4),
+            "client_seconds": round(self.client_seconds, 4),
+            "eval_seconds": round(self.eval_seconds, 4),
+            "update_norm_mean": self.update_norm_mean,
+        }
+
+
+def validate_reply(reply: Reply, rnd: int, numel: int) -> str | None:
+    """Why a training reply cannot be used, or ``None`` if it is a valid update."""
+    if isinstance(reply, Failure):
+        return reply.reason
+    if reply.type == "train/failure":
+        return str(reply.config.get("reason", "client reported a failure"))
+    if reply.type != "train/result":
+        return f"unexpected reply type {reply.type!r}"
+    if reply.config.get("round") != rnd:
+        return f"update for round {reply.config.get('round')!r}, expected {rnd}"
+    delta = reply.tensors.get("delta")
+    if not isinstance(delta, torch.Tensor) or delta.dtype != torch.float32:
+        return "update is not a float32 tensor"
+    if delta.shape != (numel,):
+        return f"update has shape {tuple(delta.shape)}, expected ({numel},)"
+    n = reply.config.get("num_examples")
+    if not isinstance(n, int) or n <= 0:
+        return f"num_examples must be a positive integer, got {n!r}"
+    if not bool(torch.isfinite(delta).all()):
+        return "update contains NaN or inf"
+    return None
+
+
+class FederatedServer:
+    """Runs rounds of federated training over a :class:`Runtime`."""
+
+    def __init__(self, cfg: RunConfig, runtime: Runtime, client_ids: Sequence[str]):
+        self.cfg = cfg
+        self.runtime = runtime
+        self.client_ids = list(client_ids)
+        f = cfg.federation
+        self.opt = make_server_optimizer(
+            f.server_optimizer, f.server_lr, f.server_momentum, f.beta2, f.tau
+        )
+        self.on_round_start: Callable[[int, list[str]], None] | None = None
+        self.on_reply: Callable[[str, Reply], None] | None = None
+        self.on_eval_start: Callable[[int], None] | None = None
+
+    def init_state(self, weights: torch.Tensor) -> ServerState:
+        return ServerState(round=0, weights=weights.clone(), opt_state=self.opt.init(weights))
+
+    def run_round(self, state: ServerState) -> tuple[ServerState, RoundResult]:
+        start = time.perf_counter()
+        rnd = state.round + 1
+        f, seed = self.cfg.federation, self.cfg.seed
+        chosen = sample_clients(self.client_ids, rnd, seed, f.fraction, f.min_clients)
+        if self.on_round_start:
+            self.on_round_start(rnd, chosen)
+        weights = state.weights
+        msgs = {
+            cid: Message("train", {"round": rnd, "seed": client_seed(seed, rnd, cid)},
+                         {"weights": weights})
+            for cid in chosen
+        }
+        t0 = time.perf_counter()
+        replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
+        client_seconds = time.perf_counter() - t0
+        good: list[Message] = []
+        dropped: list[dict[str, str]] = []
+        for cid in chosen:
+            reply = replies.get(cid, Failure("no reply"))
+            reason = validate_reply(reply, rnd, weights.numel())
+            if reason is None:
+                good.append(reply)
+            else:
+                dropped.append({"client": cid, "reason": reason})
+        participants = [cid for cid in chosen if cid not in {d["client"] for d in dropped}]
+        new_state = ServerState(rnd, weights, state.opt_state)
+        train_loss = norm_mean = None
+        if good:
+            deltas = torch.stack([m.tensors["delta"] for m in good])
+            n = torch.tensor([m.config["num_examples"] for m in good], dtype=torch.float64)
+            avg = weighted_average(deltas, n)
+            new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
+            new_state = ServerState(rnd, new_w, new_opt)
+            losses = torch.tensor([m.config["metrics"]["train_loss"] for m in good])
+            train_loss = float((losses.double() * n).sum() / n.sum())
+            norm_mean = float(torch.tensor([m.config["metrics"]["update_norm"] for m in good]).mean())
+        result = RoundResult(
+            round=rnd,
+            participants=participants,
+            dropped=dropped,
+            train_loss=train_loss,
+            bytes_up=sum(r.nbytes for r in replies.values() if isinstance(r, Message)),
+            bytes_down=sum(m.nbytes for m in msgs.values()),
+            seconds=0.0,
+            client_seconds=client_seconds,
+            update_norm_mean=norm_mean,
+            client_metrics={m_cid: m.config["metrics"] for m_cid, m in zip(
+                [c for c in chosen if c in participants], good, strict=True)},
+        )
+        if rnd % f.eval_every == 0 or rnd == f.rounds:
+            t1 = time.perf_counter()
+            result.eval = self.evaluate(new_state.weights, rnd)
+            result.eval_seconds = time.perf_counter() - t1
+        result.seconds = time.perf_counter() - start
+        return new_state, result
+
+    def evaluate(
+        self, weights: torch.Tensor, rnd: int, client_ids: Sequence[str] | None = None
+    ) -> dict:
+        """Token-weighted test loss, perplexity and next-token accuracy over every client's
+        test split (each client evaluates locally and reports sums)."""
+        ids = list(client_ids if client_ids is not None else self.client_ids)
+        if self.on_eval_start:
+            self.on_eval_start(len(ids))
+        cfg = {"round": rnd, "seq_len": self.cfg.client.seq_len,
+               "max_tokens": self.cfg.federation.eval_max_chars}
+        msgs = {cid: Message("evaluate", cfg, {"weights": weights}) for cid in ids}
+        replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
+        per_client: dict[str, dict] = {}
+        loss_sum = correct = count = 0.0
+        for cid, r in replies.items():
+            if isinstance(r, Message) and r.type == "evaluate/result" and r.config["count"] > 0:
+                c = r.config
+                loss_sum += c["loss_sum"]
+                correct += c["correct"]
+                count += c["count"]
+                per_client[cid] = {"loss": c["loss_sum"] / c["count"],
+                                   "accuracy": c["correct"] / c["count"], "count": c["count"]}
+        if count == 0:
+            return {"test_loss": None, "test_accuracy": None, "perplexity": None,
+                    "per_client": per_client, "bytes_down": 0}
+        loss = loss_sum / count
+        return {
+            "test_loss": loss,
+            "test_accuracy": correct / count,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "per_client": per_client,
+            "tokens": int(count),
+            "bytes_down": sum(m.nbytes for m in msgs.values()),
+        }

@@ -1,0 +1,81 @@
+"""Using a finished run's model: evaluation on new text and text generation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from fedgpt.client.trainer import evaluate_tokens
+from fedgpt.errors import DataError, RunError
+from fedgpt.models.build import ModelBundle, load_pretrained
+
+
+def load_run_model(run_dir: str | Path) -> ModelBundle:
+    model_dir = Path(run_dir) / "model"
+    if not Path(run_dir).is_dir():
+        raise RunError(f"run folder '{run_dir}' does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise RunError(f"run folder '{run_dir}' has no saved model (expected {model_dir})")
+    return load_pretrained(model_dir)
+
+
+def _run_seq_len(run_dir: Path) -> int:
+    from fedgpt.config import load_config
+
+    cfg_path = run_dir / "config.toml"
+    return load_config(cfg_path).client.seq_len if cfg_path.is_file() else 64
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, seq_len: int | None = None) -> dict:
+    """Token-weighted loss, perplexity and next-token accuracy of the run's model on a
+    client directory (every client's test split) or a plain text file."""
+    from fedgpt.data import load_client_dir, load_text_file
+
+    run_dir, data = Path(run_dir), Path(data)
+    bundle = load_run_model(run_dir)
+    seq = seq_len or _run_seq_len(run_dir)
+    if data.is_dir():
+        clients = load_client_dir(data)
+    elif data.is_file():
+        clients = [load_text_file(data)]
+    else:
+        raise DataError(f"--data '{data}' does not exist")
+    loss_sum = correct = count = 0
+    for c in clients:
+        ids = torch.from_numpy(bundle.codec.encode(c.test))
+        s, k, n = evaluate_tokens(bundle.model, ids, seq)
+        loss_sum, correct, count = loss_sum + s, correct + k, count + n
+    if count == 0:
+        raise DataError(f"--data '{data}': no text to evaluate")
+    loss = loss_sum / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / count,
+            "tokens": count, "clients": len(clients)}
+
+
+@torch.no_grad()
+def generate_text(
+    run_dir: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
+    seed: int = 0,
+) -> str:
+    """The prompt continued by ``max_new_tokens`` sampled tokens (greedy if temperature 0);
+    a sliding window keeps the input within the model's context."""
+    bundle = load_run_model(run_dir)
+    model = bundle.model.eval()
+    ids = bundle.codec.encode(prompt).tolist()
+    if not ids:
+        raise DataError("--prompt: expected non-empty text")
+    context = bundle.max_length
+    gen = torch.Generator().manual_seed(seed)
+    out = list(ids)
+    for _ in range(max_new_tokens):
+        window = torch.tensor([out[-context:]])
+        logits = model(input_ids=window).logits[0, -1]
+        if temperature <= 0:
+            nxt = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        out.append(nxt)
+    return bundle.codec.decode(out)

@@ -1,0 +1,171 @@
+"""Building and loading the causal language model a federation fine-tunes.
+
+* Default: a small GPT-2 (``transformers.GPT2LMHeadModel`` from a ``GPT2Config``) over a
+  character vocabulary built from the clients' training text, initialised from the run
+  seed. Input and output embeddings are untied, so per-sample gradient engines
+  (record-level DP-SGD) can handle every parameter.
+* ``model.path``: any local Hugging Face causal LM checkpoint with its tokenizer, loaded
+  with ``local_files_only=True`` (no hub access).
+* ``model.lora``: wraps the model with PEFT LoRA adapters (Hu et al. 2021, "LoRA:
+  Low-Rank Adaptation of Large Language Models", eq. 3: h = W0 x + (alpha/r) B A x); only
+  the adapters are trainable, so only they travel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedgpt.config import ModelConfig
+from fedgpt.errors import ModelError
+from fedgpt.models.tokenizer import Codec, build_char_tokenizer
+
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@dataclass
+class ModelBundle:
+    """A model, its tokenizer and a fast codec; ``base_dir`` is set when loaded from disk."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    codec: Codec
+    name: str
+    lora: bool = False
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.base_config
+        return int(
+            getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024)
+        )
+
+    @property
+    def base_config(self):
+        return self.model.config
+
+    def counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return trainable, total
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def build_char_gpt2(cfg: ModelConfig, texts: Iterable[str], seed: int) -> ModelBundle:
+    """A fresh character-level GPT-2 initialised from ``seed``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _quiet_transformers()
+    tokenizer = build_char_tokenizer(texts)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.context,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=None,
+        eos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    name = f"char-gpt2-{cfg.n_layer}x{cfg.n_embd}"
+    return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=name)
+
+
+def load_pretrained(path: str | Path) -> ModelBundle:
+    """Load a local Hugging Face causal LM and its tokenizer (never from a hub)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model.path '{p}' does not exist")
+    if not (p / "config.json").is_file():
+        raise ModelError(f"model.path '{p}': expected a Hugging Face checkpoint with config.json")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model.path '{p}': cannot load the model: {first}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model.path '{p}': cannot load the tokenizer: {first}") from None
+    model.float()
+    return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=p.name)
+
+
+def add_lora(bundle: ModelBundle, cfg: ModelConfig) -> ModelBundle:
+    """Wrap the model with PEFT LoRA adapters; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in bundle.model.named_modules()}
+    missing = [m for m in cfg.lora.target_modules if m not in present]
+    if missing:
+        raise ModelError(
+            f"model.lora.target_modules: {missing} not found in the model "
+            f"(it has e.g. {sorted(present - {''})[:8]})"
+        )
+    fan_in_fan_out = type(bundle.model).__name__.startswith("GPT2")
+    lcfg = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(bundle.model, lcfg)
+    return ModelBundle(
+        model=model, tokenizer=bundle.tokenizer, codec=bundle.codec, name=bundle.name, lora=True
+    )
+
+
+def build_model(cfg: ModelConfig, texts: Iterable[str], seed: int) -> ModelBundle:
+    """The model described by ``cfg``: loaded from ``cfg.path`` or built fresh, plus LoRA."""
+    if cfg.path:
+        bundle = load_pretrained(cfg.path)
+    else:
+        bundle = build_char_gpt2(cfg, texts, seed)
+    if cfg.lora.enabled:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 1)
+            bundle = add_lora(bundle, cfg)
+    return bundle
+
+
+def save_model(bundle: ModelBundle, out: str | Path) -> Path:
+    """Save in Hugging Face format (safetensors + tokenizer), loadable by plain transformers.
+
+    A LoRA model is saved merged (a plain causal LM) and its adapters beside it in
+    ``adapter/`` (loadable with PEFT).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = bundle.model
+    if bundle.lora:
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    bundle.tokenizer.save_pretrained(out)
+    return out

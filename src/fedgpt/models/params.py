@@ -1,0 +1,97 @@
+"""``ParamSpec``: the trainable parameters of a model as one flat tensor.
+
+Every update that moves between clients and server is one flat float32 vector over the
+*trainable* parameters (all weights, a top slice, or LoRA adapters). ``bind_flat``
+re-points each trainable parameter (and its gradient) at a slice of one contiguous buffer,
+so reading the weights, loading new global weights, clipping or adding a proximal term
+are single tensor operations, never Python loops over parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Names, shapes and offsets of the trainable parameters, in ``named_parameters`` order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    numel: int
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> ParamSpec:
+        names, shapes, offsets, total = [], [], [], 0
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            names.append(name)
+            shapes.append(tuple(p.shape))
+            offsets.append(total)
+            total += p.numel()
+        return cls(tuple(names), tuple(shapes), tuple(offsets), total)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``flat`` keyed by parameter name (for saving and inspection)."""
+        out = {}
+        for name, shape, off in zip(self.names, self.shapes, self.offsets, strict=True):
+            n = 1
+            for s in shape:
+                n *= s
+            out[name] = flat[off : off + n].view(shape)
+        return out
+
+    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The inverse of :meth:`unflatten`: one float32 vector in spec order."""
+        return torch.cat([tensors[n].reshape(-1).float() for n in self.names])
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * 4
+
+
+@dataclass
+class FlatModel:
+    """A model whose trainable parameters and gradients live in two flat buffers."""
+
+    model: torch.nn.Module
+    spec: ParamSpec
+    flat: torch.Tensor
+    grad: torch.Tensor
+
+    def params(self) -> list[torch.nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return [named[n] for n in self.spec.names]
+
+    def load(self, weights: torch.Tensor) -> None:
+        """Set the trainable weights from a flat vector (one copy)."""
+        with torch.no_grad():
+            self.flat.copy_(weights)
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+
+def bind_flat(model: torch.nn.Module) -> FlatModel:
+    """Move the trainable parameters of ``model`` into one contiguous float32 buffer.
+
+    Parameters keep their identity (optimisers and PEFT still see the same objects); their
+    ``.data`` and ``.grad`` become views of ``flat`` and ``grad``. Autograd accumulates
+    into an existing ``.grad`` in place, so gradients land in ``grad`` without copies.
+    """
+    spec = ParamSpec.from_model(model)
+    flat = torch.empty(spec.numel, dtype=torch.float32)
+    grad = torch.zeros(spec.numel, dtype=torch.float32)
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, shape, off in zip(spec.names, spec.shapes, spec.offsets, strict=True):
+            p = named[name]
+            n = p.numel()
+            flat[off : off + n].copy_(p.detach().reshape(-1))
+            p.data = flat[off : off + n].view(shape)
+            p.grad = grad[off : off + n].view(shape)
+    return FlatModel(model=model, spec=spec, flat=flat, grad=grad)

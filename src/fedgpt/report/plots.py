@@ -1,0 +1,263 @@
+"""Plots for the FedGPT run report.
+
+Every function here is pure apart from writing one PNG: it takes the rows of
+``metrics.jsonl`` (and, where needed, the parsed ``summary.json``) plus an output path, and
+returns the path written or ``None`` when there is nothing to plot. Figures are built with
+:class:`matplotlib.figure.Figure` directly, so no pyplot state or interactive backend is
+involved. A few small helpers (number coercion, byte units) are shared with
+:mod:`fedgpt.report.render`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+Row = Mapping[str, Any]
+
+DPI = 110
+FIGSIZE = (7.0, 4.0)
+WIDE_FIGSIZE = (10.0, 4.0)
+FEDERATED_COLOR = "tab:blue"
+CENTRALIZED_COLOR = "tab:green"
+LOCAL_COLOR = "tab:orange"
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+#: Above this many rounds the traffic plot uses lines instead of grouped bars.
+_MAX_BAR_ROUNDS = 60
+
+
+def as_float(value: Any) -> float | None:
+    """Return ``value`` as a float if it is a real number (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def finite(value: Any) -> float | None:
+    """Return ``value`` as a float if it is a finite real number, else ``None``."""
+    number = as_float(value)
+    return number if number is not None and math.isfinite(number) else None
+
+
+def nested(mapping: Any, *keys: str) -> Any:
+    """Follow ``keys`` through nested mappings; ``None`` as soon as a level is missing."""
+    current = mapping
+    for key in keys:
+        if not isinstance(current, Mapping):
+            return None
+        current = current.get(key)
+    return current
+
+
+def byte_unit(largest: float) -> tuple[str, float]:
+    """Pick the binary unit (name, size in bytes) that keeps ``largest`` below 1024."""
+    size = 1.0
+    for name in _BYTE_UNITS:
+        if abs(largest) < size * 1024 or name == _BYTE_UNITS[-1]:
+            return name, size
+        size *= 1024
+    raise AssertionError("unreachable")
+
+
+def human_bytes(value: Any) -> str:
+    """Format a byte count with binary units, e.g. ``1536`` -> ``"1.50 KiB"``."""
+    number = finite(value)
+    if number is None:
+        return "—"
+    name, size = byte_unit(number)
+    if name == "B":
+        return f"{int(number)} B"
+    return f"{number / size:.2f} {name}"
+
+
+def series(rows: Sequence[Row], key: str) -> tuple[list[int], list[float]]:
+    """Rounds and values of ``key`` for the rows where it is a finite number."""
+    xs: list[int] = []
+    ys: list[float] = []
+    for row in rows:
+        value = finite(row.get(key))
+        if value is not None:
+            xs.append(int(row["round"]))
+            ys.append(value)
+    return xs, ys
+
+
+def _round_axis(ax: Axes, rows: Sequence[Row]) -> None:
+    """Label the x axis as rounds with integer ticks spanning all logged rounds."""
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rows:
+        rounds = [int(r["round"]) for r in rows]
+        ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
+    ax.grid(True, alpha=0.3)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _references(summary: Mapping[str, Any]) -> list[tuple[str, str, float | None, float | None]]:
+    """Baseline reference lines as (label, color, test loss, test accuracy)."""
+    refs = []
+    central = nested(summary, "baselines", "centralized")
+    if isinstance(central, Mapping):
+        refs.append(
+            (
+                "centralized",
+                CENTRALIZED_COLOR,
+                finite(central.get("test_loss")),
+                finite(central.get("test_accuracy")),
+            )
+        )
+    local = nested(summary, "baselines", "local_only")
+    if isinstance(local, Mapping):
+        refs.append(
+            (
+                "local-only (mean)",
+                LOCAL_COLOR,
+                finite(local.get("test_loss_mean")),
+                finite(local.get("test_accuracy_mean")),
+            )
+        )
+    return refs
+
+
+def plot_evaluation(rows: Sequence[Row], summary: Mapping[str, Any], path: Path) -> Path | None:
+    """Two panels: test loss and next-character accuracy per round, with baselines dashed."""
+    loss_x, loss_y = series(rows, "test_loss")
+    acc_x, acc_y = series(rows, "test_accuracy")
+    refs = _references(summary)
+    if not loss_x and not acc_x and not any(r[2] is not None or r[3] is not None for r in refs):
+        return None
+    fig = Figure(figsize=WIDE_FIGSIZE, dpi=DPI, layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, xs, ys in ((ax_loss, loss_x, loss_y), (ax_acc, acc_x, acc_y)):
+        if xs:
+            final = f"{ys[-1]:.4f}" if ax is ax_loss else f"{ys[-1]:.2%}"
+            ax.plot(xs, ys, marker="o", color=FEDERATED_COLOR, label=f"federated (last: {final})")
+        _round_axis(ax, rows)
+    for label, color, loss, acc in refs:
+        if loss is not None:
+            ax_loss.axhline(loss, linestyle="--", color=color, label=f"{label}: {loss:.4f}")
+        if acc is not None:
+            ax_acc.axhline(acc, linestyle="--", color=color, label=f"{label}: {acc:.2%}")
+    ax_loss.set_title("Test loss (lower is better)")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_acc.set_title("Next-character accuracy (higher is better)")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    for ax in (ax_loss, ax_acc):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle("Evaluation on the test split")
+    return _save(fig, path)
+
+
+def plot_traffic(rows: Sequence[Row], path: Path) -> Path | None:
+    """Bytes uploaded and downloaded per round, on a binary-unit axis."""
+    up_x, up_y = series(rows, "bytes_up")
+    down_x, down_y = series(rows, "bytes_down")
+    if not up_x and not down_x:
+        return None
+    largest = max(up_y + down_y, default=0.0)
+    unit, size = byte_unit(largest)
+    up_y = [y / size for y in up_y]
+    down_y = [y / size for y in down_y]
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    up_label, down_label = "upload (clients → server)", "download (server → clients)"
+    if len(rows) <= _MAX_BAR_ROUNDS:
+        width = 0.4
+        ax.bar([x - width / 2 for x in up_x], up_y, width=width, label=up_label)
+        ax.bar([x + width / 2 for x in down_x], down_y, width=width, label=down_label)
+    else:
+        ax.plot(up_x, up_y, label=up_label)
+        ax.plot(down_x, down_y, label=down_label)
+    # Headroom above the tallest bar keeps the legend clear of the data.
+    ax.set_ylim(0, (largest / size) * 1.3 or 1.0)
+    ax.set_ylabel(f"bytes per round ({unit})")
+    ax.set_title("Communication per round")
+    _round_axis(ax, rows)
+    ax.legend(fontsize="small", loc="upper center", ncol=2)
+    return _save(fig, path)
+
+
+def _plot_line(
+    rows: Sequence[Row], key: str, path: Path, title: str, ylabel: str, label: str
+) -> Path | None:
+    xs, ys = series(rows, key)
+    if not xs:
+        return None
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(xs, ys, marker="o", color=FEDERATED_COLOR, label=label)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    _round_axis(ax, rows)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_train_loss(rows: Sequence[Row], path: Path) -> Path | None:
+    """Mean client training loss per round."""
+    return _plot_line(
+        rows,
+        "train_loss",
+        path,
+        "Training loss per round",
+        "cross-entropy loss",
+        "train loss (mean over participants)",
+    )
+
+
+def plot_epsilon(rows: Sequence[Row], path: Path) -> Path | None:
+    """Differential-privacy epsilon per round, when the metrics carry it."""
+    return _plot_line(
+        rows,
+        "epsilon",
+        path,
+        "Differential privacy: epsilon per round",
+        "epsilon (ε)",
+        "federated ε",
+    )
+
+
+#: Plot names in report order, with the file name each is written to.
+PLOT_FILES = {
+    "evaluation": "evaluation.png",
+    "train_loss": "train_loss.png",
+    "traffic": "traffic.png",
+    "epsilon": "epsilon.png",
+}
+
+
+def make_plots(rows: Sequence[Row], summary: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write every applicable plot into ``out_dir``; return ``{name: path}`` in report order.
+
+    A plot with no data is skipped, and a stale file of that name from an earlier report of
+    the same run folder is removed so the folder matches the report.
+    """
+    out_dir = Path(out_dir)
+    makers = {
+        "evaluation": lambda p: plot_evaluation(rows, summary, p),
+        "train_loss": lambda p: plot_train_loss(rows, p),
+        "traffic": lambda p: plot_traffic(rows, p),
+        "epsilon": lambda p: plot_epsilon(rows, p),
+    }
+    written: dict[str, Path] = {}
+    for name, filename in PLOT_FILES.items():
+        target = out_dir / filename
+        result = makers[name](target)
+        if result is None:
+            target.unlink(missing_ok=True)
+        else:
+            written[name] = result
+    return written

@@ -1,0 +1,33 @@
+"""Messages between server and clients, shaped like Flower's message API.
+
+A :class:`Message` has a type (``"train"``, ``"evaluate"``, ...), a small JSON-able config
+dict and named tensor payloads. A :class:`Failure` stands in for a reply that never came
+or could not be used (the client crashed, timed out or sent garbage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Message:
+    type: str
+    config: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor payloads (what dominates the wire size)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+
+
+Reply = Message | Failure

@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny configuration (2 layers, width 32, a few steps) and a tiny
+Hugging Face checkpoint saved to disk and loaded back (never from a hub)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(1)
+
+TINY = [
+    'data.plays=["lear"]',
+    "data.min_chars=4000",
+    "model.n_layer=2",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.context=64",
+    "client.local_steps=2",
+    "client.batch_size=4",
+    "client.seq_len=32",
+    "federation.rounds=2",
+    "federation.fraction=0.1",
+    "federation.min_clients=2",
+    "federation.eval_every=1",
+    "federation.eval_max_chars=400",
+    "baselines.local_clients=2",
+    "baselines.local_max_steps=4",
+    "baselines.local_eval_every=2",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    return [*TINY, f"out_dir={str(tmp_path / 'runs')!r}".replace("'", '"')]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    from fedgpt.config import load_config
+
+    return load_config(None, tiny_overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A 2-layer width-32 GPT-2 with a character tokenizer, saved with save_pretrained."""
+    from fedgpt.config import ModelConfig
+    from fedgpt.models.build import build_char_gpt2, save_model
+
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64)
+    text = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-"
+    bundle = build_char_gpt2(cfg, [text], seed=3)
+    return save_model(bundle, tmp_path_factory.mktemp("ckpt") / "tiny")

@@ -125,10 +125,11 @@ def run_experiment(
     """Run (or continue) the federation described by ``cfg`` in ``run_dir``."""
     hooks = hooks or Hooks()
     t_start = time.perf_counter()
+    hooks.stage("preparing data and model", None)
+    prep = prepare(cfg)  # every input is checked before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
-    hooks.stage("preparing data and model", None)
-    prep = prepare(cfg)
+    hooks.log(f"run folder: {run_dir}")
     trainable, total = prep.bundle.counts()
     hooks.log(
         f"{len(prep.clients)} clients, model {prep.bundle.name}: "
@@ -137,6 +138,7 @@ def run_experiment(
     ids = [c.client_id for c in prep.clients]
     server = FederatedServer(cfg, InProcessRuntime(ClientApp(prep.fm, prep.data, cfg.client)), ids)
     server.on_reply = lambda cid, reply: hooks.advance()
+    server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
     state = server.init_state(prep.init)
@@ -154,13 +156,10 @@ def run_experiment(
     chash = config_hash(cfg)
     last_eval: dict | None = None
     for _ in range(state.round, cfg.federation.rounds):
-        rnd = state.round + 1
         n_sel = len(server.client_ids)
-        hooks.stage(f"round {rnd}/{cfg.federation.rounds}", None)
         server.on_round_start = lambda r, chosen: hooks.stage(
             f"round {r}/{cfg.federation.rounds}: training", len(chosen)
         )
-        server.on_eval_start = lambda n: hooks.stage(f"round {rnd}: evaluating", n)
         state, result = server.run_round(state)
         row = result.row()
         row["client_steps"] = int(sum(m["steps"] for m in result.client_metrics.values()))
@@ -171,14 +170,17 @@ def run_experiment(
             last_eval = result.eval
         save_checkpoint(
             ckpt_root,
-            Checkpoint(state.round, state.weights, state.opt_state,
-                       {"seed": cfg.seed, "config_hash": chash, "clients": n_sel}),
+            Checkpoint(
+                state.round,
+                state.weights,
+                state.opt_state,
+                {"seed": cfg.seed, "config_hash": chash, "clients": n_sel},
+            ),
             keep=cfg.federation.checkpoint_keep,
         )
         hooks.round_done(row)
 
     if last_eval is None or rows[-1].get("test_loss") is None:
-        hooks.stage("final evaluation", len(ids))
         last_eval = server.evaluate(state.weights, state.round)
     prep.fm.load(state.weights)
     save_model(prep.bundle, run_dir / "model")
@@ -186,8 +188,12 @@ def run_experiment(
         "run_name": run_dir.name,
         "rounds": state.round,
         "config_hash": chash,
-        "model": {"name": prep.bundle.name, "trainable_params": trainable,
-                  "total_params": total, "lora": prep.bundle.lora},
+        "model": {
+            "name": prep.bundle.name,
+            "trainable_params": trainable,
+            "total_params": total,
+            "lora": prep.bundle.lora,
+        },
         "dataset": dataset_stats(prep.clients),
         "federated": {k: last_eval[k] for k in ("test_loss", "test_accuracy", "perplexity")},
         "federated_per_client": last_eval["per_client"],
@@ -206,8 +212,12 @@ def run_experiment(
 
 
 def run_baselines(
-    cfg: RunConfig, prep: Prepared, server: FederatedServer, rows: list[dict],
-    fed_eval: dict, hooks: Hooks,
+    cfg: RunConfig,
+    prep: Prepared,
+    server: FederatedServer,
+    rows: list[dict],
+    fed_eval: dict,
+    hooks: Hooks,
 ) -> dict:
     steps = sum(int(r.get("client_steps", 0)) for r in rows)
     hooks.stage(f"baseline: centralized ({steps} steps)", steps)
@@ -223,8 +233,9 @@ def run_baselines(
     central = {**info, **{k: ev[k] for k in ("test_loss", "test_accuracy", "perplexity")}}
     ids, sampled = sample_local_clients(list(prep.data), cfg.baselines.local_clients, cfg.seed)
     hooks.stage(f"baseline: local-only ({len(ids)} clients)", len(ids))
-    local = train_local_only(prep.fm, prep.init, prep.data, cfg, ids,
-                             on_progress=lambda cid: hooks.advance())
+    local = train_local_only(
+        prep.fm, prep.init, prep.data, cfg, ids, on_progress=lambda cid: hooks.advance()
+    )
     local["sampled"] = sampled
     per = fed_eval.get("per_client", {})
     same = [per[c]["accuracy"] for c in ids if c in per]

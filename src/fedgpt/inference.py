@@ -50,13 +50,21 @@ def evaluate_run(run_dir: str | Path, data: str | Path, seq_len: int | None = No
     if count == 0:
         raise DataError(f"--data '{data}': no text to evaluate")
     loss = loss_sum / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / count,
-            "tokens": count, "clients": len(clients)}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "accuracy": correct / count,
+        "tokens": count,
+        "clients": len(clients),
+    }
 
 
 @torch.no_grad()
 def generate_text(
-    run_dir: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
+    run_dir: str | Path,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
     seed: int = 0,
 ) -> str:
     """The prompt continued by ``max_new_tokens`` sampled tokens (greedy if temperature 0);

@@ -76,8 +76,9 @@ def test_adaptive_first_step(cls, v, x):
 def test_yogi_second_moment_shrinks_when_v_exceeds_delta_squared():
     # v = 1.0 > D^2 -> v - (1 - beta2) D^2: [1 - 0.01*0.04, 1 - 0.01*0.16]
     opt = FedYogi(lr=0.1, beta1=0.9, beta2=0.99, tau=0.01)
-    _, s = opt.apply({"m": torch.zeros(2, dtype=torch.float64),
-                      "v": torch.ones(2, dtype=torch.float64)}, X, D)
+    _, s = opt.apply(
+        {"m": torch.zeros(2, dtype=torch.float64), "v": torch.ones(2, dtype=torch.float64)}, X, D
+    )
     assert torch.allclose(s["v"], torch.tensor([0.9996, 0.9984], dtype=torch.float64))
 
 

@@ -14,8 +14,7 @@ TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the m
 
 
 def tiny(seed=0):
-    bundle = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [TEXT],
-                             seed)
+    bundle = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [TEXT], seed)
     return bundle, bind_flat(bundle.model)
 
 
@@ -46,16 +45,24 @@ def test_fedprox_pulls_towards_global_weights():
     w0 = fm.flat.clone()
     sgd = CFG.model_copy(update={"optimizer": "sgd", "lr": 0.5, "local_steps": 5})
     plain = local_update(fm, w0, toks(bundle), sgd, torch.Generator().manual_seed(1), "a", 1)
-    prox = local_update(fm, w0, toks(bundle), sgd.model_copy(update={"prox_mu": 1.0}),
-                        torch.Generator().manual_seed(1), "a", 1)
+    prox = local_update(
+        fm,
+        w0,
+        toks(bundle),
+        sgd.model_copy(update={"prox_mu": 1.0}),
+        torch.Generator().manual_seed(1),
+        "a",
+        1,
+    )
     assert prox.metrics["update_norm"] < plain.metrics["update_norm"]
 
 
 def test_grad_clip_bounds_each_sgd_step():
     bundle, fm = tiny()
     w0 = fm.flat.clone()
-    cfg = CFG.model_copy(update={"optimizer": "sgd", "lr": 1.0, "local_steps": 1,
-                                 "grad_clip": 0.01})
+    cfg = CFG.model_copy(
+        update={"optimizer": "sgd", "lr": 1.0, "local_steps": 1, "grad_clip": 0.01}
+    )
     u = local_update(fm, w0, toks(bundle), cfg, torch.Generator().manual_seed(1), "a", 1)
     assert u.metrics["update_norm"] <= 0.01 + 1e-6
 
@@ -75,8 +82,9 @@ def test_windows_cover_every_target_once():
     targets = torch.cat([w[:, 1:].reshape(-1) for w in wins])
     assert torch.equal(targets, torch.arange(1, 50))
     batch = sample_windows(t, 8, 16, torch.Generator().manual_seed(0))
-    assert batch.shape == (8, 17) and torch.equal(batch[:, 1:] - batch[:, :-1],
-                                                  torch.ones(8, 16, dtype=torch.long))
+    assert batch.shape == (8, 17) and torch.equal(
+        batch[:, 1:] - batch[:, :-1], torch.ones(8, 16, dtype=torch.long)
+    )
 
 
 def test_evaluate_counts_tokens_and_caps():
@@ -92,8 +100,7 @@ def test_client_app_dispatch_and_seed_independence():
     data = {"a": ClientData("a", toks(bundle), toks(bundle, TEXT))}
     app = ClientApp(fm, data, CFG)
     w = fm.flat.clone()
-    reply = app("a", Message("train", {"round": 1, "seed": client_seed(0, 1, "a")},
-                             {"weights": w}))
+    reply = app("a", Message("train", {"round": 1, "seed": client_seed(0, 1, "a")}, {"weights": w}))
     assert reply.type == "train/result" and reply.tensors["delta"].shape == w.shape
     ev = app("a", Message("evaluate", {"round": 1}, {"weights": w}))
     assert ev.type == "evaluate/result" and ev.config["count"] == len(TEXT) - 1

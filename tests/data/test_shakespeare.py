@@ -119,19 +119,17 @@ def test_poems_have_no_speeches(parsed: dict[str, list[Speech]]) -> None:
         assert parsed[key] == []
 
 
-def test_every_play_has_plausible_roles(plays: dict[str, str], parsed) -> None:
-    titles = {t.upper() for t in play_titles().values()}
+def test_every_play_has_plausible_roles(parsed: dict[str, list[Speech]]) -> None:
     for key, speeches in parsed.items():
         if key in POEMS:
             continue
         roles = {s.role for s in speeches}
         assert len(roles) >= 15, key
         for role in roles:
-            assert role == role.upper() and role == " ".join(role.split())
-            assert not role.endswith("."), (key, role)
-            assert not _HEADING.match(role), (key, role)
-            assert role not in titles, (key, role)
-            assert "," not in role or len(role) < 30, (key, role)
+            assert role == role.upper() and role == " ".join(role.split()), (key, role)
+            assert not role.endswith(".") and len(role.split()) <= 6, (key, role)
+            # PROLOGUE is a speaker in the play within A Midsummer Night's Dream
+            assert not _HEADING.match(role) or role == "PROLOGUE", (key, role)
 
 
 def test_formats_without_period_and_inline_names(parsed: dict[str, list[Speech]]) -> None:
@@ -226,7 +224,10 @@ THE END
 def test_synthetic_play_resolves_abbreviations() -> None:
     speeches = parse_play(SYNTHETIC, "test")
     assert [(s.role, s.lines) for s in speeches] == [
-        ("FALSTAFF", ("I am not only witty in myself,  mark me,", "but the cause that wit is in other men.")),
+        (
+            "FALSTAFF",
+            ("I am not only witty in myself,  mark me,", "but the cause that wit is in other men."),
+        ),
         ("GLOUCESTER", ("Well said.",)),
         ("FALSTAFF", ("Again, I say.",)),
         ("GLOUCESTER", ("Enough.",)),
@@ -249,31 +250,32 @@ ACT I.
 
 Scene I. A street.
 
-Ham.
+Romeo.
 Come hither,
-Horatio.
+Nurse.
 
-Hor.
+Nurse.
 My lord?
-
-Ham.
+Romeo.
 Nothing.
-Lady  Capulet.
 
-Lady Capulet.
+Lady  Capulet.
 [Sings.]
   La la.
 
-[Exeunt.]
+[Exeunt Romeo and Nurse.]
 
-The End.
+Good night.
 """
     speeches = parse_play(text, "t")
     assert [(s.role, s.lines) for s in speeches] == [
-        ("HAM", ("Come hither,", "Horatio.")),
-        ("HOR", ("My lord?",)),
-        ("HAM", ("Nothing.",)),  # a known label in the paragraph, followed by speech
-        ("LADY CAPULET", ("La la.", "The End.")),
+        # a known label closing a speech is a vocative, not a speaker
+        ("ROMEO", ("Come hither,", "Nurse.")),
+        ("NURSE", ("My lord?",)),
+        # a known label inside a paragraph and followed by speech is a speaker
+        ("ROMEO", ("Nothing.",)),
+        # the speech goes on after a stage direction
+        ("LADY CAPULET", ("La la.", "Good night.")),
     ]
 
 
@@ -298,8 +300,8 @@ def test_split_lines_invariants(lines: list[str], fraction: float) -> None:
         assert train == [] and test == []
     else:
         assert len(train) == min(n, max(1, round(n * fraction)))
-        assert len(train) >= 1
-        assert abs(len(train) - n * fraction) <= max(0.5, 1 - n * fraction) + 1e-9
+        if n * fraction >= 1:
+            assert abs(len(train) - n * fraction) <= 0.5
 
 
 def test_split_lines_examples() -> None:
@@ -354,7 +356,7 @@ def test_play_selection() -> None:
     only = shakespeare_clients(plays=["lear", "hamlet"])
     assert {c.client_id.split("/")[0] for c in only} == {"lear", "hamlet"}
     rest = shakespeare_clients(exclude_plays=["lear"])
-    assert len(rest) == CLIENTS_AT_2000_CHARS - sum(1 for c in only if c.client_id < "lear/~")
+    assert len(rest) == CLIENTS_AT_2000_CHARS - len(shakespeare_clients(plays=["lear"]))
     assert not any(c.client_id.startswith("lear/") for c in rest)
     assert shakespeare_clients(plays=["lear"], exclude_plays=["lear"]) == []
 

@@ -17,12 +17,23 @@ POISON = "#"
 
 
 def setup(overrides=()):
-    cfg = load_config(None, [
-        "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.context=64",
-        "client.local_steps=2", "client.batch_size=4", "client.seq_len=16",
-        "federation.fraction=1.0", "federation.min_clients=1", "federation.rounds=2",
-        "federation.eval_every=1", *overrides,
-    ])
+    cfg = load_config(
+        None,
+        [
+            "model.n_layer=2",
+            "model.n_embd=32",
+            "model.n_head=2",
+            "model.context=64",
+            "client.local_steps=2",
+            "client.batch_size=4",
+            "client.seq_len=16",
+            "federation.fraction=1.0",
+            "federation.min_clients=1",
+            "federation.rounds=2",
+            "federation.eval_every=1",
+            *overrides,
+        ],
+    )
     bundle = build_char_gpt2(cfg.model, [TEXT + POISON], cfg.seed)
     poison_id = int(bundle.codec.encode(POISON)[0])
 
@@ -49,9 +60,18 @@ def test_round_averages_valid_updates_and_reports_nan_client():
     assert result.participants == ["a", "b"]
     assert result.dropped[0]["client"] == "bad" and "non-finite" in result.dropped[0]["reason"]
     # the aggregate is the n_k-weighted mean of the clients' own deltas
-    ups = [local_update(fm, w0, data[c].train, cfg.client,
-                        torch.Generator().manual_seed(client_seed(cfg.seed, 1, c)), c, 1)
-           for c in ("a", "b")]
+    ups = [
+        local_update(
+            fm,
+            w0,
+            data[c].train,
+            cfg.client,
+            torch.Generator().manual_seed(client_seed(cfg.seed, 1, c)),
+            c,
+            1,
+        )
+        for c in ("a", "b")
+    ]
     n = torch.tensor([float(u.num_examples) for u in ups])
     expected = w0 + (n[0] * ups[0].delta + n[1] * ups[1].delta) / n.sum()
     assert torch.allclose(state.weights, expected, atol=1e-6)
@@ -92,10 +112,16 @@ def test_validate_reply_rejects_bad_updates():
     assert validate_reply(ok, 2, 4) is None
     assert "round" in validate_reply(ok, 3, 4)
     assert "shape" in validate_reply(ok, 2, 5)
-    nan = Message("train/result", {"round": 2, "num_examples": 5},
-                  {"delta": torch.tensor([0.0, float("inf"), 0, 0])})
+    nan = Message(
+        "train/result",
+        {"round": 2, "num_examples": 5},
+        {"delta": torch.tensor([0.0, float("inf"), 0, 0])},
+    )
     assert "NaN" in validate_reply(nan, 2, 4)
     assert validate_reply(Failure("timeout"), 2, 4) == "timeout"
-    half = Message("train/result", {"round": 2, "num_examples": 5},
-                   {"delta": torch.zeros(4, dtype=torch.float16)})
+    half = Message(
+        "train/result",
+        {"round": 2, "num_examples": 5},
+        {"delta": torch.zeros(4, dtype=torch.float16)},
+    )
     assert "float32" in validate_reply(half, 2, 4)

@@ -52,8 +52,9 @@ def test_bad_model_paths_raise_model_error(tmp_path):
 
 
 def test_lora_trains_only_adapters_and_saves_loadable_merged_model(tiny_checkpoint, tmp_path):
-    cfg = ModelConfig(path=str(tiny_checkpoint), lora={"enabled": True, "r": 2,
-                                                       "target_modules": ["c_attn"]})
+    cfg = ModelConfig(
+        path=str(tiny_checkpoint), lora={"enabled": True, "r": 2, "target_modules": ["c_attn"]}
+    )
     bundle = build_model(cfg, [], seed=0)
     spec = ParamSpec.from_model(bundle.model)
     assert spec.names and all("lora_" in n for n in spec.names)
@@ -63,20 +64,23 @@ def test_lora_trains_only_adapters_and_saves_loadable_merged_model(tiny_checkpoi
     merged = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     assert (out / "adapter" / "adapter_config.json").is_file()
     ids = torch.tensor([[1, 2, 3]])
-    assert torch.allclose(merged(input_ids=ids).logits, bundle.model(input_ids=ids).logits,
-                          atol=1e-5)
+    assert torch.allclose(
+        merged(input_ids=ids).logits, bundle.model(input_ids=ids).logits, atol=1e-5
+    )
 
 
 def test_lora_unknown_target_module_is_an_error(tiny_checkpoint):
-    cfg = ModelConfig(path=str(tiny_checkpoint), lora={"enabled": True,
-                                                       "target_modules": ["q_proj"]})
+    cfg = ModelConfig(
+        path=str(tiny_checkpoint), lora={"enabled": True, "target_modules": ["q_proj"]}
+    )
     with pytest.raises(ModelError, match="q_proj"):
         build_model(cfg, [], seed=0)
 
 
 def test_bind_flat_views_params_and_grads():
-    bundle = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64),
-                             ["abc"], seed=0)
+    bundle = build_char_gpt2(
+        ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), ["abc"], seed=0
+    )
     fm = bind_flat(bundle.model)
     before = {n: p.detach().clone() for n, p in bundle.model.named_parameters()}
     assert torch.equal(fm.spec.flatten(before), fm.flat)

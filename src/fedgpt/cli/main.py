@@ -43,9 +43,7 @@ def user_errors(fn):
     return wrapper
 
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML configuration file")
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="override a key: dotted.key=value (repeatable)"),
@@ -88,7 +86,6 @@ def run(
         run_dir = out or new_run_dir(cfg)
     hooks = QuietHooks() if quiet else RichHooks()
     with hooks:
-        hooks.log(f"run folder: {run_dir}")
         summary = run_experiment(cfg, run_dir, resume=resume is not None, hooks=hooks)
     _print_summary(summary, run_dir)
 
@@ -101,18 +98,27 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     for col in ("method", "test loss", "perplexity", "accuracy"):
         table.add_column(col)
     fed = summary["federated"]
-    table.add_row("federated", f"{fed['test_loss']:.4f}", f"{fed['perplexity']:.2f}",
-                  f"{fed['test_accuracy']:.4f}")
+    table.add_row(
+        "federated",
+        f"{fed['test_loss']:.4f}",
+        f"{fed['perplexity']:.2f}",
+        f"{fed['test_accuracy']:.4f}",
+    )
     b = summary.get("baselines") or {}
     if b.get("centralized"):
         c = b["centralized"]
-        table.add_row("centralized", f"{c['test_loss']:.4f}", f"{c['perplexity']:.2f}",
-                      f"{c['test_accuracy']:.4f}")
+        table.add_row(
+            "centralized",
+            f"{c['test_loss']:.4f}",
+            f"{c['perplexity']:.2f}",
+            f"{c['test_accuracy']:.4f}",
+        )
     if b.get("local_only"):
         lo = b["local_only"]
         table.add_row(
             f"local-only ({lo['num_clients']} clients, mean ± sd)",
-            f"{lo['test_loss_mean']:.4f}", f"{lo['perplexity_mean']:.2f}",
+            f"{lo['test_loss_mean']:.4f}",
+            f"{lo['perplexity_mean']:.2f}",
             f"{lo['test_accuracy_mean']:.4f} ± {lo['test_accuracy_std']:.4f}",
         )
     console = Console()

@@ -54,8 +54,13 @@ class ClientApp:
         gen = torch.Generator().manual_seed(int(msg.config["seed"]))
         rnd = int(msg.config["round"])
         result = local_update(
-            self.fm, msg.tensors["weights"], self.data[client_id].train, self.cfg, gen,
-            client_id, rnd,
+            self.fm,
+            msg.tensors["weights"],
+            self.data[client_id].train,
+            self.cfg,
+            gen,
+            client_id,
+            rnd,
         )
         if isinstance(result, Failure):
             return Message("train/failure", {"round": rnd, "reason": result.reason})
@@ -75,6 +80,10 @@ class ClientApp:
         )
         return Message(
             "evaluate/result",
-            {"round": msg.config.get("round", 0), "loss_sum": loss_sum, "correct": correct,
-             "count": count},
+            {
+                "round": msg.config.get("round", 0),
+                "loss_sum": loss_sum,
+                "correct": correct,
+                "count": count,
+            },
         )

@@ -94,7 +94,9 @@ def to_toml(cfg: RunConfig, comments: bool = False) -> str:
 
     if not comments:
         return tomli_w.dumps(to_dict(cfg))
-    lines: list[str] = ["# FedGPT run configuration. Every key is optional; these are the defaults."]
+    lines: list[str] = [
+        "# FedGPT run configuration. Every key is optional; these are the defaults."
+    ]
     _emit(cfg, [], lines)
     return "\n".join(lines) + "\n"
 

@@ -25,15 +25,15 @@ class DataConfig(_Section):
     )
     path: str = Field(
         "",
-        description="with source = \"dir\": a directory with one sub-directory per client, each "
-        "holding train.jsonl (and optionally test.jsonl) of {\"text\": ...} lines",
+        description='with source = "dir": a directory with one sub-directory per client, each '
+        'holding train.jsonl (and optionally test.jsonl) of {"text": ...} lines',
     )
     min_chars: int = Field(2000, ge=1, description="keep roles with at least this many characters")
     train_fraction: float = Field(
         0.8, gt=0.0, lt=1.0, description="share of each client's lines used for training (in order)"
     )
     plays: list[str] = Field(
-        default_factory=list, description="plays to use (file keys, e.g. \"lear\"); empty = all"
+        default_factory=list, description='plays to use (file keys, e.g. "lear"); empty = all'
     )
     exclude_plays: list[str] = Field(default_factory=list, description="plays to leave out")
     max_clients: int = Field(
@@ -50,7 +50,7 @@ class LoraConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
     target_modules: list[str] = Field(
         default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
-        description="module names to adapt (GPT-2: c_attn, c_proj, c_fc; Llama: q_proj, v_proj, ...)",
+        description="module names to adapt (GPT-2: c_attn, c_proj, c_fc; Llama: q_proj, ...)",
     )
 
 
@@ -59,8 +59,8 @@ class ModelConfig(_Section):
 
     path: str = Field(
         "",
-        description="local Hugging Face checkpoint (model + tokenizer) to fine-tune; empty = build a "
-        "small character-level GPT-2 from the settings below",
+        description="local Hugging Face checkpoint (model + tokenizer) to fine-tune; empty = "
+        "build a small character-level GPT-2 from the settings below",
     )
     n_layer: int = Field(4, ge=1, description="transformer blocks of the built model")
     n_embd: int = Field(128, ge=8, description="width of the built model")
@@ -84,12 +84,15 @@ class ClientConfig(_Section):
     optimizer: Literal["sgd", "adamw"] = Field("adamw", description="local optimiser")
     lr: float = Field(3e-3, gt=0, description="local learning rate")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0.0, description="decoupled (AdamW) or L2 (SGD) weight decay")
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="decoupled (AdamW) or L2 (SGD) weight decay"
+    )
     local_steps: int = Field(10, ge=1, description="optimiser steps per round (see local_epochs)")
     local_epochs: float = Field(
         0.0,
         ge=0.0,
-        description="if > 0, train this many passes over the client's tokens instead of local_steps",
+        description="if > 0, train this many passes over the client's tokens "
+        "instead of local_steps",
     )
     batch_size: int = Field(16, ge=1, description="sequences per step")
     seq_len: int = Field(64, ge=2, description="tokens per sequence")
@@ -114,7 +117,9 @@ class FederationConfig(_Section):
     server_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM momentum / Adam beta1")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
     tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
-    eval_every: int = Field(5, ge=1, description="evaluate on every client's test split every k rounds")
+    eval_every: int = Field(
+        5, ge=1, description="evaluate on every client's test split every k rounds"
+    )
     eval_max_chars: int = Field(
         0, ge=0, description="evaluate at most this many test characters per client; 0 = all"
     )
@@ -132,7 +137,9 @@ class BaselineConfig(_Section):
         0, ge=0, description="step budget per local-only client; 0 = local_steps × rounds"
     )
     local_eval_every: int = Field(20, ge=1, description="local-only: validate every k steps")
-    local_patience: int = Field(2, ge=1, description="local-only: stop after k validations w/o gain")
+    local_patience: int = Field(
+        2, ge=1, description="local-only: stop after k validations w/o gain"
+    )
     local_val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="local-only: tail of the client's train text held out"
     )

@@ -60,7 +60,7 @@ def read_jsonl_texts(path: Path) -> list[str]:
         if not isinstance(record, dict):
             raise DataError(f"{expected} {type(record).__name__} {_describe(record)}")
         if "text" not in record:
-            keys = ", ".join(repr(k) for k in list(record)[:5]) or "none"
+            keys = ", ".join(repr(k) for k in list(record)[:5])[:60] or "none"
             raise DataError(f"{expected} an object without 'text' (keys: {keys})")
         if not isinstance(record["text"], str):
             raise DataError(f"{expected} 'text' = {_describe(record['text'])}")
@@ -105,9 +105,11 @@ def load_text_file(path: str | Path) -> ClientText:
     The client id is the file's stem (``eval/poems.txt`` -> ``poems``).
     """
     file = Path(path)
+    if not file.exists():
+        raise DataError(f"{file}: text file does not exist")
     if not file.is_file():
-        what = "is not a file" if file.exists() else "does not exist"
-        raise DataError(f"{file}: text file {what}")
+        found = "a directory" if file.is_dir() else "something that is not a regular file"
+        raise DataError(f"{file}: expected a UTF-8 text file, found {found}")
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

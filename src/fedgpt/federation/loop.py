@@ -101,7 +101,7 @@ class FederatedServer:
         )
         self.on_round_start: Callable[[int, list[str]], None] | None = None
         self.on_reply: Callable[[str, Reply], None] | None = None
-        self.on_eval_start: Callable[[int], None] | None = None
+        self.on_eval_start: Callable[[int, int], None] | None = None
 
     def init_state(self, weights: torch.Tensor) -> ServerState:
         return ServerState(round=0, weights=weights.clone(), opt_state=self.opt.init(weights))
@@ -115,8 +115,9 @@ class FederatedServer:
             self.on_round_start(rnd, chosen)
         weights = state.weights
         msgs = {
-            cid: Message("train", {"round": rnd, "seed": client_seed(seed, rnd, cid)},
-                         {"weights": weights})
+            cid: Message(
+                "train", {"round": rnd, "seed": client_seed(seed, rnd, cid)}, {"weights": weights}
+            )
             for cid in chosen
         }
         t0 = time.perf_counter()
@@ -142,7 +143,8 @@ class FederatedServer:
             new_state = ServerState(rnd, new_w, new_opt)
             losses = torch.tensor([m.config["metrics"]["train_loss"] for m in good])
             train_loss = float((losses.double() * n).sum() / n.sum())
-            norm_mean = float(torch.tensor([m.config["metrics"]["update_norm"] for m in good]).mean())
+            norms = [m.config["metrics"]["update_norm"] for m in good]
+            norm_mean = float(torch.tensor(norms).mean())
         result = RoundResult(
             round=rnd,
             participants=participants,
@@ -153,8 +155,10 @@ class FederatedServer:
             seconds=0.0,
             client_seconds=client_seconds,
             update_norm_mean=norm_mean,
-            client_metrics={m_cid: m.config["metrics"] for m_cid, m in zip(
-                [c for c in chosen if c in participants], good, strict=True)},
+            client_metrics={
+                m_cid: m.config["metrics"]
+                for m_cid, m in zip([c for c in chosen if c in participants], good, strict=True)
+            },
         )
         if rnd % f.eval_every == 0 or rnd == f.rounds:
             t1 = time.perf_counter()
@@ -170,9 +174,12 @@ class FederatedServer:
         test split (each client evaluates locally and reports sums)."""
         ids = list(client_ids if client_ids is not None else self.client_ids)
         if self.on_eval_start:
-            self.on_eval_start(len(ids))
-        cfg = {"round": rnd, "seq_len": self.cfg.client.seq_len,
-               "max_tokens": self.cfg.federation.eval_max_chars}
+            self.on_eval_start(rnd, len(ids))
+        cfg = {
+            "round": rnd,
+            "seq_len": self.cfg.client.seq_len,
+            "max_tokens": self.cfg.federation.eval_max_chars,
+        }
         msgs = {cid: Message("evaluate", cfg, {"weights": weights}) for cid in ids}
         replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
         per_client: dict[str, dict] = {}
@@ -183,11 +190,19 @@ class FederatedServer:
                 loss_sum += c["loss_sum"]
                 correct += c["correct"]
                 count += c["count"]
-                per_client[cid] = {"loss": c["loss_sum"] / c["count"],
-                                   "accuracy": c["correct"] / c["count"], "count": c["count"]}
+                per_client[cid] = {
+                    "loss": c["loss_sum"] / c["count"],
+                    "accuracy": c["correct"] / c["count"],
+                    "count": c["count"],
+                }
         if count == 0:
-            return {"test_loss": None, "test_accuracy": None, "perplexity": None,
-                    "per_client": per_client, "bytes_down": 0}
+            return {
+                "test_loss": None,
+                "test_accuracy": None,
+                "perplexity": None,
+                "per_client": per_client,
+                "bytes_down": 0,
+            }
         loss = loss_sum / count
         return {
             "test_loss": loss,

@@ -1,0 +1,151 @@
+"""End-to-end CLI runs on a tiny model: every output written, resume exact, LoRA sends
+only adapters, eval and generate work on the saved model."""
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from fedgpt.cli.main import app
+from fedgpt.experiment import Hooks, run_experiment
+
+runner = CliRunner()
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_two_client_two_round_run_writes_every_output(tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app, ["run", "--quiet", "--baselines", "--out", str(out), *sets(tiny_overrides)]
+    )
+    assert res.exit_code == 0, res.output
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "report.md",
+        "report.html",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+    ):
+        assert (out / name).is_file(), name
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for key in (
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "perplexity",
+        "participants",
+        "dropped",
+        "bytes_up",
+        "bytes_down",
+        "seconds",
+    ):
+        assert key in rows[-1]
+    assert len(rows[0]["participants"]) == 2 and rows[-1]["test_accuracy"] > 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "round_000001",
+        "round_000002",
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    b = summary["baselines"]
+    assert b["centralized"]["steps"] == sum(r["client_steps"] for r in rows) == 2 * 2 * 2
+    assert b["local_only"]["num_clients"] == 2
+    assert "centralized" in (out / "report.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out / "model", local_files_only=True)
+    final = load_file(out / "checkpoints/round_000002/weights.safetensors")["weights"]
+    saved = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert torch.equal(saved, final)
+
+    res = runner.invoke(app, ["generate", str(out), "--prompt", "KING.", "--max-new-tokens", "20"])
+    assert res.exit_code == 0 and res.output.startswith("KING.") and len(res.output) > 20
+    text = tmp_path / "t.txt"
+    text.write_text("Nothing will come of nothing: speak again.\n")
+    res = runner.invoke(app, ["eval", str(out), "--data", str(text)])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output)
+    assert ev["tokens"] == len(text.read_text()) - 1 and 0 <= ev["accuracy"] <= 1
+
+
+class StopAt(Hooks):
+    def __init__(self, rnd):
+        self.rnd = rnd
+
+    def round_done(self, row):
+        if row["round"] == self.rnd:
+            raise KeyboardInterrupt
+
+
+def test_resume_ends_with_exactly_the_uninterrupted_weights(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.model_copy(
+        update={
+            "federation": tiny_cfg.federation.model_copy(
+                update={"rounds": 3, "server_optimizer": "fedadam", "server_lr": 0.01}
+            ),
+            "baselines": tiny_cfg.baselines.model_copy(update={"enabled": False}),
+        }
+    )
+    run_experiment(cfg, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "cut", hooks=StopAt(2))
+    res = runner.invoke(app, ["run", "--quiet", "--resume", str(tmp_path / "cut")])
+    assert res.exit_code == 0, res.output
+    a = load_file(tmp_path / "full/model/model.safetensors")
+    b = load_file(tmp_path / "cut/model/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "cut/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["round"] for r in rows] == [1, 2, 3]
+
+
+def test_lora_run_exchanges_only_adapters(tiny_overrides, tiny_checkpoint, tmp_path):
+    out = tmp_path / "lora"
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--quiet",
+            "--no-baselines",
+            "--out",
+            str(out),
+            *sets(tiny_overrides),
+            "--set",
+            f'model.path="{tiny_checkpoint}"',
+            "--set",
+            "model.lora.enabled=true",
+            "--set",
+            "model.lora.r=2",
+            "--set",
+            'model.lora.target_modules=["c_attn"]',
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    adapter_floats = 2 * (2 * 32 + 96 * 2)  # 2 layers x (A: 2x32, B: 96x2)
+    assert row["bytes_up"] == len(row["participants"]) * adapter_floats * 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["trainable_params"] == adapter_floats
+    assert summary["model"]["total_params"] > 10 * adapter_floats
+    assert (out / "model/adapter/adapter_model.safetensors").is_file()
+
+
+def test_config_show_is_valid_documented_toml(tmp_path):
+    res = runner.invoke(app, ["config", "show"])
+    assert res.exit_code == 0 and "# local optimiser" in res.output
+    path = tmp_path / "c.toml"
+    path.write_text(res.output)
+    assert runner.invoke(app, ["config", "show", "-c", str(path)]).output == res.output
+
+
+def test_data_stats_reports_clients():
+    res = runner.invoke(app, ["data", "stats", "--set", 'data.plays=["lear"]'])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"num_clients\s+│\s+\d+", res.output)

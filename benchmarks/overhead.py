@@ -28,7 +28,6 @@ from fedgpt.client.trainer import local_update
 from fedgpt.config import load_config
 from fedgpt.experiment import Hooks, prepare, run_experiment
 from fedgpt.models.build import build_char_gpt2
-from fedgpt.models.params import bind_flat
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
 

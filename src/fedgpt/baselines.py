@@ -3,7 +3,8 @@ evaluation:
 
 * centralized — one model trained on the pooled training text of all clients, for the
   same number of training sequences the federation consumed (same batch size, so the
-  same number of optimiser steps), with the client optimiser settings;
+  same number of optimiser steps), with its own optimiser (``baselines.optimizer`` and
+  ``baselines.lr``, AdamW by default: the strongest setting we measured for it);
 * local-only — what a site can do alone: a seeded sample of clients each train only on
   their own text, validating every ``local_eval_every`` steps on a held-out tail of their
   training text and stopping when it no longer helps (``local_patience``), up to the
@@ -20,8 +21,14 @@ import torch
 
 from fedgpt.client.app import ClientData, client_seed
 from fedgpt.client.trainer import evaluate_tokens, make_optimizer, train_steps
-from fedgpt.config import RunConfig
+from fedgpt.config import ClientConfig, RunConfig
 from fedgpt.models.params import FlatModel
+
+
+def baseline_optimizer(cfg: RunConfig) -> ClientConfig:
+    """The client settings with the baselines' optimiser and learning rate."""
+    b = cfg.baselines
+    return cfg.client.model_copy(update={"optimizer": b.optimizer, "lr": b.lr, "prox_mu": 0.0})
 
 
 def train_centralized(
@@ -36,14 +43,15 @@ def train_centralized(
     start = time.perf_counter()
     pooled = torch.cat([data[cid].train for cid in sorted(data)])
     fm.load(init)
-    opt = make_optimizer(fm, cfg.client)
+    ccfg = baseline_optimizer(cfg)
+    opt = make_optimizer(fm, ccfg)
     gen = torch.Generator().manual_seed(client_seed(cfg.seed, 0, "__centralized__"))
     chunk = 50
     done = 0
     losses = []
     while done < steps:
         n = min(chunk, steps - done)
-        losses.append(train_steps(fm, opt, pooled, cfg.client, n, gen))
+        losses.append(train_steps(fm, opt, pooled, ccfg, n, gen))
         done += n
         if on_progress:
             on_progress(done)
@@ -64,7 +72,8 @@ def _local_one(
     n_val = min(n_val, d.train.numel() // 2)
     train, val = d.train[:-n_val], d.train[-n_val:]
     fm.load(init)
-    opt = make_optimizer(fm, cfg.client)
+    ccfg = baseline_optimizer(cfg)
+    opt = make_optimizer(fm, ccfg)
     gen = torch.Generator().manual_seed(client_seed(cfg.seed, 0, "__local__/" + d.client_id))
     seq = cfg.client.seq_len
 
@@ -75,7 +84,7 @@ def _local_one(
     best, best_w, best_step, bad, done = val_loss(), fm.flat.clone(), 0, 0, 0
     while done < budget and bad < b.local_patience:
         n = min(b.local_eval_every, budget - done)
-        train_steps(fm, opt, train, cfg.client, n, gen)
+        train_steps(fm, opt, train, ccfg, n, gen)
         done += n
         v = val_loss()
         if v < best:

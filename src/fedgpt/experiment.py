@@ -202,6 +202,7 @@ def run_experiment(
     if cfg.baselines.enabled:
         summary["baselines"] = run_baselines(cfg, prep, server, rows, last_eval, hooks)
         prep.fm.load(state.weights)
+    summary["federated_seconds"] = sum(r["seconds"] for r in rows)
     summary["seconds"] = time.perf_counter() - t_start
     summary["config_path"] = "config.toml"
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

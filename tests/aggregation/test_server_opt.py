@@ -83,7 +83,7 @@ def test_yogi_second_moment_shrinks_when_v_exceeds_delta_squared():
 
 
 def test_factory_maps_names():
-    assert isinstance(make_server_optimizer("fedavg", 1, 0.9, 0.99, 1e-3), FedAvg)
-    assert isinstance(make_server_optimizer("fedavgm", 1, 0.9, 0.99, 1e-3), FedAvgM)
-    adam = make_server_optimizer("fedadam", 0.05, 0.8, 0.95, 1e-4)
+    assert isinstance(make_server_optimizer("fedavg", 1), FedAvg)
+    assert make_server_optimizer("fedavgm", 1, momentum=0.5).momentum == 0.5
+    adam = make_server_optimizer("fedadam", 0.05, momentum=0.5, beta1=0.8, beta2=0.95, tau=1e-4)
     assert (adam.lr, adam.beta1, adam.beta2, adam.tau) == (0.05, 0.8, 0.95, 1e-4)

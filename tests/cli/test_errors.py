@@ -22,7 +22,7 @@ runner = CliRunner()
             ["run", "--set", 'federation.server_optimizer="sgd"'],
             "config key 'federation.server_optimizer'",
         ),
-        (["run", "--set", "model.n_head=3"], "model.n_embd (128) must be divisible"),
+        (["run", "--set", "model.n_head=3"], "model.n_embd (64) must be divisible"),
         (["run", "--set", "client.seq_len=500"], "client.seq_len (500) must be <= model.context"),
         (["run", "--set", "nonsense"], "expected dotted.key=value"),
         (["run", "-c", "/no/such/config.toml"], "config file '/no/such/config.toml'"),

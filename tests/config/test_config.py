@@ -1,10 +1,10 @@
 """Configuration: defaults round-trip, overrides, errors name the key, docs stay in sync."""
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fedgpt.config import RunConfig, config_hash, load_config, to_toml, validate
 from fedgpt.errors import ConfigError
@@ -32,7 +32,11 @@ def test_overrides_parse_toml_values_and_nest(tmp_path):
     p.write_text('name = "x"\n[client]\nlr = 0.5\n')
     cfg = load_config(p, ["client.lr=0.25", 'data.plays=["lear"]', "model.lora.enabled=true"])
     assert (cfg.name, cfg.client.lr, cfg.data.plays, cfg.model.lora.enabled) == (
-        "x", 0.25, ["lear"], True)
+        "x",
+        0.25,
+        ["lear"],
+        True,
+    )
     assert config_hash(cfg) != config_hash(RunConfig())
 
 
@@ -52,5 +56,7 @@ def test_errors_name_the_key(override, message):
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         RunConfig().client.lr = 1.0  # type: ignore[misc]

@@ -90,11 +90,18 @@ class FedYogi(_Adaptive):
         return v - (1 - self.beta2) * d2 * torch.sign(v - d2)
 
 
-def make_server_optimizer(name: str, lr: float, momentum: float, beta2: float, tau: float):
+def make_server_optimizer(
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+):
     """The server optimiser named in ``federation.server_optimizer``."""
     if name == "fedavg":
         return FedAvg(lr=lr)
     if name == "fedavgm":
         return FedAvgM(lr=lr, momentum=momentum)
     cls = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[name]
-    return cls(lr=lr, beta1=momentum, beta2=beta2, tau=tau)
+    return cls(lr=lr, beta1=beta1, beta2=beta2, tau=tau)

@@ -62,9 +62,9 @@ class ModelConfig(_Section):
         description="local Hugging Face checkpoint (model + tokenizer) to fine-tune; empty = "
         "build a small character-level GPT-2 from the settings below",
     )
-    n_layer: int = Field(4, ge=1, description="transformer blocks of the built model")
-    n_embd: int = Field(128, ge=8, description="width of the built model")
-    n_head: int = Field(4, ge=1, description="attention heads of the built model")
+    n_layer: int = Field(2, ge=1, description="transformer blocks of the built model")
+    n_embd: int = Field(64, ge=8, description="width of the built model")
+    n_head: int = Field(2, ge=1, description="attention heads of the built model")
     context: int = Field(128, ge=8, description="maximum sequence length of the built model")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout of the built model")
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -105,20 +105,22 @@ class ClientConfig(_Section):
 class FederationConfig(_Section):
     """Rounds, client sampling, server optimiser and evaluation."""
 
-    rounds: int = Field(20, ge=1, description="federated rounds")
+    rounds: int = Field(200, ge=1, description="federated rounds")
     fraction: float = Field(
-        0.025, gt=0.0, le=1.0, description="share of clients sampled per round (seeded)"
+        0.01, gt=0.0, le=1.0, description="share of clients sampled per round (seeded)"
     )
     min_clients: int = Field(2, ge=1, description="sample at least this many clients per round")
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = Field(
-        "fedavg", description="server update rule (Reddi et al. 2021)"
+        "fedavgm",
+        description="server update rule (FedAvgM: Hsu et al. 2019; adaptive: Reddi et al. 2021)",
     )
     server_lr: float = Field(1.0, gt=0, description="server learning rate eta")
-    server_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM momentum / Adam beta1")
+    server_momentum: float = Field(0.5, ge=0.0, lt=1.0, description="FedAvgM server momentum")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi/FedAdagrad first moment")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
     tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
     eval_every: int = Field(
-        5, ge=1, description="evaluate on every client's test split every k rounds"
+        25, ge=1, description="evaluate on every client's test split every k rounds (and last)"
     )
     eval_max_chars: int = Field(
         0, ge=0, description="evaluate at most this many test characters per client; 0 = all"
@@ -130,6 +132,12 @@ class BaselineConfig(_Section):
     """Centralized and local-only training, measured in the same run for comparison."""
 
     enabled: bool = Field(True, description="also train the centralized and local-only baselines")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "adamw",
+        description="optimiser of both baselines (batch size, sequence length and clipping are "
+        "the client's); a baseline gets its own well-tuned optimiser, not the federation's",
+    )
+    lr: float = Field(3e-3, gt=0, description="learning rate of both baselines")
     local_clients: int = Field(
         10, ge=1, description="clients (seeded sample) that train a local-only model"
     )

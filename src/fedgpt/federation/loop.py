@@ -97,7 +97,7 @@ class FederatedServer:
         self.client_ids = list(client_ids)
         f = cfg.federation
         self.opt = make_server_optimizer(
-            f.server_optimizer, f.server_lr, f.server_momentum, f.beta2, f.tau
+            f.server_optimizer, f.server_lr, f.server_momentum, f.beta1, f.beta2, f.tau
         )
         self.on_round_start: Callable[[int, list[str]], None] | None = None
         self.on_reply: Callable[[str, Reply], None] | None = None

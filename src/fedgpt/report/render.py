@@ -210,7 +210,7 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
             fmt_acc(fed.get("test_accuracy")),
             fmt_ratio(ratio(fed.get("test_accuracy"), central_acc)),
             f"{fmt_int(summary.get('rounds', len(rows)))} rounds, {updates:,} client updates",
-            fmt_seconds(summary.get("seconds")),
+            fmt_seconds(summary.get("federated_seconds", summary.get("seconds"))),
         ]
     ]
     if isinstance(central, Mapping):
@@ -260,6 +260,9 @@ _DATASET_LABELS = {
     "chars_median": "characters per client (median)",
     "chars_max": "characters per client (max)",
     "gini": "Gini coefficient of client sizes",
+    "chars_mean": "characters per client (mean)",
+    "top10_share": "share of characters held by the largest 10 % of clients",
+    "cv": "coefficient of variation of client sizes",
 }
 
 
@@ -272,7 +275,7 @@ def _dataset_table(summary: Mapping[str, Any]) -> Table | None:
     entries = []
     for key in keys:
         value = dataset[key]
-        if key == "gini":
+        if key in ("gini", "top10_share", "cv"):
             text = _fmt(value, ".3f")
         elif isinstance(value, int) and not isinstance(value, bool):
             text = f"{value:,}"

@@ -38,10 +38,14 @@ CONFIGS: dict[str, list[str]] = {
     "2x64-k11-s10-r100-fedavgm0.7": [*SMALL_K11, "federation.server_momentum=0.7"],
     "2x64-k11-s10-r100-fedadam0.01": [*SMALL_K11, "federation.server_optimizer='fedadam'",
                                       "federation.server_lr=0.01"],
-    "2x64-k5-s10-r200-fedavg": ["federation.server_optimizer='fedavg'"],
-    "2x64-k3-s10-r330-fedavgm0.5": [*FEW, "federation.min_clients=3", "federation.rounds=330"],
-    "2x64-k5-s5-r400-fedavgm0.5": ["federation.rounds=400", "client.local_steps=5"],
-    "defaults": [],  # 2x64, 5 clients x 10 AdamW steps x 200 rounds, FedAvgM 0.5
+    "2x64-k5-s10-r200-fedavg": ["federation.rounds=200", "client.local_steps=10",
+                                "federation.server_optimizer='fedavg'"],
+    "2x64-k5-s10-r200-fedavgm0.5": ["federation.rounds=200", "client.local_steps=10"],
+    "2x64-k3-s10-r330-fedavgm0.5": [*FEW, "federation.min_clients=3", "federation.rounds=330",
+                                    "client.local_steps=10"],
+    "2x64-k5-s3-r667-fedavgm0.5": ["federation.rounds=667", "client.local_steps=3"],
+    "2x64-k3-s5-r667-fedavgm0.5": [*FEW, "federation.min_clients=3", "federation.rounds=667"],
+    "defaults": [],  # 2x64, 5 clients x 5 AdamW steps x 400 rounds, FedAvgM 0.5
 }
 
 

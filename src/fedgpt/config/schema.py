@@ -87,7 +87,7 @@ class ClientConfig(_Section):
     weight_decay: float = Field(
         0.0, ge=0.0, description="decoupled (AdamW) or L2 (SGD) weight decay"
     )
-    local_steps: int = Field(10, ge=1, description="optimiser steps per round (see local_epochs)")
+    local_steps: int = Field(5, ge=1, description="optimiser steps per round (see local_epochs)")
     local_epochs: float = Field(
         0.0,
         ge=0.0,
@@ -105,7 +105,7 @@ class ClientConfig(_Section):
 class FederationConfig(_Section):
     """Rounds, client sampling, server optimiser and evaluation."""
 
-    rounds: int = Field(200, ge=1, description="federated rounds")
+    rounds: int = Field(400, ge=1, description="federated rounds")
     fraction: float = Field(
         0.01, gt=0.0, le=1.0, description="share of clients sampled per round (seeded)"
     )
@@ -120,7 +120,7 @@ class FederationConfig(_Section):
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
     tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
     eval_every: int = Field(
-        25, ge=1, description="evaluate on every client's test split every k rounds (and last)"
+        50, ge=1, description="evaluate on every client's test split every k rounds (and last)"
     )
     eval_max_chars: int = Field(
         0, ge=0, description="evaluate at most this many test characters per client; 0 = all"

@@ -67,14 +67,17 @@ def generate_text(
     temperature: float = 0.8,
     seed: int = 0,
 ) -> str:
-    """The prompt continued by ``max_new_tokens`` sampled tokens (greedy if temperature 0);
-    a sliding window keeps the input within the model's context."""
+    """The prompt continued by ``max_new_tokens`` sampled tokens (greedy if temperature 0).
+
+    A sliding window keeps the input within the sequence length the model was trained on
+    (``client.seq_len`` of the run), since positions beyond it were never trained.
+    """
     bundle = load_run_model(run_dir)
     model = bundle.model.eval()
     ids = bundle.codec.encode(prompt).tolist()
     if not ids:
         raise DataError("--prompt: expected non-empty text")
-    context = bundle.max_length
+    context = min(bundle.max_length, _run_seq_len(Path(run_dir)))
     gen = torch.Generator().manual_seed(seed)
     out = list(ids)
     for _ in range(max_new_tokens):

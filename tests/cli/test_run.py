@@ -148,4 +148,4 @@ def test_config_show_is_valid_documented_toml(tmp_path):
 def test_data_stats_reports_clients():
     res = runner.invoke(app, ["data", "stats", "--set", 'data.plays=["lear"]'])
     assert res.exit_code == 0, res.output
-    assert re.search(r"num_clients\s+│\s+\d+", res.output)
+    assert re.search(r"clients\s+│\s+\d+", res.output)

@@ -151,8 +151,13 @@ def data_stats(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     table = Table(title=f"data: {cfg.data.source} (min_chars={cfg.data.min_chars})")
     table.add_column("statistic")
     table.add_column("value", justify="right")
+    from fedgpt.report.render import DATASET_LABELS as labels
+
     for key, value in stats.items():
-        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}")
+        text = f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
+        if key in ("chars_median", "chars_mean"):
+            text = f"{value:,.1f}"
+        table.add_row(labels.get(key, key), text)
     Console().print(table)
 
 

@@ -252,7 +252,7 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
     return Table(header, table_rows, "lrrrrll")
 
 
-_DATASET_LABELS = {
+DATASET_LABELS = {
     "num_clients": "clients",
     "train_chars": "training characters",
     "test_chars": "test characters",
@@ -270,8 +270,8 @@ def _dataset_table(summary: Mapping[str, Any]) -> Table | None:
     dataset = nested(summary, "dataset")
     if not isinstance(dataset, Mapping) or not dataset:
         return None
-    keys = [k for k in _DATASET_LABELS if k in dataset]
-    keys += [k for k in dataset if k not in _DATASET_LABELS]
+    keys = [k for k in DATASET_LABELS if k in dataset]
+    keys += [k for k in dataset if k not in DATASET_LABELS]
     entries = []
     for key in keys:
         value = dataset[key]
@@ -283,7 +283,7 @@ def _dataset_table(summary: Mapping[str, Any]) -> Table | None:
             text = f"{value:,.1f}" if key == "chars_median" else f"{value:g}"
         else:
             text = str(value)
-        entries.append((_DATASET_LABELS.get(key, key), text))
+        entries.append((DATASET_LABELS.get(key, key), text))
     return Table(("", "value"), entries, "lr")
 
 

@@ -35,6 +35,7 @@ from fedgpt.runtime import InProcessRuntime
 class Hooks:
     """Progress callbacks; the CLI draws progress bars with them. All optional."""
 
+    def rounds(self, total: int, done: int) -> None: ...
     def stage(self, name: str, total: int | None) -> None: ...
     def advance(self, n: int = 1) -> None: ...
     def round_done(self, row: dict) -> None: ...
@@ -154,6 +155,7 @@ def run_experiment(
         rows = [r for r in read_rows(metrics_path) if r["round"] <= state.round]
     _write_rows(metrics_path, rows)
     chash = config_hash(cfg)
+    hooks.rounds(cfg.federation.rounds, state.round)
     last_eval: dict | None = None
     for _ in range(state.round, cfg.federation.rounds):
         n_sel = len(server.client_ids)

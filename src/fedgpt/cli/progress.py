@@ -30,8 +30,15 @@ def round_line(row: dict) -> str:
     )
 
 
+def worth_logging(row: dict) -> bool:
+    """Rounds with an evaluation or a dropped client get a log line; the rest only move
+    the progress bar (a run has hundreds of rounds)."""
+    return row["round"] == 1 or row["test_loss"] is not None or bool(row["dropped"])
+
+
 class RichHooks(Hooks):
-    """A stage bar that is replaced at each stage; a log line per round."""
+    """A bar over rounds, a bar for the current stage (clients training, evaluating,
+    baselines), and a log line for rounds worth reading."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
@@ -45,6 +52,10 @@ class RichHooks(Hooks):
             transient=True,
         )
         self.task = None
+        self.rounds_task = None
+
+    def rounds(self, total: int, done: int) -> None:
+        self.rounds_task = self.progress.add_task("rounds", total=total, completed=done)
 
     def __enter__(self) -> RichHooks:
         self.progress.start()
@@ -63,7 +74,10 @@ class RichHooks(Hooks):
             self.progress.advance(self.task, n)
 
     def round_done(self, row: dict) -> None:
-        self.progress.console.print(round_line(row))
+        if self.rounds_task is not None:
+            self.progress.advance(self.rounds_task)
+        if worth_logging(row):
+            self.progress.console.print(round_line(row))
 
     def log(self, msg: str) -> None:
         self.progress.console.print(msg)
@@ -79,7 +93,8 @@ class QuietHooks(Hooks):
         pass
 
     def round_done(self, row: dict) -> None:
-        print(round_line(row), file=sys.stderr, flush=True)
+        if worth_logging(row):
+            print(round_line(row), file=sys.stderr, flush=True)
 
     def log(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

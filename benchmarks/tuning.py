@@ -45,6 +45,7 @@ CONFIGS: dict[str, list[str]] = {
                                     "client.local_steps=10"],
     "2x64-k5-s3-r667-fedavgm0.5": ["federation.rounds=667", "client.local_steps=3"],
     "2x64-k3-s5-r667-fedavgm0.5": [*FEW, "federation.min_clients=3", "federation.rounds=667"],
+    "2x64-k5-s5-r400-fedavgm0.5-keepstate": ["client.keep_optimizer_state=true"],
     "defaults": [],  # 2x64, 5 clients x 5 AdamW steps x 400 rounds, FedAvgM 0.5
 }
 

@@ -105,3 +105,18 @@ def test_client_app_dispatch_and_seed_independence():
     ev = app("a", Message("evaluate", {"round": 1}, {"weights": w}))
     assert ev.type == "evaluate/result" and ev.config["count"] == len(TEXT) - 1
     assert client_seed(0, 1, "a") != client_seed(0, 2, "a") != client_seed(1, 1, "a")
+
+
+def test_kept_optimizer_state_stays_on_the_client_and_changes_the_next_update():
+    bundle, fm = tiny()
+    data = {"a": ClientData("a", toks(bundle), toks(bundle, TEXT))}
+    w = fm.flat.clone()
+    msg = Message("train", {"round": 2, "seed": 7}, {"weights": w})
+    fresh = ClientApp(fm, data, CFG)
+    keep = ClientApp(fm, data, CFG.model_copy(update={"keep_optimizer_state": True}))
+    keep("a", Message("train", {"round": 1, "seed": 3}, {"weights": w}))
+    assert "exp_avg_sq" in keep.opt_memory["a"]["state"]["state"][0] and not fresh.opt_memory
+    d_keep = keep("a", msg)
+    d_fresh = fresh("a", msg)
+    assert set(d_keep.tensors) == {"delta"}  # the state is not sent
+    assert not torch.equal(d_keep.tensors["delta"], d_fresh.tensors["delta"])

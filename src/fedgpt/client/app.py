@@ -42,6 +42,7 @@ class ClientApp:
         self.fm = fm
         self.data = data
         self.cfg = cfg
+        self.opt_memory: dict[str, dict] = {}  # per client, stays on the client
 
     def __call__(self, client_id: str, msg: Message) -> Message:
         if msg.type == "train":
@@ -53,6 +54,9 @@ class ClientApp:
     def train(self, client_id: str, msg: Message) -> Message:
         gen = torch.Generator().manual_seed(int(msg.config["seed"]))
         rnd = int(msg.config["round"])
+        memory = (
+            self.opt_memory.setdefault(client_id, {}) if self.cfg.keep_optimizer_state else None
+        )
         result = local_update(
             self.fm,
             msg.tensors["weights"],
@@ -61,6 +65,7 @@ class ClientApp:
             gen,
             client_id,
             rnd,
+            opt_memory=memory,
         )
         if isinstance(result, Failure):
             return Message("train/failure", {"round": rnd, "reason": result.reason})

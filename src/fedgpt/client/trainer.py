@@ -119,13 +119,20 @@ def local_update(
     gen: torch.Generator,
     client_id: str,
     round: int,
+    opt_memory: dict | None = None,
 ) -> Update | Failure:
-    """Train from ``global_weights`` on ``tokens``; return Δ_k = w_k − w_t or a Failure."""
+    """Train from ``global_weights`` on ``tokens``; return Δ_k = w_k − w_t or a Failure.
+
+    ``opt_memory`` (client-local, never sent) carries the optimiser state from this
+    client's previous round to the next when ``client.keep_optimizer_state`` is on.
+    """
     if tokens.numel() < 2:
         return Failure(client_id, round, "no training text (fewer than 2 tokens)")
     start = time.perf_counter()
     fm.load(global_weights)
     opt = make_optimizer(fm, cfg)
+    if opt_memory is not None and "state" in opt_memory:
+        opt.load_state_dict(opt_memory["state"])
     steps = num_local_steps(tokens.numel(), cfg)
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
@@ -133,6 +140,8 @@ def local_update(
             losses = train_steps(fm, opt, tokens, cfg, steps, gen, anchor=global_weights)
         except NonFiniteLoss as exc:
             return Failure(client_id, round, str(exc))
+    if opt_memory is not None:
+        opt_memory["state"] = opt.state_dict()
     delta = fm.flat - global_weights
     norm = float(delta.norm())
     if not math.isfinite(norm):

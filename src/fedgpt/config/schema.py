@@ -97,6 +97,11 @@ class ClientConfig(_Section):
     batch_size: int = Field(16, ge=1, description="sequences per step")
     seq_len: int = Field(64, ge=2, description="tokens per sequence")
     grad_clip: float = Field(1.0, ge=0.0, description="clip the gradient L2 norm per step; 0 = off")
+    keep_optimizer_state: bool = Field(
+        False,
+        description="each client keeps its optimiser state (e.g. Adam moments) between the "
+        "rounds it takes part in (stateful cross-silo clients); off = fresh optimiser each round",
+    )
     prox_mu: float = Field(
         0.0, ge=0.0, description="FedProx proximal weight mu (Li et al. 2020); 0 = plain FedAvg"
     )

@@ -27,8 +27,10 @@ from fedgpt.federation.checkpoint import (
     save_checkpoint,
 )
 from fedgpt.federation.loop import FederatedServer, ServerState
+from fedgpt.federation.sampling import clients_per_round
 from fedgpt.models.build import ModelBundle, build_model, save_model
 from fedgpt.models.params import FlatModel, bind_flat
+from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.runtime import InProcessRuntime
 
 
@@ -91,6 +93,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(clients, bundle, fm, data, fm.flat.clone())
 
 
+def make_privacy(cfg: RunConfig, num_clients: int) -> ServerPrivacy:
+    """The run's privacy policy (checks the privacy settings before anything runs)."""
+    f = cfg.federation
+    per_round = clients_per_round(num_clients, f.fraction, f.min_clients)
+    return ServerPrivacy(cfg.privacy, num_clients, per_round, f.rounds)
+
+
 def new_run_dir(cfg: RunConfig) -> Path:
     """``out_dir/name``, or ``name-2``, ``name-3``... if that already holds a run."""
     base = Path(cfg.out_dir) / cfg.name
@@ -128,6 +137,8 @@ def run_experiment(
     t_start = time.perf_counter()
     hooks.stage("preparing data and model", None)
     prep = prepare(cfg)  # every input is checked before anything is written
+    ids = [c.client_id for c in prep.clients]
+    privacy = make_privacy(cfg, len(ids))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     hooks.log(f"run folder: {run_dir}")
@@ -136,8 +147,10 @@ def run_experiment(
         f"{len(prep.clients)} clients, model {prep.bundle.name}: "
         f"{trainable:,} trainable of {total:,} parameters"
     )
-    ids = [c.client_id for c in prep.clients]
-    server = FederatedServer(cfg, InProcessRuntime(ClientApp(prep.fm, prep.data, cfg.client)), ids)
+    if privacy.active:
+        hooks.log(f"privacy: {cfg.privacy.mode}, noise multiplier {privacy.z:.4g}")
+    app = ClientApp(prep.fm, prep.data, cfg.client, cfg.privacy, privacy.z)
+    server = FederatedServer(cfg, InProcessRuntime(app), ids, privacy)
     server.on_reply = lambda cid, reply: hooks.advance()
     server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
     ckpt_root = run_dir / "checkpoints"
@@ -151,13 +164,23 @@ def run_experiment(
             if ck.weights.shape != prep.init.shape:
                 raise RunError(f"--resume: checkpoint '{latest}' does not fit this model")
             state = ServerState(ck.round, ck.weights, ck.server_state)
+            privacy.load_state(ck.meta.get("privacy", {}))
+            app.releases = dict(ck.meta.get("privacy", {}).get("participation", {}))
             hooks.log(f"resuming after round {ck.round} from {latest}")
         rows = [r for r in read_rows(metrics_path) if r["round"] <= state.round]
     _write_rows(metrics_path, rows)
     chash = config_hash(cfg)
     hooks.rounds(cfg.federation.rounds, state.round)
     last_eval: dict | None = None
+    stopped = None
     for _ in range(state.round, cfg.federation.rounds):
+        if privacy.would_exceed():
+            stopped = (
+                f"privacy budget: one more round would exceed epsilon "
+                f"{cfg.privacy.target_epsilon} (spent {privacy.epsilon():.4f})"
+            )
+            hooks.log(f"stopping after round {state.round}: {stopped}")
+            break
         n_sel = len(server.client_ids)
         server.on_round_start = lambda r, chosen: hooks.stage(
             f"round {r}/{cfg.federation.rounds}: training", len(chosen)
@@ -176,7 +199,12 @@ def run_experiment(
                 state.round,
                 state.weights,
                 state.opt_state,
-                {"seed": cfg.seed, "config_hash": chash, "clients": n_sel},
+                {
+                    "seed": cfg.seed,
+                    "config_hash": chash,
+                    "clients": n_sel,
+                    "privacy": privacy.state(),
+                },
             ),
             keep=cfg.federation.checkpoint_keep,
         )
@@ -200,6 +228,16 @@ def run_experiment(
         "federated": {k: last_eval[k] for k in ("test_loss", "test_accuracy", "perplexity")},
         "federated_per_client": last_eval["per_client"],
         "baselines": None,
+        "stopped": stopped,
+        "privacy": None
+        if not privacy.active
+        else {
+            "mode": cfg.privacy.mode,
+            "epsilon": privacy.epsilon(),
+            "delta": cfg.privacy.delta,
+            "noise_multiplier": privacy.z,
+            "accountant": cfg.privacy.accountant,
+        },
     }
     if cfg.baselines.enabled:
         summary["baselines"] = run_baselines(cfg, prep, server, rows, last_eval, hooks)

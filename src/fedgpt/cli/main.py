@@ -25,8 +25,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect the federated data.", no_args_is_help=True)
+privacy_app = typer.Typer(help="Differential-privacy accounting.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(privacy_app, name="privacy")
 
 
 def user_errors(fn):
@@ -187,6 +189,70 @@ def generate(
     from fedgpt.inference import generate_text
 
     typer.echo(generate_text(run_dir, prompt, max_new_tokens, temperature, seed))
+
+
+Accountant = Annotated[str, typer.Option(help="rdp (Renyi DP) or pld (privacy loss dist.)")]
+
+
+@privacy_app.command("epsilon")
+@user_errors
+def privacy_epsilon(
+    noise_multiplier: Annotated[float, typer.Option(help="noise std / clip norm (z)")],
+    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q")],
+    steps: Annotated[int, typer.Option(help="number of compositions T")],
+    delta: Annotated[float, typer.Option(help="target delta")],
+    accountant: Accountant = "rdp",
+) -> None:
+    """epsilon of T Poisson-subsampled Gaussian steps; the last line is the bare number."""
+    from fedgpt.privacy.accountant import closed_form_epsilon, epsilon
+
+    eps = epsilon(noise_multiplier, sample_rate, steps, delta, _kind(accountant))
+    rough = closed_form_epsilon(noise_multiplier, sample_rate, steps, delta)
+    typer.echo(
+        f"accountant: {accountant}, z={noise_multiplier}, q={sample_rate}, T={steps}, delta={delta}"
+    )
+    typer.echo(f"closed-form rough bound, for comparison only (not an accountant): {rough:.6g}")
+    typer.echo(f"{eps:.6g}")
+
+
+@privacy_app.command("plan")
+@user_errors
+def privacy_plan(
+    target_epsilon: Annotated[float, typer.Option(help="privacy budget")],
+    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q")],
+    steps: Annotated[int, typer.Option(help="number of compositions T")],
+    delta: Annotated[float, typer.Option(help="target delta")],
+    accountant: Accountant = "rdp",
+) -> None:
+    """The smallest noise multiplier meeting the target; the last line is the bare number."""
+    from fedgpt.privacy.accountant import epsilon, plan_noise
+
+    kind = _kind(accountant)
+    z = plan_noise(target_epsilon, sample_rate, steps, delta, kind)
+    typer.echo(f"epsilon at that noise: {epsilon(z, sample_rate, steps, delta, kind):.6g}")
+    typer.echo(f"{z:.6g}")
+
+
+@privacy_app.command("spent")
+@user_errors
+def privacy_spent(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+    """The run's epsilon after each round."""
+    from fedgpt.errors import RunError
+    from fedgpt.report import load_metrics
+
+    rows = load_metrics(run_dir / "metrics.jsonl")
+    if not any("epsilon" in r for r in rows):
+        raise RunError(f"run '{run_dir}' used no differential privacy (no epsilon recorded)")
+    typer.echo("round  epsilon  delta")
+    for r in rows:
+        if "epsilon" in r:
+            typer.echo(f"{r['round']:>5}  {r['epsilon']:.6g}  {r['delta']:g}")
+
+
+def _kind(accountant: str) -> str:
+    if accountant not in ("rdp", "pld"):
+        raise ConfigError(f"--accountant: expected 'rdp' or 'pld', got {accountant!r}")
+    return accountant
 
 
 def main() -> None:  # pragma: no cover

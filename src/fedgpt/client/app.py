@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedgpt.client.trainer import Failure, evaluate_tokens, local_update
-from fedgpt.config import ClientConfig
+from fedgpt.config import ClientConfig, PrivacyConfig
 from fedgpt.models.params import FlatModel
 from fedgpt.runtime.messages import Message
 
@@ -38,10 +38,20 @@ def client_seed(run_seed: int, round: int, client_id: str) -> int:
 class ClientApp:
     """Handles ``train`` and ``evaluate`` messages for the clients whose data it holds."""
 
-    def __init__(self, fm: FlatModel, data: Mapping[str, ClientData], cfg: ClientConfig):
+    def __init__(
+        self,
+        fm: FlatModel,
+        data: Mapping[str, ClientData],
+        cfg: ClientConfig,
+        privacy: PrivacyConfig | None = None,
+        local_noise_multiplier: float = 0.0,
+    ):
         self.fm = fm
         self.data = data
         self.cfg = cfg
+        self.privacy = privacy if privacy is not None and privacy.mode == "local_dp" else None
+        self.local_z = local_noise_multiplier
+        self.releases: dict[str, int] = {}  # local DP: updates each client has released
         self.opt_memory: dict[str, dict] = {}  # per client, stays on the client
 
     def __call__(self, client_id: str, msg: Message) -> Message:
@@ -54,6 +64,8 @@ class ClientApp:
     def train(self, client_id: str, msg: Message) -> Message:
         gen = torch.Generator().manual_seed(int(msg.config["seed"]))
         rnd = int(msg.config["round"])
+        if self.privacy is not None and self._budget_spent(client_id):
+            return Message("train/failure", {"round": rnd, "reason": "privacy budget exhausted"})
         memory = (
             self.opt_memory.setdefault(client_id, {}) if self.cfg.keep_optimizer_state else None
         )
@@ -69,10 +81,34 @@ class ClientApp:
         )
         if isinstance(result, Failure):
             return Message("train/failure", {"round": rnd, "reason": result.reason})
+        if self.privacy is not None:
+            return self._release_private(client_id, rnd, result.delta, result.metrics, gen)
         return Message(
             "train/result",
             {"round": rnd, "num_examples": result.num_examples, "metrics": result.metrics},
             {"delta": result.delta},
+        )
+
+    def _budget_spent(self, client_id: str) -> bool:
+        from fedgpt.privacy.engine import local_epsilon
+
+        p = self.privacy
+        if p.target_epsilon == 0:
+            return False
+        nxt = self.releases.get(client_id, 0) + 1
+        return local_epsilon(self.local_z, nxt, p.delta, p.accountant) > p.target_epsilon
+
+    def _release_private(self, client_id, rnd, delta, metrics, gen) -> Message:
+        """Local DP: clip and noise the update here; send neither n_k nor loss/norm (they
+        are data-dependent): equal weights, timing metrics only."""
+        from fedgpt.privacy.local_dp import privatize
+
+        noise_gen = gen if self.privacy.reproducible_noise else None
+        noisy = privatize(delta, self.privacy.clip_norm, self.local_z, noise_gen)
+        self.releases[client_id] = self.releases.get(client_id, 0) + 1
+        kept = {k: metrics[k] for k in ("steps", "seconds")}
+        return Message(
+            "train/result", {"round": rnd, "num_examples": 1, "metrics": kept}, {"delta": noisy}
         )
 
     def evaluate(self, client_id: str, msg: Message) -> Message:

@@ -16,6 +16,7 @@ from fedgpt.config.schema import (
     FederationConfig,
     LoraConfig,
     ModelConfig,
+    PrivacyConfig,
     RunConfig,
     RuntimeConfig,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "FederationConfig",
     "LoraConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "RunConfig",
     "RuntimeConfig",
     "apply_overrides",

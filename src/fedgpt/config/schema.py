@@ -158,6 +158,48 @@ class BaselineConfig(_Section):
     )
 
 
+class PrivacyConfig(_Section):
+    """Differential privacy of what leaves the clients (see docs/privacy.md)."""
+
+    mode: Literal["none", "local_dp", "central_dp"] = Field(
+        "none",
+        description='"central_dp": DP-FedAvg, clip each update, noise the sum on the server '
+        '(client-level DP of the released model); "local_dp": each client clips and noises its '
+        'own update before sending it; "none": no DP',
+    )
+    clip_norm: float = Field(1.0, gt=0, description="L2 clip norm S of each client update")
+    noise_multiplier: float = Field(
+        1.0,
+        ge=0.0,
+        description="noise std / clip norm (z); 0 with target_epsilon > 0 = calibrate z so that "
+        "the planned rounds spend exactly target_epsilon",
+    )
+    target_epsilon: float = Field(
+        0.0, ge=0.0, description="privacy budget; the run stops before exceeding it; 0 = none"
+    )
+    delta: float = Field(
+        1e-5, gt=0.0, lt=1.0, description="delta of the (epsilon, delta) guarantee"
+    )
+    accountant: Literal["rdp", "pld"] = Field(
+        "rdp", description="dp-accounting method: Renyi DP or privacy loss distributions"
+    )
+    adaptive_clipping: bool = Field(
+        False, description="central_dp: track a quantile of update norms (Andrew et al. 2021)"
+    )
+    target_quantile: float = Field(
+        0.5, gt=0.0, lt=1.0, description="adaptive clipping: the norm quantile gamma to track"
+    )
+    clip_lr: float = Field(0.2, gt=0.0, description="adaptive clipping: geometric step eta_C")
+    count_noise_std: float = Field(
+        0.0, ge=0.0, description="adaptive clipping: noise std of the unclipped count; 0 = m/20"
+    )
+    reproducible_noise: bool = Field(
+        False,
+        description="draw DP noise from the run's seeded generator (tests, exact reruns) instead "
+        "of the operating system's CSPRNG; never for production",
+    )
+
+
 class RuntimeConfig(_Section):
     """How messages travel between server and clients."""
 
@@ -176,12 +218,19 @@ class RunConfig(_Section):
     client: ClientConfig = Field(default_factory=ClientConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         if self.data.source == "dir" and not self.data.path:
             raise ValueError('data.path must name a directory when data.source = "dir"')
+        p = self.privacy
+        if p.mode != "none" and p.noise_multiplier == 0 and p.target_epsilon == 0:
+            raise ValueError(
+                "privacy.noise_multiplier is 0: set it, or set privacy.target_epsilon to "
+                "calibrate it"
+            )
         if not self.model.path and self.client.seq_len > self.model.context:
             raise ValueError(
                 f"client.seq_len ({self.client.seq_len}) must be <= model.context "

@@ -16,6 +16,7 @@ from fedgpt.aggregation import make_server_optimizer, weighted_average
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
 from fedgpt.federation.sampling import sample_clients
+from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.runtime.base import Runtime
 from fedgpt.runtime.messages import Failure, Message, Reply
 
@@ -41,6 +42,7 @@ class RoundResult:
     client_seconds: float
     update_norm_mean: float | None
     eval: dict | None = None
+    privacy: dict | None = None
     eval_seconds: float = 0.0
     client_metrics: dict[str, dict] = field(default_factory=dict)
 
@@ -62,6 +64,7 @@ class RoundResult:
             "client_seconds": round(self.client_seconds, 4),
             "eval_seconds": round(self.eval_seconds, 4),
             "update_norm_mean": self.update_norm_mean,
+            **(self.privacy or {}),
         }
 
 
@@ -91,8 +94,15 @@ def validate_reply(reply: Reply, rnd: int, numel: int) -> str | None:
 class FederatedServer:
     """Runs rounds of federated training over a :class:`Runtime`."""
 
-    def __init__(self, cfg: RunConfig, runtime: Runtime, client_ids: Sequence[str]):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        runtime: Runtime,
+        client_ids: Sequence[str],
+        privacy: ServerPrivacy | None = None,
+    ):
         self.cfg = cfg
+        self.privacy = privacy
         self.runtime = runtime
         self.client_ids = list(client_ids)
         f = cfg.federation
@@ -138,13 +148,18 @@ class FederatedServer:
         if good:
             deltas = torch.stack([m.tensors["delta"] for m in good])
             n = torch.tensor([m.config["num_examples"] for m in good], dtype=torch.float64)
-            avg = weighted_average(deltas, n)
+            if self.privacy is not None and self.privacy.central is not None:
+                avg, dp_info = self.privacy.aggregate(deltas, n, self._noise_gen(rnd))
+            else:
+                avg = weighted_average(deltas, n)
             new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
             new_state = ServerState(rnd, new_w, new_opt)
-            losses = torch.tensor([m.config["metrics"]["train_loss"] for m in good])
-            train_loss = float((losses.double() * n).sum() / n.sum())
-            norms = [m.config["metrics"]["update_norm"] for m in good]
-            norm_mean = float(torch.tensor(norms).mean())
+            metrics = [m.config.get("metrics", {}) for m in good]
+            if all("train_loss" in x for x in metrics):
+                losses = torch.tensor([x["train_loss"] for x in metrics], dtype=torch.float64)
+                train_loss = float((losses * n).sum() / n.sum())
+            if all("update_norm" in x for x in metrics):
+                norm_mean = float(torch.tensor([x["update_norm"] for x in metrics]).mean())
         result = RoundResult(
             round=rnd,
             participants=participants,
@@ -160,12 +175,20 @@ class FederatedServer:
                 for m_cid, m in zip([c for c in chosen if c in participants], good, strict=True)
             },
         )
+        if self.privacy is not None and self.privacy.active:
+            result.privacy = self.privacy.after_round(participants if good else [])
         if rnd % f.eval_every == 0 or rnd == f.rounds:
             t1 = time.perf_counter()
             result.eval = self.evaluate(new_state.weights, rnd)
             result.eval_seconds = time.perf_counter() - t1
         result.seconds = time.perf_counter() - start
         return new_state, result
+
+    def _noise_gen(self, rnd: int) -> torch.Generator | None:
+        """Seeded DP noise only when ``privacy.reproducible_noise``; else the OS CSPRNG."""
+        if not self.cfg.privacy.reproducible_noise:
+            return None
+        return torch.Generator().manual_seed(client_seed(self.cfg.seed, rnd, "__dp_noise__"))
 
     def evaluate(
         self, weights: torch.Tensor, rnd: int, client_ids: Sequence[str] | None = None

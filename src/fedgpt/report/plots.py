@@ -230,12 +230,36 @@ def plot_epsilon(rows: Sequence[Row], path: Path) -> Path | None:
     )
 
 
+def plot_accuracy_vs_epsilon(rows: Sequence[Row], path: Path) -> Path | None:
+    """Test accuracy against the privacy spent so far (evaluated rounds of a private run)."""
+    pts = [(finite(r.get("epsilon")), finite(r.get("test_accuracy"))) for r in rows]
+    pts = [(e, a) for e, a in pts if e is not None and a is not None]
+    if not pts:
+        return None
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(
+        [e for e, _ in pts],
+        [a for _, a in pts],
+        marker="o",
+        color=FEDERATED_COLOR,
+        label="federated (evaluated rounds)",
+    )
+    ax.set_title("Privacy-utility trade-off: accuracy vs epsilon spent")
+    ax.set_xlabel("epsilon (ε) spent so far")
+    ax.set_ylabel("next-token accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 #: Plot names in report order, with the file name each is written to.
 PLOT_FILES = {
     "evaluation": "evaluation.png",
     "train_loss": "train_loss.png",
     "traffic": "traffic.png",
     "epsilon": "epsilon.png",
+    "accuracy_vs_epsilon": "accuracy_vs_epsilon.png",
 }
 
 
@@ -251,6 +275,7 @@ def make_plots(rows: Sequence[Row], summary: Mapping[str, Any], out_dir: Path) -
         "train_loss": lambda p: plot_train_loss(rows, p),
         "traffic": lambda p: plot_traffic(rows, p),
         "epsilon": lambda p: plot_epsilon(rows, p),
+        "accuracy_vs_epsilon": lambda p: plot_accuracy_vs_epsilon(rows, p),
     }
     written: dict[str, Path] = {}
     for name, filename in PLOT_FILES.items():

@@ -173,6 +173,16 @@ def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
         parts.append(text + ".")
     if not isinstance(central, Mapping) and not isinstance(local, Mapping):
         parts.append("No baselines were run, so there is no centralized or local-only reference.")
+    privacy = nested(summary, "privacy")
+    if isinstance(privacy, Mapping):
+        parts.append(
+            f"Differential privacy ({privacy.get('mode')}): ε = {_fmt(privacy.get('epsilon'), '.4g')}"
+            f" at δ = {_fmt(privacy.get('delta'), 'g')} (noise multiplier "
+            f"{_fmt(privacy.get('noise_multiplier'), '.4g')}, {privacy.get('accountant')} "
+            "accountant)."
+        )
+    if summary.get("stopped"):
+        parts.append(f"The run stopped early: {summary['stopped']}.")
     return " ".join(parts)
 
 
@@ -345,6 +355,7 @@ def build_report(
         "train_loss": "Training loss per round",
         "traffic": "Bytes uploaded and downloaded per round",
         "epsilon": "Differential-privacy epsilon per round",
+        "accuracy_vs_epsilon": "Test accuracy against epsilon spent",
     }
     blocks: list[Block] = [
         Heading(f"FedGPT run report: {run_name}", 1),

@@ -155,7 +155,8 @@ def test_report_with_baselines(tmp_path: Path, epsilon: bool) -> None:
     assert "timeout after 30 s" in md
 
     page = html_path.read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == (5 if epsilon else 3)  # + epsilon, accuracy vs epsilon
+    # with epsilon: + epsilon per round, accuracy vs epsilon
+    assert page.count("data:image/png;base64,") == (5 if epsilon else 3)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&amp; &lt;gone&gt;" in page

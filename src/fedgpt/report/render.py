@@ -177,7 +177,8 @@ def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
     if isinstance(privacy, Mapping):
         parts.append(
             f"Differential privacy ({privacy.get('mode')}): "
-            f"ε = {_fmt(privacy.get('epsilon'), '.4g')} at δ = {_fmt(privacy.get('delta'), 'g')} (noise multiplier "
+            f"ε = {_fmt(privacy.get('epsilon'), '.4g')} "
+            f"at δ = {_fmt(privacy.get('delta'), 'g')} (noise multiplier "
             f"{_fmt(privacy.get('noise_multiplier'), '.4g')}, {privacy.get('accountant')} "
             "accountant)."
         )

@@ -13,6 +13,7 @@ write-ups quote; it is not an accountant and is only printed beside ours for com
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,6 +21,10 @@ from typing import Literal
 from fedgpt.errors import ConfigError
 
 Kind = Literal["rdp", "pld"]
+
+# dp-accounting logs a warning for every Renyi order it cannot evaluate (it then leaves
+# that order out; the minimum over the remaining orders is still a valid bound)
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _check(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> None:

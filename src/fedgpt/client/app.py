@@ -49,9 +49,10 @@ class ClientApp:
         self.fm = fm
         self.data = data
         self.cfg = cfg
-        self.privacy = privacy if privacy is not None and privacy.mode == "local_dp" else None
+        self.privacy = privacy if privacy is not None and privacy.mode != "none" else None
         self.local_z = local_noise_multiplier
         self.releases: dict[str, int] = {}  # local DP: updates each client has released
+        self.dp_steps: dict[str, list[tuple[float, float]]] = {}  # DP-SGD: (z, q) per step
         self.opt_memory: dict[str, dict] = {}  # per client, stays on the client
 
     def __call__(self, client_id: str, msg: Message) -> Message:
@@ -64,7 +65,10 @@ class ClientApp:
     def train(self, client_id: str, msg: Message) -> Message:
         gen = torch.Generator().manual_seed(int(msg.config["seed"]))
         rnd = int(msg.config["round"])
-        if self.privacy is not None and self._budget_spent(client_id):
+        if self.privacy is not None and self.privacy.mode == "dp_sgd":
+            return self._train_dp_sgd(client_id, rnd, msg, gen)
+        local_dp = self.privacy is not None and self.privacy.mode == "local_dp"
+        if local_dp and self._budget_spent(client_id):
             return Message("train/failure", {"round": rnd, "reason": "privacy budget exhausted"})
         memory = (
             self.opt_memory.setdefault(client_id, {}) if self.cfg.keep_optimizer_state else None
@@ -81,11 +85,38 @@ class ClientApp:
         )
         if isinstance(result, Failure):
             return Message("train/failure", {"round": rnd, "reason": result.reason})
-        if self.privacy is not None:
+        if local_dp:
             return self._release_private(client_id, rnd, result.delta, result.metrics, gen)
         return Message(
             "train/result",
             {"round": rnd, "num_examples": result.num_examples, "metrics": result.metrics},
+            {"delta": result.delta},
+        )
+
+    def _train_dp_sgd(self, client_id: str, rnd: int, msg: Message, gen) -> Message:
+        """Record-level DP-SGD; the client accounts (and enforces) its own epsilon."""
+        from fedgpt.privacy.accountant import Accountant
+        from fedgpt.privacy.dp_sgd import dp_sgd_update, record_windows, sample_rate
+
+        p, tokens = self.privacy, self.data[client_id].train
+        n = record_windows(tokens, self.cfg.seq_len).shape[0]
+        planned = [(p.noise_multiplier, sample_rate(n, self.cfg.batch_size))] * self.cfg.local_steps
+        acc = Accountant(p.delta, p.accountant, list(self.dp_steps.get(client_id, [])))
+        if p.target_epsilon and Accountant(
+            p.delta, p.accountant, acc.history + planned
+        ).epsilon() > (p.target_epsilon):
+            return Message("train/failure", {"round": rnd, "reason": "privacy budget exhausted"})
+        result, q = dp_sgd_update(
+            self.fm, msg.tensors["weights"], tokens, self.cfg, p, gen, client_id, rnd
+        )
+        if isinstance(result, Failure):
+            return Message("train/failure", {"round": rnd, "reason": result.reason})
+        acc.history += [(p.noise_multiplier, q)] * self.cfg.local_steps
+        self.dp_steps[client_id] = acc.history
+        metrics = {**result.metrics, "epsilon": acc.epsilon()}
+        return Message(
+            "train/result",
+            {"round": rnd, "num_examples": result.num_examples, "metrics": metrics},
             {"delta": result.delta},
         )
 

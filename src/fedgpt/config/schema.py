@@ -161,13 +161,18 @@ class BaselineConfig(_Section):
 class PrivacyConfig(_Section):
     """Differential privacy of what leaves the clients (see docs/privacy.md)."""
 
-    mode: Literal["none", "local_dp", "central_dp"] = Field(
+    mode: Literal["none", "local_dp", "central_dp", "dp_sgd"] = Field(
         "none",
         description='"central_dp": DP-FedAvg, clip each update, noise the sum on the server '
         '(client-level DP of the released model); "local_dp": each client clips and noises its '
-        'own update before sending it; "none": no DP',
+        'own update before sending it; "dp_sgd": record-level DP-SGD (Opacus) inside each '
+        'client; "none": no DP',
     )
-    clip_norm: float = Field(1.0, gt=0, description="L2 clip norm S of each client update")
+    clip_norm: float = Field(
+        1.0,
+        gt=0,
+        description="L2 clip norm S of each client update (dp_sgd: of each record's gradient)",
+    )
     noise_multiplier: float = Field(
         1.0,
         ge=0.0,
@@ -231,6 +236,15 @@ class RunConfig(_Section):
                 "privacy.noise_multiplier is 0: set it, or set privacy.target_epsilon to "
                 "calibrate it"
             )
+        if p.mode == "dp_sgd" and p.noise_multiplier == 0:
+            raise ValueError(
+                'privacy.noise_multiplier must be > 0 with privacy.mode = "dp_sgd" (each client '
+                "enforces target_epsilon itself; no calibration)"
+            )
+        if p.mode == "dp_sgd" and self.client.prox_mu > 0:
+            raise ValueError('client.prox_mu must be 0 with privacy.mode = "dp_sgd"')
+        if p.mode == "dp_sgd" and p.adaptive_clipping:
+            raise ValueError('privacy.adaptive_clipping applies to "central_dp" only')
         if not self.model.path and self.client.seq_len > self.model.context:
             raise ValueError(
                 f"client.seq_len ({self.client.seq_len}) must be <= model.context "

@@ -176,7 +176,9 @@ class FederatedServer:
             },
         )
         if self.privacy is not None and self.privacy.active:
-            result.privacy = self.privacy.after_round(participants if good else [])
+            result.privacy = self.privacy.after_round(
+                participants if good else [], result.client_metrics
+            )
         if rnd % f.eval_every == 0 or rnd == f.rounds:
             t1 = time.perf_counter()
             result.eval = self.evaluate(new_state.weights, rnd)

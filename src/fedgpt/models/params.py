@@ -75,6 +75,13 @@ class FlatModel:
     def zero_grad(self) -> None:
         self.grad.zero_()
 
+    def rebind_grads(self) -> None:
+        """Point every ``.grad`` back at its slice of ``grad`` (after a library, e.g. a
+        per-sample-gradient optimiser, replaced them)."""
+        self.grad.zero_()
+        for p, off, shape in zip(self.params(), self.spec.offsets, self.spec.shapes, strict=True):
+            p.grad = self.grad[off : off + p.numel()].view(shape)
+
 
 def bind_flat(model: torch.nn.Module) -> FlatModel:
     """Move the trainable parameters of ``model`` into one contiguous float32 buffer.

@@ -5,6 +5,8 @@ Central DP: one Poisson-subsampled Gaussian step per round with sample rate q = 
 clients sampled per round out of N; sampling is without replacement of a fixed m, which
 the accountant approximates by Poisson sampling with the same rate, as is common
 practice), noise multiplier z.
+DP-SGD: each client accounts its own record-level ε (see ``dp_sgd``) and reports it;
+the run reports the largest.
 Local DP: each client's own ε is that of c releases with multiplier z/2 (see
 ``local_dp``), c = the rounds it took part in; the run reports the largest, and a client
 refuses to train once its next release would exceed ``target_epsilon``.
@@ -47,6 +49,7 @@ class ServerPrivacy:
         self.z = resolve_noise(cfg, self.sample_rate, rounds)
         self.accountant = Accountant(cfg.delta, cfg.accountant)
         self.participation: dict[str, int] = {}
+        self.client_epsilon: dict[str, float] = {}  # DP-SGD: as each client reports it
         self.central = None
         if cfg.mode == "central_dp":
             self.central = CentralDP(
@@ -69,6 +72,8 @@ class ServerPrivacy:
     def epsilon(self) -> float:
         if self.cfg.mode == "central_dp":
             return self.accountant.epsilon()
+        if self.cfg.mode == "dp_sgd":
+            return max(self.client_epsilon.values(), default=0.0)
         most = max(self.participation.values(), default=0)
         return local_epsilon(self.z, most, self.cfg.delta, self.cfg.accountant) if most else 0.0
 
@@ -80,9 +85,12 @@ class ServerPrivacy:
         extra = self.accountant.epsilon((self.z, self.sample_rate))
         return extra > self.cfg.target_epsilon * (1 + 1e-9)
 
-    def after_round(self, participants: list[str]) -> dict:
+    def after_round(self, participants: list[str], client_metrics: dict | None = None) -> dict:
         if self.cfg.mode == "central_dp":
             self.accountant.spend(self.z, self.sample_rate)
+        for cid, m in (client_metrics or {}).items():
+            if "epsilon" in m:
+                self.client_epsilon[cid] = float(m["epsilon"])
         for cid in participants:
             self.participation[cid] = self.participation.get(cid, 0) + 1
         row = {"epsilon": self.epsilon(), "delta": self.cfg.delta, "noise_multiplier": self.z}
@@ -94,6 +102,7 @@ class ServerPrivacy:
         return {
             "history": self.accountant.history,
             "participation": self.participation,
+            "client_epsilon": self.client_epsilon,
             "clip": self.central.clip if self.central is not None else None,
             "z": self.z,
         }
@@ -101,5 +110,6 @@ class ServerPrivacy:
     def load_state(self, state: dict) -> None:
         self.accountant.history = [tuple(h) for h in state.get("history", [])]
         self.participation = dict(state.get("participation", {}))
+        self.client_epsilon = dict(state.get("client_epsilon", {}))
         if self.central is not None and state.get("clip") is not None:
             self.central.clip = float(state["clip"])

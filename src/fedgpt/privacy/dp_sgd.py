@@ -1,0 +1,132 @@
+"""Record-level DP inside each client: DP-SGD with Opacus.
+
+DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", Algorithm 1): each
+step draws a Poisson sample of the client's training windows with rate q = B/n (every
+window independently), computes per-sample gradients g_i, clips each to norm C,
+g̃ = (Σ_i g_i·min(1, C/‖g_i‖) + N(0, z²C²I)) / B, and steps the client's optimiser with g̃.
+Per-sample gradients and clipping are Opacus' (``GradSampleModule`` with functorch,
+``DPOptimizer``); noise comes from FedGPT's source (the OS CSPRNG, or the seeded
+generator with ``privacy.reproducible_noise``). A "record" is one window of
+``client.seq_len + 1`` tokens of the client's text (non-overlapping), so ε bounds what the
+update reveals about any one such window. An empty Poisson sample still takes a step
+(noise only), as the mechanism requires.
+
+Each client accounts its own ε: its rounds compose ``steps`` Poisson-subsampled Gaussian
+steps with its own q and z (``Accountant``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from fedgpt.client.trainer import Failure, Update, lm_loss, make_optimizer
+from fedgpt.config import ClientConfig, PrivacyConfig
+from fedgpt.errors import FedGPTError
+from fedgpt.models.params import FlatModel
+from fedgpt.privacy.mechanisms import gaussian_noise
+
+
+def _require_opacus():
+    try:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+    except ImportError:  # pragma: no cover
+        raise FedGPTError(
+            'privacy.mode = "dp_sgd" needs Opacus: pip install "fedgpt[dp]" (or opacus)'
+        ) from None
+    return GradSampleModule, DPOptimizer
+
+
+def record_windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The client's records: non-overlapping windows of ``seq_len + 1`` tokens, (n, L+1)."""
+    n = (tokens.numel() - 1) // seq_len
+    idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
+    return tokens[idx]
+
+
+def sample_rate(num_records: int, batch_size: int) -> float:
+    return min(1.0, batch_size / max(num_records, 1))
+
+
+def dp_sgd_update(
+    fm: FlatModel,
+    global_weights: torch.Tensor,
+    tokens: torch.Tensor,
+    cfg: ClientConfig,
+    pcfg: PrivacyConfig,
+    gen: torch.Generator,
+    client_id: str,
+    round: int,
+) -> tuple[Update | Failure, float]:
+    """Train with DP-SGD from ``global_weights``; returns the update and the sample rate q."""
+    GradSampleModule, DPOptimizer = _require_opacus()
+    start = time.perf_counter()
+    windows = record_windows(tokens, cfg.seq_len)
+    n = windows.shape[0]
+    if n == 0:
+        return Failure(client_id, round, "no complete record for DP-SGD"), 0.0
+    q = sample_rate(n, cfg.batch_size)
+    expected = max(1, round_half(q * n))
+    noise_gen = gen if pcfg.reproducible_noise else None
+    fm.load(global_weights)
+    params = fm.params()
+    numel = fm.flat.numel()
+
+    class _Optimizer(DPOptimizer):
+        def add_noise(self) -> None:  # one flat draw from FedGPT's noise source
+            noise = gaussian_noise(numel, self.noise_multiplier * self.max_grad_norm, noise_gen)
+            off = 0
+            for p in self.params:
+                k = p.numel()
+                p.grad = (p.summed_grad + noise[off : off + k].view_as(p)).view_as(p)
+                off += k
+
+    gsm = GradSampleModule(fm.model, batch_first=True, loss_reduction="mean", force_functorch=True)
+    losses = []
+    try:
+        opt = _Optimizer(
+            make_optimizer(fm, cfg),
+            noise_multiplier=pcfg.noise_multiplier,
+            max_grad_norm=pcfg.clip_norm,
+            expected_batch_size=expected,
+            loss_reduction="mean",
+        )
+        gsm.train()
+        for step in range(cfg.local_steps):
+            mask = torch.rand(n, generator=gen) < q
+            opt.zero_grad(set_to_none=True)
+            if not bool(mask.any()):
+                for p in params:  # an empty sample: zero per-sample gradients, noise only
+                    p.grad_sample = torch.zeros((1, *p.shape))
+            else:
+                loss = lm_loss(gsm, windows[mask])
+                if not torch.isfinite(loss):
+                    return Failure(
+                        client_id, round, f"non-finite training loss at step {step + 1}"
+                    ), q
+                loss.backward()
+                losses.append(float(loss))
+            opt.step()
+    finally:
+        gsm._close()
+        fm.rebind_grads()
+    delta = fm.flat - global_weights
+    norm = float(delta.norm())
+    if not math.isfinite(norm):
+        return Failure(client_id, round, "non-finite values in the update"), q
+    metrics = {
+        "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+        "steps": float(cfg.local_steps),
+        "update_norm": norm,
+        "seconds": time.perf_counter() - start,
+    }
+    if not losses:
+        metrics.pop("train_loss")
+    return Update(client_id, round, delta, n, metrics), q
+
+
+def round_half(x: float) -> int:
+    return int(math.floor(x + 0.5))

@@ -100,6 +100,23 @@ def make_privacy(cfg: RunConfig, num_clients: int) -> ServerPrivacy:
     return ServerPrivacy(cfg.privacy, num_clients, per_round, f.rounds)
 
 
+def ckks_keys(cfg: RunConfig) -> tuple[bytes, bytes] | None:
+    """(secret, public) CKKS contexts when ``secure_aggregation = "ckks"``: read from
+    ``privacy.ckks_keys`` or made fresh for this run."""
+    p = cfg.privacy
+    if p.secure_aggregation != "ckks":
+        return None
+    from fedgpt.privacy.ckks import make_keys, read_context
+
+    if not p.ckks_keys:
+        return make_keys()
+    d = Path(p.ckks_keys)
+    return (
+        read_context(d / "secret_context.bin", "privacy.ckks_keys secret context"),
+        read_context(d / "public_context.bin", "privacy.ckks_keys public context"),
+    )
+
+
 def new_run_dir(cfg: RunConfig) -> Path:
     """``out_dir/name``, or ``name-2``, ``name-3``... if that already holds a run."""
     base = Path(cfg.out_dir) / cfg.name
@@ -139,6 +156,7 @@ def run_experiment(
     prep = prepare(cfg)  # every input is checked before anything is written
     ids = [c.client_id for c in prep.clients]
     privacy = make_privacy(cfg, len(ids))
+    keys = ckks_keys(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     hooks.log(f"run folder: {run_dir}")
@@ -151,6 +169,11 @@ def run_experiment(
         hooks.log(f"privacy: {cfg.privacy.mode}, noise multiplier {privacy.z:.4g}")
     app = ClientApp(prep.fm, prep.data, cfg.client, cfg.privacy, privacy.z)
     server = FederatedServer(cfg, InProcessRuntime(app), ids, privacy)
+    if keys is not None:
+        from fedgpt.privacy.ckks import CkksClient, CkksServer
+
+        app.ckks = CkksClient(keys[0])  # the clients hold the secret context
+        server.ckks = CkksServer(keys[1])  # the server only the public one
     server.on_reply = lambda cid, reply: hooks.advance()
     server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
     ckpt_root = run_dir / "checkpoints"

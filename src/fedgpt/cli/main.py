@@ -26,6 +26,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect the federated data.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Differential-privacy accounting.", no_args_is_help=True)
+keys_app = typer.Typer(help="Make encryption keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(privacy_app, name="privacy")
@@ -247,6 +249,18 @@ def privacy_spent(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -
     for r in rows:
         if "epsilon" in r:
             typer.echo(f"{r['round']:>5}  {r['epsilon']:.6g}  {r['delta']:g}")
+
+
+@keys_app.command("ckks")
+@user_errors
+def keys_ckks(out_dir: Annotated[Path, typer.Argument(help="folder for the two contexts")]):
+    """CKKS contexts: secret_context.bin for every client (keep it off the server),
+    public_context.bin for the server."""
+    from fedgpt.privacy.ckks import write_keys
+
+    secret, public = write_keys(out_dir)
+    typer.echo(f"clients (secret, mode 0600): {secret}")
+    typer.echo(f"server (public, no secret key): {public}")
 
 
 def _kind(accountant: str) -> str:

@@ -55,12 +55,33 @@ class ClientApp:
         self.dp_steps: dict[str, list[tuple[float, float]]] = {}  # DP-SGD: (z, q) per step
         self.opt_memory: dict[str, dict] = {}  # per client, stays on the client
 
+    ckks = None  # a CkksClient when this client holds the CKKS secret context
+
     def __call__(self, client_id: str, msg: Message) -> Message:
         if msg.type == "train":
-            return self.train(client_id, msg)
+            reply = self.train(client_id, msg)
+            if msg.config.get("secure_aggregation") == "ckks" and reply.type == "train/result":
+                return self._encrypt(reply)
+            return reply
         if msg.type == "evaluate":
             return self.evaluate(client_id, msg)
+        if msg.type == "ckks/decrypt":
+            return self._decrypt(msg)
         raise ValueError(f"unknown message type {msg.type!r}")
+
+    def _encrypt(self, reply: Message) -> Message:
+        """Replace the plaintext delta by its CKKS ciphertexts."""
+        if self.ckks is None:
+            return Message(
+                "train/failure",
+                {"round": reply.config["round"], "reason": "client holds no CKKS secret context"},
+            )
+        chunks = self.ckks.encrypt(reply.tensors["delta"])
+        return Message(reply.type, reply.config, {}, {"delta_ckks": chunks})
+
+    def _decrypt(self, msg: Message) -> Message:
+        agg = self.ckks.decrypt(msg.blobs["aggregate"], int(msg.config["numel"]))
+        return Message("ckks/aggregate", {"round": msg.config["round"]}, {"aggregate": agg})
 
     def train(self, client_id: str, msg: Message) -> Message:
         gen = torch.Generator().manual_seed(int(msg.config["seed"]))

@@ -198,6 +198,16 @@ class PrivacyConfig(_Section):
     count_noise_std: float = Field(
         0.0, ge=0.0, description="adaptive clipping: noise std of the unclipped count; 0 = m/20"
     )
+    secure_aggregation: Literal["none", "ckks"] = Field(
+        "none",
+        description='"ckks": clients send CKKS-encrypted updates (TenSEAL); the server sums '
+        "them without the secret key and a key-holding client decrypts only the aggregate",
+    )
+    ckks_keys: str = Field(
+        "",
+        description="with ckks: directory from `fedgpt keys ckks DIR` (secret_context.bin for "
+        "clients, public_context.bin for the server); empty = fresh keys for this run",
+    )
     reproducible_noise: bool = Field(
         False,
         description="draw DP noise from the run's seeded generator (tests, exact reruns) instead "
@@ -235,6 +245,11 @@ class RunConfig(_Section):
             raise ValueError(
                 "privacy.noise_multiplier is 0: set it, or set privacy.target_epsilon to "
                 "calibrate it"
+            )
+        if p.secure_aggregation == "ckks" and p.mode == "central_dp":
+            raise ValueError(
+                'privacy.mode = "central_dp" clips each update on the server, which cannot see '
+                'updates under secure_aggregation = "ckks"; use "local_dp" or "dp_sgd"'
             )
         if p.mode == "dp_sgd" and p.noise_multiplier == 0:
             raise ValueError(

@@ -16,6 +16,7 @@ from fedgpt.aggregation import make_server_optimizer, weighted_average
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
 from fedgpt.federation.sampling import sample_clients
+from fedgpt.privacy.ckks import CiphertextError, CkksServer, num_chunks
 from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.runtime.base import Runtime
 from fedgpt.runtime.messages import Failure, Message, Reply
@@ -68,8 +69,9 @@ class RoundResult:
         }
 
 
-def validate_reply(reply: Reply, rnd: int, numel: int) -> str | None:
-    """Why a training reply cannot be used, or ``None`` if it is a valid update."""
+def validate_reply(reply: Reply, rnd: int, numel: int, ckks_chunks: int = 0) -> str | None:
+    """Why a training reply cannot be used, or ``None`` if it is a valid update
+    (``ckks_chunks`` > 0: the update must come as that many ciphertexts)."""
     if isinstance(reply, Failure):
         return reply.reason
     if reply.type == "train/failure":
@@ -78,14 +80,21 @@ def validate_reply(reply: Reply, rnd: int, numel: int) -> str | None:
         return f"unexpected reply type {reply.type!r}"
     if reply.config.get("round") != rnd:
         return f"update for round {reply.config.get('round')!r}, expected {rnd}"
+    n = reply.config.get("num_examples")
+    if not isinstance(n, int) or n <= 0:
+        return f"num_examples must be a positive integer, got {n!r}"
+    if ckks_chunks:
+        chunks = reply.blobs.get("delta_ckks")
+        if not isinstance(chunks, list) or len(chunks) != ckks_chunks:
+            return f"expected {ckks_chunks} CKKS ciphertexts"
+        if not all(isinstance(c, bytes) and c for c in chunks):
+            return "a CKKS ciphertext is empty or not bytes"
+        return None
     delta = reply.tensors.get("delta")
     if not isinstance(delta, torch.Tensor) or delta.dtype != torch.float32:
         return "update is not a float32 tensor"
     if delta.shape != (numel,):
         return f"update has shape {tuple(delta.shape)}, expected ({numel},)"
-    n = reply.config.get("num_examples")
-    if not isinstance(n, int) or n <= 0:
-        return f"num_examples must be a positive integer, got {n!r}"
     if not bool(torch.isfinite(delta).all()):
         return "update contains NaN or inf"
     return None
@@ -103,6 +112,7 @@ class FederatedServer:
     ):
         self.cfg = cfg
         self.privacy = privacy
+        self.ckks: CkksServer | None = None  # set to aggregate CKKS ciphertexts
         self.runtime = runtime
         self.client_ids = list(client_ids)
         f = cfg.federation
@@ -124,67 +134,113 @@ class FederatedServer:
         if self.on_round_start:
             self.on_round_start(rnd, chosen)
         weights = state.weights
+        train_cfg = {"round": rnd}
+        if self.ckks is not None:
+            train_cfg["secure_aggregation"] = "ckks"
         msgs = {
             cid: Message(
-                "train", {"round": rnd, "seed": client_seed(seed, rnd, cid)}, {"weights": weights}
+                "train", {**train_cfg, "seed": client_seed(seed, rnd, cid)}, {"weights": weights}
             )
             for cid in chosen
         }
         t0 = time.perf_counter()
         replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
         client_seconds = time.perf_counter() - t0
-        good: list[Message] = []
+        chunks = num_chunks(weights.numel()) if self.ckks is not None else 0
+        good: dict[str, Message] = {}
         dropped: list[dict[str, str]] = []
         for cid in chosen:
             reply = replies.get(cid, Failure("no reply"))
-            reason = validate_reply(reply, rnd, weights.numel())
+            reason = validate_reply(reply, rnd, weights.numel(), chunks)
             if reason is None:
-                good.append(reply)
+                good[cid] = reply
             else:
                 dropped.append({"client": cid, "reason": reason})
-        participants = [cid for cid in chosen if cid not in {d["client"] for d in dropped}]
-        new_state = ServerState(rnd, weights, state.opt_state)
-        train_loss = norm_mean = None
-        if good:
-            deltas = torch.stack([m.tensors["delta"] for m in good])
-            n = torch.tensor([m.config["num_examples"] for m in good], dtype=torch.float64)
+        extra_up = extra_down = 0
+        avg = None
+        if good and self.ckks is not None:
+            avg, extra_down, extra_up = self._ckks_aggregate(good, dropped, rnd, weights.numel())
+        elif good:
+            deltas = torch.stack([m.tensors["delta"] for m in good.values()])
+            n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
             if self.privacy is not None and self.privacy.central is not None:
-                avg, dp_info = self.privacy.aggregate(deltas, n, self._noise_gen(rnd))
+                avg, _ = self.privacy.aggregate(deltas, n, self._noise_gen(rnd))
             else:
                 avg = weighted_average(deltas, n)
+        participants = [cid for cid in chosen if cid in good]
+        new_state = ServerState(rnd, weights, state.opt_state)
+        train_loss = norm_mean = None
+        if avg is not None:
             new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
             new_state = ServerState(rnd, new_w, new_opt)
-            metrics = [m.config.get("metrics", {}) for m in good]
+            n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
+            metrics = [m.config.get("metrics", {}) for m in good.values()]
             if all("train_loss" in x for x in metrics):
                 losses = torch.tensor([x["train_loss"] for x in metrics], dtype=torch.float64)
                 train_loss = float((losses * n).sum() / n.sum())
             if all("update_norm" in x for x in metrics):
                 norm_mean = float(torch.tensor([x["update_norm"] for x in metrics]).mean())
+        else:
+            participants = []
         result = RoundResult(
             round=rnd,
             participants=participants,
             dropped=dropped,
             train_loss=train_loss,
-            bytes_up=sum(r.nbytes for r in replies.values() if isinstance(r, Message)),
-            bytes_down=sum(m.nbytes for m in msgs.values()),
+            bytes_up=sum(r.nbytes for r in replies.values() if isinstance(r, Message)) + extra_up,
+            bytes_down=sum(m.nbytes for m in msgs.values()) + extra_down,
             seconds=0.0,
             client_seconds=client_seconds,
             update_norm_mean=norm_mean,
-            client_metrics={
-                m_cid: m.config["metrics"]
-                for m_cid, m in zip([c for c in chosen if c in participants], good, strict=True)
-            },
+            client_metrics={cid: good[cid].config.get("metrics", {}) for cid in participants},
         )
         if self.privacy is not None and self.privacy.active:
-            result.privacy = self.privacy.after_round(
-                participants if good else [], result.client_metrics
-            )
+            result.privacy = self.privacy.after_round(participants, result.client_metrics)
         if rnd % f.eval_every == 0 or rnd == f.rounds:
             t1 = time.perf_counter()
             result.eval = self.evaluate(new_state.weights, rnd)
             result.eval_seconds = time.perf_counter() - t1
         result.seconds = time.perf_counter() - start
         return new_state, result
+
+    def _ckks_aggregate(
+        self, good: dict[str, Message], dropped: list[dict[str, str]], rnd: int, numel: int
+    ) -> tuple[torch.Tensor | None, int, int]:
+        """Weighted sum on ciphertexts, then one key-holding participant decrypts it.
+
+        An unreadable ciphertext drops its sender (reason logged) and the sum is redone
+        without it. Returns (aggregate or None, bytes down, bytes up) of the extra exchange.
+        """
+        while good:
+            ids = list(good)
+            n = [good[c].config["num_examples"] for c in ids]
+            total = float(sum(n))
+            try:
+                agg = self.ckks.weighted_sum(
+                    [good[c].blobs["delta_ckks"] for c in ids], [x / total for x in n]
+                )
+                break
+            except CiphertextError as exc:
+                bad = ids[exc.index]
+                dropped.append({"client": bad, "reason": f"CKKS: {exc}"})
+                del good[bad]
+        else:
+            return None, 0, 0
+        down = up = 0
+        for cid in list(good):  # the first participant able to decrypt does it
+            msg = Message("ckks/decrypt", {"round": rnd, "numel": numel}, {}, {"aggregate": agg})
+            reply = self.runtime.send_and_receive({cid: msg}).get(cid, Failure("no reply"))
+            down += msg.nbytes
+            if isinstance(reply, Message):
+                up += reply.nbytes
+                out = reply.tensors.get("aggregate")
+                if (
+                    isinstance(out, torch.Tensor)
+                    and out.shape == (numel,)
+                    and bool(torch.isfinite(out).all())
+                ):
+                    return out, down, up
+        return None, down, up
 
     def _noise_gen(self, rnd: int) -> torch.Generator | None:
         """Seeded DP noise only when ``privacy.reproducible_noise``; else the OS CSPRNG."""

@@ -1,8 +1,9 @@
 """Messages between server and clients, shaped like Flower's message API.
 
 A :class:`Message` has a type (``"train"``, ``"evaluate"``, ...), a small JSON-able config
-dict and named tensor payloads. A :class:`Failure` stands in for a reply that never came
-or could not be used (the client crashed, timed out or sent garbage).
+dict, named tensor payloads and named byte payloads (e.g. ciphertexts). A
+:class:`Failure` stands in for a reply that never came or could not be used (the client
+crashed, timed out or sent garbage).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ class Message:
     type: str
     config: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    blobs: dict[str, list[bytes]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the tensor payloads (what dominates the wire size)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        """Bytes of the tensor and blob payloads (what dominates the wire size)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values()) + sum(
+            len(b) for chunks in self.blobs.values() for b in chunks
+        )
 
 
 @dataclass(frozen=True)

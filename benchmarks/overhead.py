@@ -44,8 +44,14 @@ class Timer(Hooks):
 
 
 def round_overhead(rounds: int) -> dict:
-    cfg = load_config(None, [f"federation.rounds={rounds}", "baselines.enabled=false",
-                             f"federation.eval_every={rounds}"])
+    cfg = load_config(
+        None,
+        [
+            f"federation.rounds={rounds}",
+            "baselines.enabled=false",
+            f"federation.eval_every={rounds}",
+        ],
+    )
     timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
         # the trainers' own seconds are read back from the clients' metrics
@@ -77,8 +83,7 @@ def round_overhead(rounds: int) -> dict:
         "client_training_s": train,
         "evaluation_s": evals,
         "outside_share": sum(other) / sum(walls),
-        "outside_share_median": statistics.median(o / w for o, w in zip(other, walls,
-                                                                         strict=True)),
+        "outside_share_median": statistics.median(o / w for o, w in zip(other, walls, strict=True)),
         "target_max": 0.05,
     }
 
@@ -143,10 +148,14 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     t, r = result["trainer"], result["round"]
-    print(f"trainer: {t['trainer_tokens_per_s']:,.0f} tok/s vs plain loop "
-          f"{t['plain_tokens_per_s']:,.0f} tok/s -> ratio {t['ratio']:.3f} (target >= 0.9)")
-    print(f"round time outside client training and evaluation: {100 * r['outside_share']:.2f} % "
-          f"(median per round {100 * r['outside_share_median']:.2f} %, target <= 5 %)")
+    print(
+        f"trainer: {t['trainer_tokens_per_s']:,.0f} tok/s vs plain loop "
+        f"{t['plain_tokens_per_s']:,.0f} tok/s -> ratio {t['ratio']:.3f} (target >= 0.9)"
+    )
+    print(
+        f"round time outside client training and evaluation: {100 * r['outside_share']:.2f} % "
+        f"(median per round {100 * r['outside_share_median']:.2f} %, target <= 5 %)"
+    )
     print(f"written to {RESULTS}")
 
 

@@ -28,11 +28,10 @@ def test_weighted_aggregate_equals_plaintext(keys):
     client, server = CkksClient(secret), CkksServer(public)
     g = torch.Generator().manual_seed(0)
     deltas = [torch.randn(10_000, generator=g) * 0.01 for _ in range(3)]
-    n = [5.0, 1.0, 2.0]
-    w = [x / sum(n) for x in n]
-    agg = server.weighted_sum([client.encrypt(d) for d in deltas], w)
-    got = client.decrypt(agg, 10_000)
-    want = sum(wi * d for wi, d in zip(w, deltas, strict=True))
+    n = [5.0, 1.0, 2.0]  # the clients encrypt n_k * delta_k; the server only adds
+    agg = server.sum([client.encrypt(nk * d) for nk, d in zip(n, deltas, strict=True)])
+    got = client.decrypt(agg, 10_000) / sum(n)
+    want = sum(nk * d for nk, d in zip(n, deltas, strict=True)) / sum(n)
     assert float((got - want).norm() / want.norm()) < 1e-6
     assert len(agg) == 3  # ceil(10000 / 4096) ciphertexts of N/2 slots
 
@@ -52,7 +51,7 @@ def test_unreadable_ciphertext_names_the_update(keys):
     good = client.encrypt(torch.ones(100))
     bad = [good[0][: len(good[0]) // 2]]  # truncated in transit
     with pytest.raises(CiphertextError) as err:
-        server.weighted_sum([good, bad], [0.5, 0.5])
+        server.sum([good, bad])
     assert err.value.index == 1
 
 

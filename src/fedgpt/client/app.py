@@ -70,13 +70,14 @@ class ClientApp:
         raise ValueError(f"unknown message type {msg.type!r}")
 
     def _encrypt(self, reply: Message) -> Message:
-        """Replace the plaintext delta by its CKKS ciphertexts."""
+        """Replace the plaintext delta by the CKKS ciphertexts of n_k·Δ_k (the weight rides
+        inside, so the server only adds)."""
         if self.ckks is None:
             return Message(
                 "train/failure",
                 {"round": reply.config["round"], "reason": "client holds no CKKS secret context"},
             )
-        chunks = self.ckks.encrypt(reply.tensors["delta"])
+        chunks = self.ckks.encrypt(reply.tensors["delta"] * reply.config["num_examples"])
         return Message(reply.type, reply.config, {}, {"delta_ckks": chunks})
 
     def _decrypt(self, msg: Message) -> Message:

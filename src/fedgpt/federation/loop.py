@@ -206,19 +206,17 @@ class FederatedServer:
     def _ckks_aggregate(
         self, good: dict[str, Message], dropped: list[dict[str, str]], rnd: int, numel: int
     ) -> tuple[torch.Tensor | None, int, int]:
-        """Weighted sum on ciphertexts, then one key-holding participant decrypts it.
+        """Sum of the ciphertexts of n_k·Δ_k, decrypted by one key-holding participant, then
+        divided by Σ n_k.
 
         An unreadable ciphertext drops its sender (reason logged) and the sum is redone
         without it. Returns (aggregate or None, bytes down, bytes up) of the extra exchange.
         """
         while good:
             ids = list(good)
-            n = [good[c].config["num_examples"] for c in ids]
-            total = float(sum(n))
+            total = float(sum(good[c].config["num_examples"] for c in ids))
             try:
-                agg = self.ckks.weighted_sum(
-                    [good[c].blobs["delta_ckks"] for c in ids], [x / total for x in n]
-                )
+                agg = self.ckks.sum([good[c].blobs["delta_ckks"] for c in ids])
                 break
             except CiphertextError as exc:
                 bad = ids[exc.index]
@@ -239,7 +237,7 @@ class FederatedServer:
                     and out.shape == (numel,)
                     and bool(torch.isfinite(out).all())
                 ):
-                    return out, down, up
+                    return out / total, down, up
         return None, down, up
 
     def _noise_gen(self, rnd: int) -> torch.Generator | None:

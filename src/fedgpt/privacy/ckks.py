@@ -4,8 +4,10 @@ CKKS (Cheon, Kim, Kim & Song 2017, "Homomorphic Encryption for Arithmetic of App
 Numbers") encrypts vectors of reals; ciphertexts can be added and multiplied by plaintext
 scalars without the secret key. The flat update is packed into full ciphertexts of N/2
 slots each (the last one zero-padded). The server holds only a *public* context (no secret
-key) and computes the n_k-weighted sum Σ_k (n_k/n)·Enc(Δ_k); a key-holding client decrypts
-the aggregate. CKKS is a ring-LWE (lattice) scheme, believed to resist quantum attacks.
+key) and adds them; each client encrypts its update already multiplied by its weight n_k,
+so the sum is Enc(Σ_k n_k·Δ_k) with additions only (no ciphertext-plaintext product, no
+rescaling, no level consumed), and the server divides by n = Σ n_k after a key-holding
+client decrypts the sum. CKKS is a ring-LWE (lattice) scheme, believed to resist quantum attacks.
 
 Default parameters: N = 8192, coefficient moduli [60, 40, 40, 60] bits (200 bits in
 all), scale 2⁴⁰ — within the 218-bit bound for 128-bit classical security at N = 8192
@@ -126,22 +128,23 @@ class CkksServer:
         if self.ctx.is_private():
             raise FedGPTError("the server's CKKS context must not hold the secret key")
 
-    def weighted_sum(
-        self, updates: Sequence[Sequence[bytes]], weights: Sequence[float]
-    ) -> list[bytes]:
-        """Σ_k w_k · Enc(Δ_k), chunk by chunk. Raises ``CiphertextError`` naming the
-        update index if one cannot be read."""
+    def sum(self, updates: Sequence[Sequence[bytes]]) -> list[bytes]:
+        """Σ_k Enc(x_k), chunk by chunk (additions only). Raises ``CiphertextError`` with
+        the index of an update that cannot be read."""
         ts = _ts()
         n_chunks = len(updates[0])
         out = []
         for c in range(n_chunks):
             acc = None
-            for k, (chunks, w) in enumerate(zip(updates, weights, strict=True)):
+            for k, chunks in enumerate(updates):
                 try:
-                    v = ts.ckks_vector_from(self.ctx, chunks[c]) * float(w)
+                    v = ts.ckks_vector_from(self.ctx, chunks[c])
                 except Exception as exc:  # noqa: BLE001
                     raise CiphertextError(f"ciphertext {c} unreadable: {exc}", index=k) from None
-                acc = v if acc is None else acc + v
+                if acc is None:
+                    acc = v
+                else:
+                    acc += v
             out.append(acc.serialize())
         return out
 

@@ -19,7 +19,7 @@ from fedgpt.baselines import sample_local_clients, train_centralized, train_loca
 from fedgpt.client.app import ClientApp, ClientData
 from fedgpt.config import RunConfig, config_hash, load_config, to_toml
 from fedgpt.data import ClientText, dataset_stats
-from fedgpt.errors import RunError
+from fedgpt.errors import ConfigError, RunError
 from fedgpt.federation.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -97,6 +97,11 @@ def make_privacy(cfg: RunConfig, num_clients: int) -> ServerPrivacy:
     """The run's privacy policy (checks the privacy settings before anything runs)."""
     f = cfg.federation
     per_round = clients_per_round(num_clients, f.fraction, f.min_clients)
+    if cfg.privacy.secure_aggregation == "secagg" and per_round < 3:
+        raise ConfigError(
+            f'privacy.secure_aggregation = "secagg" needs at least 3 clients per round, the '
+            f"federation samples {per_round} (raise federation.min_clients or fraction)"
+        )
     return ServerPrivacy(cfg.privacy, num_clients, per_round, f.rounds)
 
 

@@ -53,6 +53,7 @@ class ClientApp:
         self.local_z = local_noise_multiplier
         self.releases: dict[str, int] = {}  # local DP: updates each client has released
         self.dp_steps: dict[str, list[tuple[float, float]]] = {}  # DP-SGD: (z, q) per step
+        self.secagg_state: dict = {}  # SecAgg: each client's secrets of the current round
         self.opt_memory: dict[str, dict] = {}  # per client, stays on the client
 
     ckks = None  # a CkksClient when this client holds the CKKS secret context
@@ -67,6 +68,49 @@ class ClientApp:
             return self.evaluate(client_id, msg)
         if msg.type == "ckks/decrypt":
             return self._decrypt(msg)
+        if msg.type.startswith("secagg/"):
+            return self._secagg(client_id, msg)
+        raise ValueError(f"unknown message type {msg.type!r}")
+
+    def _secagg(self, cid: str, msg: Message) -> Message:
+        """The four SecAgg steps; the per-round secrets stay in ``self.secagg_state``."""
+        from fedgpt.privacy.secagg import client as sa
+        from fedgpt.privacy.secagg.quantize import encode
+
+        c, rnd = msg.config, int(msg.config["round"])
+        if msg.type == "secagg/train":
+            reply = self.train(
+                cid, Message("train", {"round": rnd, "seed": c["seed"]}, msg.tensors)
+            )
+            if reply.type != "train/result":
+                return reply
+            n = reply.config["num_examples"]
+            w = min(n, c["weight_cap"]) / c["weight_cap"]
+            x = encode(reply.tensors["delta"], w, c["range"], c["bits"])
+            st = self.secagg_state[cid] = sa.advertise(rnd, x)
+            return Message(
+                "secagg/keys",
+                {"round": rnd, "num_examples": n, "metrics": reply.config["metrics"]},
+                {},
+                {"c_pk": [st.c_pk], "s_pk": [st.s_pk]},
+            )
+        st = self.secagg_state.get(cid)
+        if st is None or st.rnd != rnd:
+            raise ValueError(f"no SecAgg state for round {rnd}")
+        if msg.type == "secagg/share":
+            peers = {k.removeprefix("pk:"): (v[0], v[1]) for k, v in msg.blobs.items()}
+            sealed = sa.share(st, cid, peers, c["index"], int(c["threshold"]))
+            return Message(
+                "secagg/shares", {"round": rnd}, {}, {f"to:{v}": [b] for v, b in sealed.items()}
+            )
+        if msg.type == "secagg/masked":
+            inbox = {k.removeprefix("from:"): v[0] for k, v in msg.blobs.items()}
+            y = sa.masked_input(st, cid, inbox, list(c["alive"]))
+            return Message("secagg/masked_input", {"round": rnd}, {}, {"y": [y.tobytes()]})
+        if msg.type == "secagg/unmask":
+            b, s_, bad = sa.unmask(st, cid, set(c["survivors"]), set(c["dropped"]))
+            del self.secagg_state[cid]
+            return Message("secagg/shares_out", {"round": rnd, "b": b, "s": s_, "tampered": bad})
         raise ValueError(f"unknown message type {msg.type!r}")
 
     def _encrypt(self, reply: Message) -> Message:

@@ -198,10 +198,28 @@ class PrivacyConfig(_Section):
     count_noise_std: float = Field(
         0.0, ge=0.0, description="adaptive clipping: noise std of the unclipped count; 0 = m/20"
     )
-    secure_aggregation: Literal["none", "ckks"] = Field(
+    secure_aggregation: Literal["none", "secagg", "ckks"] = Field(
         "none",
-        description='"ckks": clients send CKKS-encrypted updates (TenSEAL); the server sums '
-        "them without the secret key and a key-holding client decrypts only the aggregate",
+        description='"secagg": pairwise-masked secure aggregation (SecAgg/SecAgg+), the server '
+        'learns only the sum; "ckks": clients send CKKS-encrypted updates (TenSEAL), the server '
+        "sums them without the secret key and a key-holding client decrypts only the sum",
+    )
+    secagg_neighbours: int = Field(
+        0, ge=0, description="secagg: neighbours per client (SecAgg+ graph); 0 = everyone"
+    )
+    secagg_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="secagg: Shamir threshold t as a fraction of a client's neighbours (t >= 2)",
+    )
+    secagg_range: float = Field(
+        1.0, gt=0.0, description="secagg: each update coordinate is clipped to [-range, range]"
+    )
+    secagg_weight_cap: int = Field(
+        100_000,
+        ge=1,
+        description="secagg: weights min(n_k, cap)/cap ride inside the masked vector",
     )
     ckks_keys: str = Field(
         "",
@@ -246,10 +264,11 @@ class RunConfig(_Section):
                 "privacy.noise_multiplier is 0: set it, or set privacy.target_epsilon to "
                 "calibrate it"
             )
-        if p.secure_aggregation == "ckks" and p.mode == "central_dp":
+        if p.secure_aggregation != "none" and p.mode == "central_dp":
             raise ValueError(
                 'privacy.mode = "central_dp" clips each update on the server, which cannot see '
-                'updates under secure_aggregation = "ckks"; use "local_dp" or "dp_sgd"'
+                f'updates under secure_aggregation = "{p.secure_aggregation}"; use "local_dp" '
+                'or "dp_sgd"'
             )
         if p.mode == "dp_sgd" and p.noise_multiplier == 0:
             raise ValueError(

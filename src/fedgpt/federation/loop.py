@@ -134,6 +134,8 @@ class FederatedServer:
         if self.on_round_start:
             self.on_round_start(rnd, chosen)
         weights = state.weights
+        if self.cfg.privacy.secure_aggregation == "secagg":
+            return self._secagg_round(state, chosen, start)
         train_cfg = {"round": rnd}
         if self.ckks is not None:
             train_cfg["secure_aggregation"] = "ckks"
@@ -194,6 +196,13 @@ class FederatedServer:
             update_norm_mean=norm_mean,
             client_metrics={cid: good[cid].config.get("metrics", {}) for cid in participants},
         )
+        return self._finish_round(new_state, result, start)
+
+    def _finish_round(
+        self, new_state: ServerState, result: RoundResult, start: float
+    ) -> tuple[ServerState, RoundResult]:
+        f, rnd = self.cfg.federation, result.round
+        participants = result.participants
         if self.privacy is not None and self.privacy.active:
             result.privacy = self.privacy.after_round(participants, result.client_metrics)
         if rnd % f.eval_every == 0 or rnd == f.rounds:
@@ -202,6 +211,54 @@ class FederatedServer:
             result.eval_seconds = time.perf_counter() - t1
         result.seconds = time.perf_counter() - start
         return new_state, result
+
+    def _secagg_round(self, state: ServerState, chosen: list[str], start: float):
+        """A round whose updates arrive pairwise-masked; only their sum is recovered."""
+        from fedgpt.privacy.secagg.quantize import bits_for
+        from fedgpt.privacy.secagg.server import run_round as secagg
+
+        rnd, p, weights = state.round + 1, self.cfg.privacy, state.weights
+        t0 = time.perf_counter()
+        out = secagg(
+            self.runtime,
+            chosen,
+            rnd,
+            {c: client_seed(self.cfg.seed, rnd, c) for c in chosen},
+            weights,
+            weights.numel(),
+            value_range=p.secagg_range,
+            bits=bits_for(len(chosen)),
+            weight_cap=p.secagg_weight_cap,
+            threshold_fraction=p.secagg_threshold,
+            k=p.secagg_neighbours,
+            graph_seed=self.cfg.seed,
+            on_reply=self.on_reply,
+        )
+        client_seconds = time.perf_counter() - t0
+        new_state = ServerState(rnd, weights, state.opt_state)
+        dropped = list(out.dropped)
+        if out.failure is not None:
+            dropped.append({"client": "*", "reason": f"round failed: {out.failure}"})
+        train_loss = None
+        if out.weighted_sum is not None and out.weight > 0:
+            avg = out.weighted_sum / out.weight
+            new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
+            new_state = ServerState(rnd, new_w, new_opt)
+            losses = [m["train_loss"] for m in out.metrics.values() if "train_loss" in m]
+            train_loss = sum(losses) / len(losses) if losses else None
+        result = RoundResult(
+            round=rnd,
+            participants=out.survivors if out.failure is None else [],
+            dropped=dropped,
+            train_loss=train_loss,
+            bytes_up=out.bytes_up,
+            bytes_down=out.bytes_down,
+            seconds=0.0,
+            client_seconds=client_seconds,
+            update_norm_mean=None,
+            client_metrics=out.metrics if out.failure is None else {},
+        )
+        return self._finish_round(new_state, result, start)
 
     def _ckks_aggregate(
         self, good: dict[str, Message], dropped: list[dict[str, str]], rnd: int, numel: int

@@ -17,11 +17,14 @@ class InProcessRuntime:
     """Runs ``handler(client_id, message)`` for each addressed client.
 
     An exception in a handler becomes a :class:`Failure` for that client only; the others
-    still run.
+    still run. ``drop(client_id, message_type)`` (fault injection for tests and
+    benchmarks) makes the addressed client vanish for that message: it is not called and
+    a :class:`Failure` comes back.
     """
 
-    def __init__(self, handler: Handler):
+    def __init__(self, handler: Handler, drop: Callable[[str, str], bool] | None = None):
         self.handler = handler
+        self.drop = drop
 
     def send_and_receive(
         self,
@@ -31,6 +34,11 @@ class InProcessRuntime:
     ) -> dict[str, Reply]:
         replies: dict[str, Reply] = {}
         for cid, msg in messages.items():
+            if self.drop is not None and self.drop(cid, msg.type):
+                replies[cid] = Failure("client dropped out (fault injection)")
+                if on_reply is not None:
+                    on_reply(cid, replies[cid])
+                continue
             try:
                 reply: Reply = self.handler(cid, msg)
             except Exception as exc:  # a crashing client must not stop the round

@@ -1,0 +1,124 @@
+"""The client's side of SecAgg (Bonawitz et al. 2017, "Practical Secure Aggregation for
+Privacy-Preserving Machine Learning", Fig. 4, semi-honest variant), with the sparse
+neighbour graph of SecAgg+ (Bell et al. 2020, "Secure Single-Server Aggregation with
+(Poly)Logarithmic Overhead").
+
+Per round, client u:
+ 0. advertise: fresh X25519 key pairs (c_u for encrypting shares, s_u for masks);
+ 1. share: a fresh 256-bit self-mask seed b_u; Shamir t-of-k shares of s_u's secret key
+    and of b_u for each neighbour v, sealed with AES-GCM under HKDF(X25519(c_u, c_v)),
+    associated data (round, u, v);
+ 2. masked input: y_u = x_u + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) (mod 2^64),
+    s_uv = HKDF(X25519(s_u, s_v)), over the neighbours v that reached step 2;
+ 3. unmask: for each neighbour still present, its share of b; for each that dropped after
+    step 1, its share of s's key — never both for the same client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedgpt.privacy.secagg import crypto, shamir
+
+SHARE_INFO = b"fedgpt/secagg/share-key"
+MASK_INFO = b"fedgpt/secagg/pairwise-mask"
+
+
+def salt(rnd: int) -> bytes:
+    return f"fedgpt-secagg-round-{rnd}".encode()
+
+
+def ad(rnd: int, sender: str, recipient: str) -> bytes:
+    return json.dumps([rnd, sender, recipient]).encode()
+
+
+def pairwise_mask(s_sk: bytes, peer_s_pk: bytes, rnd: int, me: str, peer: str, n: int):
+    """+PRG(s_uv) if me sorts after peer... sign convention: + for peer > me."""
+    seed = crypto.agree(s_sk, peer_s_pk, MASK_INFO, salt(rnd))
+    m = crypto.prg(seed, n)
+    return m if peer > me else (np.uint64(0) - m)
+
+
+@dataclass
+class RoundState:
+    rnd: int
+    x: np.ndarray  # the encoded input over Z_2^64
+    c_sk: object
+    s_sk: bytes
+    c_pk: bytes
+    s_pk: bytes
+    b: bytes = b""
+    peers: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # v -> (c_pk, s_pk)
+    inbox: dict[str, bytes] = field(default_factory=dict)  # sealed shares from v
+    revealed: set[str] = field(default_factory=set)
+
+
+def advertise(rnd: int, x: np.ndarray) -> RoundState:
+    c_sk, c_pk = crypto.keypair()
+    s_sk_obj, s_pk = crypto.keypair()
+    return RoundState(rnd, x, c_sk, crypto.private_bytes(s_sk_obj), c_pk, s_pk)
+
+
+def share(
+    st: RoundState,
+    me: str,
+    peers: dict[str, tuple[bytes, bytes]],
+    index: dict[str, int],
+    threshold: int,
+) -> dict[str, bytes]:
+    """Sealed shares of (s_sk, b) for each neighbour: {v: ciphertext}."""
+    import secrets
+
+    st.peers = dict(peers)
+    st.b = secrets.token_bytes(32)
+    xs = [index[v] for v in peers]
+    s_shares = shamir.split(st.s_sk, threshold, xs)
+    b_shares = shamir.split(st.b, threshold, xs)
+    out = {}
+    for v, (c_pk_v, _) in peers.items():
+        key = crypto.agree(st.c_sk, c_pk_v, SHARE_INFO, salt(st.rnd))
+        x = index[v]
+        body = json.dumps(
+            {"from": me, "to": v, "x": x, "s": hex(s_shares[x]), "b": hex(b_shares[x])}
+        ).encode()
+        out[v] = crypto.seal(key, body, ad(st.rnd, me, v))
+    return out
+
+
+def masked_input(st: RoundState, me: str, inbox: dict[str, bytes], alive: list[str]):
+    """y_u over Z_2^64, masked with the self mask and the pairwise masks of the neighbours
+    that reached this step (their shares are in ``inbox``)."""
+    st.inbox = dict(inbox)
+    n = st.x.size
+    y = st.x + crypto.prg(st.b, n)
+    for v in alive:
+        if v != me and v in st.peers:
+            y += pairwise_mask(st.s_sk, st.peers[v][1], st.rnd, me, v, n)
+    return y
+
+
+def unmask(st: RoundState, me: str, survivors: set[str], dropped: set[str]):
+    """(b-shares of survivors, s-shares of dropped, senders whose share was tampered)."""
+    if survivors & dropped:
+        raise ValueError("a client cannot be both a survivor and dropped")
+    b_out, s_out, bad = {}, {}, []
+    for u, blob in st.inbox.items():
+        if u not in survivors and u not in dropped:
+            continue
+        if u in st.revealed:
+            raise ValueError(f"shares of {u} were already revealed this round")
+        key = crypto.agree(st.c_sk, st.peers[u][0], SHARE_INFO, salt(st.rnd))
+        try:
+            body = json.loads(crypto.open_sealed(key, blob, ad(st.rnd, u, me)))
+        except crypto.TamperedShare:
+            bad.append(u)
+            continue
+        st.revealed.add(u)
+        if u in survivors:
+            b_out[u] = (body["x"], body["b"])
+        else:
+            s_out[u] = (body["x"], body["s"])
+    return b_out, s_out, bad

@@ -1,0 +1,60 @@
+"""The cryptographic primitives of secure aggregation, all from ``cryptography``:
+X25519 key agreement, HKDF-SHA256, AES-256-GCM for shares in transit (associated data
+binds round, sender and recipient), and a ChaCha20 keystream as the PRG that expands a
+256-bit seed into a mask vector over Z_{2^64}."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from fedgpt.errors import FedGPTError
+
+
+class TamperedShare(FedGPTError):
+    """An encrypted share failed authentication (tampered, misrouted or replayed)."""
+
+
+def keypair() -> tuple[X25519PrivateKey, bytes]:
+    sk = X25519PrivateKey.generate()
+    return sk, sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def private_bytes(sk: X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    return sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def agree(sk: X25519PrivateKey | bytes, peer_public: bytes, info: bytes, salt: bytes) -> bytes:
+    """HKDF-SHA256(X25519(sk, peer), salt, info) → 32 bytes."""
+    if isinstance(sk, bytes):
+        sk = X25519PrivateKey.from_private_bytes(sk)
+    shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared)
+
+
+def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, ad)
+
+
+def open_sealed(key: bytes, blob: bytes, ad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(blob[:12], blob[12:], ad)
+    except (InvalidTag, ValueError):
+        raise TamperedShare("encrypted share failed authentication") from None
+
+
+def prg(seed: bytes, n: int) -> np.ndarray:
+    """``n`` uint64 words of the ChaCha20 keystream keyed by the 256-bit ``seed``."""
+    enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    return np.frombuffer(enc.update(b"\0" * (8 * n)), dtype=np.uint64).copy()

@@ -1,0 +1,204 @@
+"""The server's side of SecAgg / SecAgg+: four message rounds over the runtime seam.
+
+The server only ever holds public keys, sealed shares it cannot open, masked vectors, and
+the shares it asks for in the last step (self-mask shares of survivors, mask-key shares of
+clients that dropped after sharing). From these it removes the masks and obtains
+Σ_{u ∈ survivors} x_u mod 2^64 and nothing else. Fewer than t shares for any secret it
+must rebuild — or fewer than t + 1 clients at any step — fails the round cleanly: no
+aggregate, the reason returned, the global model unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedgpt.privacy.secagg import crypto, shamir
+from fedgpt.privacy.secagg.client import MASK_INFO, salt
+from fedgpt.privacy.secagg.quantize import decode
+from fedgpt.runtime.messages import Failure, Message
+
+
+@dataclass
+class SecAggOutcome:
+    weighted_sum: torch.Tensor | None = None  # Σ w_k Δ_k
+    weight: float = 0.0  # Σ w_k
+    survivors: list[str] = field(default_factory=list)
+    dropped: list[dict[str, str]] = field(default_factory=list)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    failure: str | None = None
+
+
+def neighbours(ids: Sequence[str], k: int, rng: np.random.Generator) -> dict[str, list[str]]:
+    """SecAgg+ graph: a Harary graph H(k, n) over a random permutation (each client linked
+    to the k/2 nearest on each side of a ring); k = 0 or k ≥ n − 1: the complete graph."""
+    n = len(ids)
+    if k <= 0 or k >= n - 1:
+        return {u: [v for v in ids if v != u] for u in ids}
+    order = [ids[i] for i in rng.permutation(n)]
+    half = max(1, k // 2)
+    out: dict[str, set[str]] = {u: set() for u in ids}
+    for i, u in enumerate(order):
+        for d in range(1, half + 1):
+            v = order[(i + d) % n]
+            out[u].add(v)
+            out[v].add(u)
+    return {u: sorted(vs) for u, vs in out.items()}
+
+
+class _Exchange:
+    def __init__(self, runtime, on_reply, outcome: SecAggOutcome):
+        self.runtime, self.on_reply, self.out = runtime, on_reply, outcome
+
+    def __call__(self, msgs: Mapping[str, Message], want: str) -> dict[str, Message]:
+        replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
+        self.out.bytes_down += sum(m.nbytes for m in msgs.values())
+        good = {}
+        for cid in msgs:
+            r = replies.get(cid, Failure("no reply"))
+            if isinstance(r, Message):
+                self.out.bytes_up += r.nbytes
+            if isinstance(r, Message) and r.type == want:
+                good[cid] = r
+            else:
+                reason = r.reason if isinstance(r, Failure) else r.config.get("reason", r.type)
+                self.out.dropped.append({"client": cid, "reason": f"secagg {want}: {reason}"})
+        return good
+
+
+def run_round(
+    runtime,
+    chosen: Sequence[str],
+    rnd: int,
+    seeds: Mapping[str, int],
+    weights: torch.Tensor,
+    numel: int,
+    *,
+    value_range: float,
+    bits: int,
+    weight_cap: float,
+    threshold_fraction: float,
+    k: int,
+    graph_seed: int,
+    on_reply: Callable | None = None,
+) -> SecAggOutcome:
+    out = SecAggOutcome()
+    ex = _Exchange(runtime, on_reply, out)
+    cfg = {"round": rnd, "range": value_range, "bits": bits, "weight_cap": weight_cap}
+    # 0. train and advertise keys
+    keys = ex(
+        {
+            c: Message("secagg/train", {**cfg, "seed": seeds[c]}, {"weights": weights})
+            for c in chosen
+        },
+        "secagg/keys",
+    )
+    u1 = sorted(keys)
+    graph = neighbours(u1, k, np.random.default_rng([graph_seed, rnd]))
+    deg = min(len(v) for v in graph.values()) if graph else 0
+    t = max(2, math.ceil(threshold_fraction * deg)) if deg >= 2 else 2
+    if len(u1) < t + 1:
+        out.failure = f"only {len(u1)} clients advertised keys, need {t + 1} (threshold {t})"
+        return out
+    index = {u: i + 1 for i, u in enumerate(u1)}
+    pk = {u: (keys[u].blobs["c_pk"][0], keys[u].blobs["s_pk"][0]) for u in u1}
+    # 1. share keys
+    shares = ex(
+        {
+            u: Message(
+                "secagg/share",
+                {"round": rnd, "threshold": t, "index": index},
+                {},
+                {f"pk:{v}": list(pk[v]) for v in graph[u]},
+            )
+            for u in u1
+        },
+        "secagg/shares",
+    )
+    u2 = sorted(shares)
+    if len(u2) < t + 1:
+        out.failure = f"only {len(u2)} clients shared keys, need {t + 1}"
+        return out
+    # 2. masked input: route each sealed share to its recipient
+    inbox: dict[str, dict[str, bytes]] = {u: {} for u in u2}
+    for u in u2:
+        for key, blob in shares[u].blobs.items():
+            v = key.removeprefix("to:")
+            if v in inbox and v in graph[u]:
+                inbox[v][u] = blob[0]
+    masked = ex(
+        {
+            u: Message(
+                "secagg/masked",
+                {"round": rnd, "alive": [v for v in graph[u] if v in shares]},
+                {},
+                {f"from:{v}": [b] for v, b in inbox[u].items()},
+            )
+            for u in u2
+        },
+        "secagg/masked_input",
+    )
+    u3 = sorted(c for c in masked if len(masked[c].blobs["y"][0]) == 8 * (numel + 1))
+    for c in set(masked) - set(u3):
+        out.dropped.append({"client": c, "reason": "secagg: masked input of wrong length"})
+    if len(u3) < t + 1:
+        out.failure = f"only {len(u3)} clients sent masked inputs, need {t + 1}"
+        return out
+    gone = set(u2) - set(u3)
+    # 3. unmask
+    reveal = ex(
+        {
+            v: Message(
+                "secagg/unmask",
+                {
+                    "round": rnd,
+                    "survivors": [u for u in graph[v] if u in u3],
+                    "dropped": [u for u in graph[v] if u in gone],
+                },
+            )
+            for v in u3
+        },
+        "secagg/shares_out",
+    )
+    b_sh: dict[str, dict[int, int]] = {u: {} for u in u3}
+    s_sh: dict[str, dict[int, int]] = {u: {} for u in gone}
+    for v, r in reveal.items():
+        for u, (x, y) in r.config.get("b", {}).items():
+            if u in b_sh:
+                b_sh[u][int(x)] = int(y, 16)
+        for u, (x, y) in r.config.get("s", {}).items():
+            if u in s_sh:
+                s_sh[u][int(x)] = int(y, 16)
+        for u in r.config.get("tampered", []):
+            out.dropped.append(
+                {"client": u, "reason": f"secagg: share for {v} failed authentication (discarded)"}
+            )
+    total = np.zeros(numel + 1, dtype=np.uint64)
+    for u in u3:
+        total += np.frombuffer(masked[u].blobs["y"][0], dtype=np.uint64)
+    for u in u3:  # remove self masks
+        if len(b_sh[u]) < t:
+            out.failure = f"only {len(b_sh[u])} shares of {u}'s self mask, need {t}"
+            return out
+        b = shamir.reconstruct(dict(list(b_sh[u].items())[:t]))
+        total -= crypto.prg(b, numel + 1)
+    for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u
+        if len(s_sh[u]) < t:
+            out.failure = f"only {len(s_sh[u])} shares of {u}'s mask key, need {t}"
+            return out
+        s_sk = shamir.reconstruct(dict(list(s_sh[u].items())[:t]))
+        for v in graph[u]:
+            if v in u3:
+                seed = crypto.agree(s_sk, pk[v][1], MASK_INFO, salt(rnd))
+                m = crypto.prg(seed, numel + 1)
+                total -= m if u > v else (np.uint64(0) - m)  # what v added for peer u
+    out.weighted_sum, out.weight = decode(total, len(u3), value_range, bits)
+    out.survivors = u3
+    out.metrics = {u: keys[u].config.get("metrics", {}) for u in u3}
+    return out

@@ -1,0 +1,48 @@
+"""Shamir t-of-n secret sharing over the prime field GF(2^521 − 1).
+
+Shamir 1979, "How to Share a Secret": a secret s is the constant term of a random
+polynomial f of degree t − 1; share i is (i, f(i)). Any t shares give s = f(0) by
+Lagrange interpolation at 0; fewer reveal nothing. The field is the Mersenne prime
+2^521 − 1, larger than every 256-bit secret shared here. Coefficients come from
+``secrets`` (the OS CSPRNG).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+PRIME = 2**521 - 1
+
+
+def split(secret: bytes, threshold: int, xs: Sequence[int]) -> dict[int, int]:
+    """Shares of ``secret`` (≤ 64 bytes) for the points ``xs`` (distinct, non-zero)."""
+    if not 1 <= threshold <= len(xs):
+        raise ValueError(f"threshold {threshold} must be in [1, {len(xs)}]")
+    s = int.from_bytes(secret, "big")
+    if s >= PRIME:
+        raise ValueError("secret too large for the field")
+    coeffs = [s] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    shares = {}
+    for x in xs:
+        y = 0
+        for c in reversed(coeffs):  # Horner
+            y = (y * x + c) % PRIME
+        shares[x] = y
+    return shares
+
+
+def reconstruct(shares: dict[int, int], length: int = 32) -> bytes:
+    """The secret from at least ``threshold`` shares {x: y} (Lagrange at 0)."""
+    xs = list(shares)
+    s = 0
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num = num * (-xj) % PRIME
+                den = den * (xi - xj) % PRIME
+        s = (s + shares[xi] * num * pow(den, PRIME - 2, PRIME)) % PRIME
+    if s >= 1 << (8 * length):  # fewer than t (or inconsistent) shares give a random s
+        raise ValueError("the shares do not reconstruct a secret (too few or inconsistent)")
+    return s.to_bytes(length, "big")

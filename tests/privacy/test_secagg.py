@@ -1,0 +1,173 @@
+"""SecAgg / SecAgg+: exact sums under dropouts at both critical steps, clean failure below
+threshold, masks hide inputs, tampered shares rejected, a whole run matches plaintext."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedgpt.client.app import ClientApp, ClientData
+from fedgpt.config import ClientConfig, ModelConfig, load_config
+from fedgpt.errors import ConfigError
+from fedgpt.experiment import run_experiment
+from fedgpt.models.build import build_char_gpt2
+from fedgpt.models.params import bind_flat
+from fedgpt.privacy.secagg import shamir
+from fedgpt.privacy.secagg.client import advertise, unmask
+from fedgpt.privacy.secagg.quantize import bits_for, decode, encode
+from fedgpt.privacy.secagg.server import neighbours, run_round
+from fedgpt.runtime import InProcessRuntime, Message
+
+TEXT = "Friends, Romans, countrymen, lend me your ears;\nI come to bury Caesar.\n"
+N = 10
+
+
+def setup(drop=None, tamper=None):
+    b = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [TEXT], 0)
+    fm = bind_flat(b.model)
+    data = {}
+    for i in range(N):
+        t = torch.from_numpy(b.codec.encode(TEXT * (i + 2)))
+        data[f"c{i}"] = ClientData(f"c{i}", t, t[:30])
+    app = ClientApp(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16))
+    inputs, masked = {}, {}
+
+    def handler(cid, msg):
+        if tamper is not None:
+            msg = tamper(cid, msg)
+        reply = app(cid, msg)
+        if msg.type == "secagg/train":
+            inputs[cid] = app.secagg_state[cid].x.copy()
+        if msg.type == "secagg/masked":
+            masked[cid] = np.frombuffer(reply.blobs["y"][0], dtype=np.uint64)
+        return reply
+
+    return fm, InProcessRuntime(handler, drop), inputs, masked
+
+
+def go(runtime, fm, k=0):
+    ids = [f"c{i}" for i in range(N)]
+    return run_round(
+        runtime,
+        ids,
+        1,
+        {c: i for i, c in enumerate(ids)},
+        fm.flat.clone(),
+        fm.flat.numel(),
+        value_range=1.0,
+        bits=bits_for(N),
+        weight_cap=1000,
+        threshold_fraction=0.5,
+        k=k,
+        graph_seed=0,
+    )
+
+
+@pytest.mark.parametrize("stage", ["secagg/masked", "secagg/unmask"])
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("k", [0, 6])
+def test_sum_is_exact_with_dropouts(stage, fraction, k):
+    gone = {f"c{i}" for i in range(int(round(fraction * N)))}
+    fm, rt, inputs, _ = setup(drop=lambda cid, typ: cid in gone and typ == stage)
+    out = go(rt, fm, k)
+    assert out.failure is None, out.failure
+    # dropped before sending masked input: not in the sum; dropped at unmasking: in it
+    expect_in = sorted(set(inputs) - gone) if stage == "secagg/masked" else sorted(inputs)
+    assert out.survivors == expect_in
+    total = np.zeros_like(next(iter(inputs.values())))
+    for c in expect_in:
+        total += inputs[c]
+    want_sum, want_w = decode(total, len(expect_in), 1.0, bits_for(N))
+    assert torch.equal(out.weighted_sum, want_sum) and out.weight == want_w
+    assert len(out.dropped) == len(gone)
+
+
+def test_below_threshold_fails_cleanly():
+    gone = {f"c{i}" for i in range(6)}  # t = 5 of 9 neighbours; 4 left < t + 1
+    fm, rt, _, _ = setup(drop=lambda cid, typ: cid in gone and typ == "secagg/masked")
+    out = go(rt, fm)
+    assert out.weighted_sum is None and "need" in out.failure
+
+
+def test_masked_vector_is_uncorrelated_with_its_input():
+    fm, rt, inputs, masked = setup()
+    go(rt, fm)
+    x = inputs["c3"].astype(np.float64)
+    y = masked["c3"].astype(np.float64)
+    assert abs(np.corrcoef(x, y)[0, 1]) < 0.05
+    assert not np.array_equal(x, y)
+
+
+def test_tampered_share_is_rejected_and_the_round_goes_on():
+    def tamper(cid, msg):
+        if cid == "c5" and msg.type == "secagg/masked":
+            blobs = dict(msg.blobs)
+            key = sorted(blobs)[0]
+            ct = bytearray(blobs[key][0])
+            ct[20] ^= 1
+            blobs[key] = [bytes(ct)]
+            return Message(msg.type, msg.config, msg.tensors, blobs)
+        return msg
+
+    fm, rt, inputs, _ = setup(tamper=tamper)
+    out = go(rt, fm)
+    assert out.failure is None
+    assert any("failed authentication" in d["reason"] for d in out.dropped)
+    total = np.zeros_like(inputs["c0"])
+    for c in inputs:
+        total += inputs[c]
+    assert torch.equal(out.weighted_sum, decode(total, N, 1.0, bits_for(N))[0])
+
+
+def test_a_client_never_reveals_both_secrets_of_a_peer():
+    st = advertise(1, np.zeros(3, dtype=np.uint64))
+    with pytest.raises(ValueError, match="both"):
+        unmask(st, "a", {"b"}, {"b"})
+
+
+def test_shamir_threshold():
+    secret = bytes(range(32))
+    sh = shamir.split(secret, 3, [1, 2, 3, 4, 5])
+    assert shamir.reconstruct({x: sh[x] for x in (2, 4, 5)}) == secret
+    with pytest.raises(ValueError, match="too few"):  # 2 < t shares: a random field element
+        shamir.reconstruct({x: sh[x] for x in (1, 3)})
+
+
+def test_secagg_plus_graph_is_symmetric_and_sparse():
+    ids = [f"c{i}" for i in range(20)]
+    g = neighbours(ids, 4, np.random.default_rng(0))
+    assert all(len(v) == 4 for v in g.values())
+    assert all(u in g[v] for u in ids for v in g[u])
+
+
+def test_quantisation_round_trip():
+    d = torch.tensor([0.5, -0.25, 2.0])
+    q = encode(d, 0.5, 1.0, 40)
+    s, w = decode(q, 1, 1.0, 40)
+    assert torch.allclose(s, torch.tensor([0.25, -0.125, 0.5]), atol=1e-9)
+    assert w == pytest.approx(0.5, abs=1e-9)
+
+
+def test_secagg_run_matches_plaintext(tiny_overrides, tmp_path):
+    base = [
+        *tiny_overrides,
+        "baselines.enabled=false",
+        "federation.min_clients=4",
+        "federation.rounds=1",
+    ]  # (Adam amplifies float32 rounding in later rounds)
+    run_experiment(load_config(None, base), tmp_path / "plain")
+    run_experiment(
+        load_config(None, [*base, 'privacy.secure_aggregation="secagg"']), tmp_path / "sa"
+    )
+    a = load_file(tmp_path / "plain/model/model.safetensors")
+    b = load_file(tmp_path / "sa/model/model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    row = json.loads((tmp_path / "sa/metrics.jsonl").read_text().splitlines()[0])
+    assert row["dropped"] == [] and len(row["participants"]) == 4
+    with pytest.raises(ConfigError, match="at least 3 clients"):
+        run_experiment(
+            load_config(None, [*tiny_overrides, 'privacy.secure_aggregation="secagg"']),
+            tmp_path / "two",
+        )

@@ -88,30 +88,8 @@ class ClientApp:
             w = min(n, c["weight_cap"]) / c["weight_cap"]
             x = encode(reply.tensors["delta"], w, c["range"], c["bits"])
             st = self.secagg_state[cid] = sa.advertise(rnd, x)
-            return Message(
-                "secagg/keys",
-                {"round": rnd, "num_examples": n, "metrics": reply.config["metrics"]},
-                {},
-                {"c_pk": [st.c_pk], "s_pk": [st.s_pk]},
-            )
-        st = self.secagg_state.get(cid)
-        if st is None or st.rnd != rnd:
-            raise ValueError(f"no SecAgg state for round {rnd}")
-        if msg.type == "secagg/share":
-            peers = {k.removeprefix("pk:"): (v[0], v[1]) for k, v in msg.blobs.items()}
-            sealed = sa.share(st, cid, peers, c["index"], int(c["threshold"]))
-            return Message(
-                "secagg/shares", {"round": rnd}, {}, {f"to:{v}": [b] for v, b in sealed.items()}
-            )
-        if msg.type == "secagg/masked":
-            inbox = {k.removeprefix("from:"): v[0] for k, v in msg.blobs.items()}
-            y = sa.masked_input(st, cid, inbox, list(c["alive"]))
-            return Message("secagg/masked_input", {"round": rnd}, {}, {"y": [y.tobytes()]})
-        if msg.type == "secagg/unmask":
-            b, s_, bad = sa.unmask(st, cid, set(c["survivors"]), set(c["dropped"]))
-            del self.secagg_state[cid]
-            return Message("secagg/shares_out", {"round": rnd, "b": b, "s": s_, "tampered": bad})
-        raise ValueError(f"unknown message type {msg.type!r}")
+            return sa.keys_message(st, n, reply.config["metrics"])
+        return sa.handle(self.secagg_state, cid, msg)
 
     def _encrypt(self, reply: Message) -> Message:
         """Replace the plaintext delta by the CKKS ciphertexts of n_k·Δ_k (the weight rides

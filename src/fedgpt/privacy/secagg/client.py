@@ -122,3 +122,42 @@ def unmask(st: RoundState, me: str, survivors: set[str], dropped: set[str]):
         else:
             s_out[u] = (body["x"], body["s"])
     return b_out, s_out, bad
+
+
+def handle(store: dict, cid: str, msg):
+    """The message steps after training, for a client whose round state lives in
+    ``store[cid]``: ``secagg/share``, ``secagg/masked``, ``secagg/unmask``.
+    (``secagg/train`` is the caller's: it trains, encodes and calls ``advertise``.)"""
+    from fedgpt.runtime.messages import Message
+
+    c, rnd = msg.config, int(msg.config["round"])
+    st = store.get(cid)
+    if st is None or st.rnd != rnd:
+        raise ValueError(f"no SecAgg state for round {rnd}")
+    if msg.type == "secagg/share":
+        peers = {k.removeprefix("pk:"): (v[0], v[1]) for k, v in msg.blobs.items()}
+        sealed = share(st, cid, peers, c["index"], int(c["threshold"]))
+        return Message(
+            "secagg/shares", {"round": rnd}, {}, {f"to:{v}": [b] for v, b in sealed.items()}
+        )
+    if msg.type == "secagg/masked":
+        inbox = {k.removeprefix("from:"): v[0] for k, v in msg.blobs.items()}
+        y = masked_input(st, cid, inbox, list(c["alive"]))
+        return Message("secagg/masked_input", {"round": rnd}, {}, {"y": [y.tobytes()]})
+    if msg.type == "secagg/unmask":
+        b, s_, bad = unmask(st, cid, set(c["survivors"]), set(c["dropped"]))
+        del store[cid]
+        return Message("secagg/shares_out", {"round": rnd, "b": b, "s": s_, "tampered": bad})
+    raise ValueError(f"unknown message type {msg.type!r}")
+
+
+def keys_message(st: RoundState, num_examples: int, metrics: dict):
+    """The reply to ``secagg/train``: the two public keys (and the client's n_k, metrics)."""
+    from fedgpt.runtime.messages import Message
+
+    return Message(
+        "secagg/keys",
+        {"round": st.rnd, "num_examples": num_examples, "metrics": metrics},
+        {},
+        {"c_pk": [st.c_pk], "s_pk": [st.s_pk]},
+    )

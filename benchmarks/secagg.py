@@ -1,0 +1,177 @@
+"""SecAgg cost, written to benchmarks/results/secagg.json.
+
+1. Raw protocol (synthetic inputs, no training): for n clients and d values, the wall
+   time of all four message rounds in-process (client and server work together), the
+   server's own seconds, and bytes up/down per client, for the complete graph (SecAgg) and
+   the SecAgg+ graph with k = 2·⌈log2 n⌉ neighbours; plaintext reference: the same inputs
+   summed as float32 (server) and 4·d bytes up per client.
+2. The default workload at n = 100 clients per round: one plaintext round and one SecAgg+
+   round of the default model and local training, wall time as a ratio (target: SecAgg
+   adds <= 50 %).
+
+Usage: python benchmarks/secagg.py [--clients 10 50 100] [--dims 100000 1000000]
+                                   [--complete-max 50] [--skip-workload]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedgpt.privacy.secagg import client as sa
+from fedgpt.privacy.secagg.quantize import bits_for
+from fedgpt.privacy.secagg.server import run_round
+from fedgpt.runtime import InProcessRuntime
+
+RESULTS = Path(__file__).parent / "results" / "secagg.json"
+
+
+class Synthetic:
+    """Clients with fixed random inputs (no training): only the protocol is measured."""
+
+    def __init__(self, d: int, seed: int = 0):
+        self.d, self.store, self.rng = d, {}, np.random.default_rng(seed)
+        self.seconds = 0.0
+
+    def __call__(self, cid, msg):
+        t = time.perf_counter()
+        try:
+            if msg.type == "secagg/train":
+                x = self.rng.integers(0, 2**40, size=self.d + 1, dtype=np.uint64)
+                st = self.store[cid] = sa.advertise(int(msg.config["round"]), x)
+                return sa.keys_message(st, 1000, {})
+            return sa.handle(self.store, cid, msg)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def protocol(n: int, d: int, k: int) -> dict:
+    app = Synthetic(d)
+    ids = [f"client-{i:03d}" for i in range(n)]
+    start = time.perf_counter()
+    out = run_round(
+        InProcessRuntime(app),
+        ids,
+        1,
+        dict.fromkeys(ids, 0),
+        torch.zeros(1),
+        d,
+        value_range=1.0,
+        bits=bits_for(n),
+        weight_cap=1000,
+        threshold_fraction=0.5,
+        k=k,
+        graph_seed=0,
+    )
+    wall = time.perf_counter() - start
+    assert out.failure is None, out.failure
+    xs = torch.randn(n, d)
+    t = time.perf_counter()
+    xs.sum(0)
+    plain = time.perf_counter() - t
+    return {
+        "clients": n,
+        "dim": d,
+        "neighbours": k or n - 1,
+        "wall_s": wall,
+        "client_s_total": app.seconds,
+        "client_s_each": app.seconds / n,
+        "server_s": wall - app.seconds,
+        "bytes_up_per_client": out.bytes_up / n,
+        "bytes_down_per_client": out.bytes_down / n,
+        "plaintext_bytes_up_per_client": 4 * d,
+        "plaintext_server_sum_s": plain,
+    }
+
+
+def workload(n: int) -> dict:
+    from fedgpt.client.app import ClientApp
+    from fedgpt.config import load_config
+    from fedgpt.experiment import prepare
+    from fedgpt.federation.loop import FederatedServer
+
+    base = [
+        "federation.rounds=1",
+        f"federation.min_clients={n}",
+        "federation.fraction=0.001",
+        "federation.eval_every=1000",
+    ]
+    out = {}
+    for name, extra in [
+        ("plaintext", []),
+        (
+            "secagg+",
+            [
+                'privacy.secure_aggregation="secagg"',
+                f"privacy.secagg_neighbours={2 * math.ceil(math.log2(n))}",
+            ],
+        ),
+        ("secagg", ['privacy.secure_aggregation="secagg"']),
+    ]:
+        cfg = load_config(None, base + extra)
+        prep = prepare(cfg)
+        ids = [c.client_id for c in prep.clients]
+        server = FederatedServer(
+            cfg, InProcessRuntime(ClientApp(prep.fm, prep.data, cfg.client)), ids
+        )
+        server.cfg = cfg.model_copy(
+            update={"federation": cfg.federation.model_copy(update={"rounds": 10**6})}
+        )  # no evaluation in the timed round
+        t = time.perf_counter()
+        server.run_round(server.init_state(prep.init))
+        out[name] = time.perf_counter() - t
+    out["secagg+_overhead"] = out["secagg+"] / out["plaintext"] - 1
+    out["secagg_overhead"] = out["secagg"] / out["plaintext"] - 1
+    out["target_overhead_max"] = 0.5
+    out["clients"] = n
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
+    ap.add_argument("--dims", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument(
+        "--complete-max",
+        type=int,
+        default=100,
+        help="run the complete graph only up to this many clients",
+    )
+    ap.add_argument("--skip-workload", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for n in args.clients:
+        for d in args.dims:
+            for k in [2 * math.ceil(math.log2(n)), 0]:
+                if k == 0 and n > args.complete_max or (k and k >= n - 1):
+                    continue
+                r = protocol(n, d, k)
+                rows.append(r)
+                print(
+                    f"n={n:>3} d={d:>9,} neighbours={r['neighbours']:>3}: wall "
+                    f"{r['wall_s']:.2f} s (clients {r['client_s_each']:.3f} s each, server "
+                    f"{r['server_s']:.2f} s); up {r['bytes_up_per_client'] / 2**20:.2f} MiB/client "
+                    f"(plaintext {4 * d / 2**20:.2f})",
+                    flush=True,
+                )
+    result = {"protocol": rows}
+    if not args.skip_workload:
+        result["default_workload"] = w = workload(100)
+        print(
+            f"default workload, 100 clients: plaintext round {w['plaintext']:.2f} s, SecAgg+ "
+            f"{w['secagg+']:.2f} s (+{100 * w['secagg+_overhead']:.0f} %), SecAgg "
+            f"{w['secagg']:.2f} s (+{100 * w['secagg_overhead']:.0f} %); target <= +50 %"
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ Lagrange interpolation at 0; fewer reveal nothing. The field is the Mersenne pri
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 
@@ -32,17 +33,25 @@ def split(secret: bytes, threshold: int, xs: Sequence[int]) -> dict[int, int]:
     return shares
 
 
-def reconstruct(shares: dict[int, int], length: int = 32) -> bytes:
-    """The secret from at least ``threshold`` shares {x: y} (Lagrange at 0)."""
-    xs = list(shares)
-    s = 0
+@functools.lru_cache(maxsize=64)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Lagrange basis coefficients ℓ_i(0) for the points ``xs`` (cached: a round rebuilds
+    many secrets from the same set of responders)."""
+    out = []
     for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
                 num = num * (-xj) % PRIME
                 den = den * (xi - xj) % PRIME
-        s = (s + shares[xi] * num * pow(den, PRIME - 2, PRIME)) % PRIME
+        out.append(num * pow(den, PRIME - 2, PRIME) % PRIME)
+    return tuple(out)
+
+
+def reconstruct(shares: dict[int, int], length: int = 32) -> bytes:
+    """The secret from at least ``threshold`` shares {x: y} (Lagrange at 0)."""
+    xs = tuple(sorted(shares))
+    s = sum(shares[x] * c for x, c in zip(xs, _lagrange_at_zero(xs), strict=True)) % PRIME
     if s >= 1 << (8 * length):  # fewer than t (or inconsistent) shares give a random s
         raise ValueError("the shares do not reconstruct a secret (too few or inconsistent)")
     return s.to_bytes(length, "big")

@@ -34,6 +34,17 @@ runner = CliRunner()
         ),
         (["run", "--set", 'data.plays=["hamlett"]'], "hamlett"),
         (["run", "--resume", "/no/such/run"], "not a run folder"),
+        (["run", "--set", "privacy.post_quantum=true"], "privacy.post_quantum applies to"),
+        (
+            [
+                "run",
+                "--set",
+                'privacy.secure_aggregation="secagg"',
+                "--set",
+                "federation.fraction=0.001",
+            ],
+            "at least 3 clients",
+        ),
         (["eval", "/no/such/run", "--data", "x.txt"], "run folder '/no/such/run'"),
         (["generate", "/no/such/run", "--prompt", "x"], "run folder '/no/such/run'"),
     ],

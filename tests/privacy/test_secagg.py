@@ -47,7 +47,7 @@ def setup(drop=None, tamper=None):
     return fm, InProcessRuntime(handler, drop), inputs, masked
 
 
-def go(runtime, fm, k=0):
+def go(runtime, fm, k=0, pq=False):
     ids = [f"c{i}" for i in range(N)]
     return run_round(
         runtime,
@@ -62,6 +62,7 @@ def go(runtime, fm, k=0):
         threshold_fraction=0.5,
         k=k,
         graph_seed=0,
+        post_quantum=pq,
     )
 
 
@@ -82,6 +83,22 @@ def test_sum_is_exact_with_dropouts(stage, fraction, k):
     want_sum, want_w = decode(total, len(expect_in), 1.0, bits_for(N))
     assert torch.equal(out.weighted_sum, want_sum) and out.weight == want_w
     assert len(out.dropped) == len(gone)
+
+
+@pytest.mark.parametrize("stage", ["secagg/masked", "secagg/unmask"])
+def test_post_quantum_hybrid_sum_is_exact_with_dropouts(stage):
+    gone = {"c1", "c4", "c7"}
+    fm, rt, inputs, _ = setup(drop=lambda cid, typ: cid in gone and typ == stage)
+    out = go(rt, fm, 6, pq=True)
+    assert out.failure is None, out.failure
+    expect_in = sorted(set(inputs) - gone) if stage == "secagg/masked" else sorted(inputs)
+    total = np.zeros_like(inputs["c0"])
+    for c in expect_in:
+        total += inputs[c]
+    assert torch.equal(out.weighted_sum, decode(total, len(expect_in), 1.0, bits_for(N))[0])
+    # the hybrid mode advertises two 1,184-byte ML-KEM-768 keys on top of the X25519 ones
+    keys = advertise(1, np.zeros(2, dtype=np.uint64), post_quantum=True).public_keys()
+    assert [len(keys[k][0]) for k in ("c_pk", "s_pk", "kc_pk", "ks_pk")] == [32, 32, 1184, 1184]
 
 
 def test_below_threshold_fails_cleanly():

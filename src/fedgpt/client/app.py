@@ -87,7 +87,7 @@ class ClientApp:
             n = reply.config["num_examples"]
             w = min(n, c["weight_cap"]) / c["weight_cap"]
             x = encode(reply.tensors["delta"], w, c["range"], c["bits"])
-            st = self.secagg_state[cid] = sa.advertise(rnd, x)
+            st = self.secagg_state[cid] = sa.advertise(rnd, x, bool(c.get("post_quantum")))
             return sa.keys_message(st, n, reply.config["metrics"])
         return sa.handle(self.secagg_state, cid, msg)
 

@@ -204,6 +204,11 @@ class PrivacyConfig(_Section):
         'learns only the sum; "ckks": clients send CKKS-encrypted updates (TenSEAL), the server '
         "sums them without the secret key and a key-holding client decrypts only the sum",
     )
+    post_quantum: bool = Field(
+        False,
+        description="secagg: hybrid X25519 + ML-KEM-768 key agreement for shares and masks "
+        "(recorded traffic stays safe if X25519 falls to a quantum computer)",
+    )
     secagg_neighbours: int = Field(
         0, ge=0, description="secagg: neighbours per client (SecAgg+ graph); 0 = everyone"
     )
@@ -269,6 +274,11 @@ class RunConfig(_Section):
                 'privacy.mode = "central_dp" clips each update on the server, which cannot see '
                 f'updates under secure_aggregation = "{p.secure_aggregation}"; use "local_dp" '
                 'or "dp_sgd"'
+            )
+        if p.post_quantum and p.secure_aggregation != "secagg":
+            raise ValueError(
+                'privacy.post_quantum applies to secure_aggregation = "secagg" (CKKS is '
+                "already lattice-based)"
             )
         if p.mode == "dp_sgd" and p.noise_multiplier == 0:
             raise ValueError(

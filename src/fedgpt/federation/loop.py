@@ -232,6 +232,7 @@ class FederatedServer:
             threshold_fraction=p.secagg_threshold,
             k=p.secagg_neighbours,
             graph_seed=self.cfg.seed,
+            post_quantum=p.post_quantum,
             on_reply=self.on_reply,
         )
         client_seconds = time.perf_counter() - t0

@@ -12,6 +12,14 @@ Per round, client u:
     s_uv = HKDF(X25519(s_u, s_v)), over the neighbours v that reached step 2;
  3. unmask: for each neighbour still present, its share of b; for each that dropped after
     step 1, its share of s's key — never both for the same client.
+
+Post-quantum (hybrid) mode: every key agreement also runs ML-KEM-768 and both secrets go
+into HKDF, so recorded traffic stays safe if X25519 is broken later. Each client also
+advertises two ML-KEM public keys; for a share, u encapsulates to v's share key and sends
+the ciphertext with the sealed share; for the pair mask, the smaller id encapsulates to
+the other's mask key. When a client drops, each surviving neighbour reveals the ML-KEM
+part of that pair's secret together with its share of the dropped client's X25519 mask
+key (the server learns exactly the pairwise secrets it learns in plain SecAgg).
 """
 
 from __future__ import annotations
@@ -35,9 +43,11 @@ def ad(rnd: int, sender: str, recipient: str) -> bytes:
     return json.dumps([rnd, sender, recipient]).encode()
 
 
-def pairwise_mask(s_sk: bytes, peer_s_pk: bytes, rnd: int, me: str, peer: str, n: int):
-    """+PRG(s_uv) if me sorts after peer... sign convention: + for peer > me."""
-    seed = crypto.agree(s_sk, peer_s_pk, MASK_INFO, salt(rnd))
+def pairwise_mask(
+    s_sk: bytes, peer_s_pk: bytes, rnd: int, me: str, peer: str, n: int, pq: bytes = b""
+):
+    """The mask ``me`` adds for ``peer``: +PRG(s_uv) if peer > me, else −PRG(s_uv)."""
+    seed = crypto.agree(s_sk, peer_s_pk, MASK_INFO, salt(rnd), pq)
     m = crypto.prg(seed, n)
     return m if peer > me else (np.uint64(0) - m)
 
@@ -51,15 +61,28 @@ class RoundState:
     c_pk: bytes
     s_pk: bytes
     b: bytes = b""
-    peers: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # v -> (c_pk, s_pk)
-    inbox: dict[str, bytes] = field(default_factory=dict)  # sealed shares from v
+    peers: dict[str, tuple[bytes, ...]] = field(default_factory=dict)  # v -> public keys
+    inbox: dict[str, list[bytes]] = field(default_factory=dict)  # from v: sealed share, KEM cts
     revealed: set[str] = field(default_factory=set)
+    kem: tuple | None = None  # post-quantum: (share-key KEM sk, mask KEM sk)
+    kem_pks: tuple[bytes, bytes] = (b"", b"")
+    pq_mask: dict[str, bytes] = field(default_factory=dict)  # v -> ML-KEM part of s_uv
+
+    def public_keys(self) -> dict[str, list[bytes]]:
+        keys = {"c_pk": [self.c_pk], "s_pk": [self.s_pk]}
+        if self.kem is not None:
+            keys |= {"kc_pk": [self.kem_pks[0]], "ks_pk": [self.kem_pks[1]]}
+        return keys
 
 
-def advertise(rnd: int, x: np.ndarray) -> RoundState:
+def advertise(rnd: int, x: np.ndarray, post_quantum: bool = False) -> RoundState:
     c_sk, c_pk = crypto.keypair()
     s_sk_obj, s_pk = crypto.keypair()
-    return RoundState(rnd, x, c_sk, crypto.private_bytes(s_sk_obj), c_pk, s_pk)
+    st = RoundState(rnd, x, c_sk, crypto.private_bytes(s_sk_obj), c_pk, s_pk)
+    if post_quantum:
+        (kc, kc_pk), (ks, ks_pk) = crypto.kem_keypair(), crypto.kem_keypair()
+        st.kem, st.kem_pks = (kc, ks), (kc_pk, ks_pk)
+    return st
 
 
 def share(
@@ -78,25 +101,37 @@ def share(
     s_shares = shamir.split(st.s_sk, threshold, xs)
     b_shares = shamir.split(st.b, threshold, xs)
     out = {}
-    for v, (c_pk_v, _) in peers.items():
-        key = crypto.agree(st.c_sk, c_pk_v, SHARE_INFO, salt(st.rnd))
+    for v, keys in peers.items():
+        extra, pq = [], b""
+        if st.kem is not None:
+            pq, ct = crypto.kem_encapsulate(keys[2])
+            extra.append(ct)
+            if me < v:
+                st.pq_mask[v], ct_s = crypto.kem_encapsulate(keys[3])
+                extra.append(ct_s)
+        key = crypto.agree(st.c_sk, keys[0], SHARE_INFO, salt(st.rnd), pq)
         x = index[v]
         body = json.dumps(
             {"from": me, "to": v, "x": x, "s": hex(s_shares[x]), "b": hex(b_shares[x])}
         ).encode()
-        out[v] = crypto.seal(key, body, ad(st.rnd, me, v))
+        out[v] = [crypto.seal(key, body, ad(st.rnd, me, v)), *extra]
     return out
 
 
-def masked_input(st: RoundState, me: str, inbox: dict[str, bytes], alive: list[str]):
+def masked_input(st: RoundState, me: str, inbox: dict[str, list[bytes]], alive: list[str]):
     """y_u over Z_2^64, masked with the self mask and the pairwise masks of the neighbours
     that reached this step (their shares are in ``inbox``)."""
     st.inbox = dict(inbox)
+    if st.kem is not None:  # the pair-mask secrets the smaller ids encapsulated to me
+        for v, parts in inbox.items():
+            if v < me and len(parts) > 2:
+                st.pq_mask[v] = crypto.kem_decapsulate(st.kem[1], parts[2])
     n = st.x.size
     y = st.x + crypto.prg(st.b, n)
     for v in alive:
         if v != me and v in st.peers:
-            y += pairwise_mask(st.s_sk, st.peers[v][1], st.rnd, me, v, n)
+            pq = st.pq_mask.get(v, b"") if st.kem is not None else b""
+            y += pairwise_mask(st.s_sk, st.peers[v][1], st.rnd, me, v, n, pq)
     return y
 
 
@@ -105,22 +140,23 @@ def unmask(st: RoundState, me: str, survivors: set[str], dropped: set[str]):
     if survivors & dropped:
         raise ValueError("a client cannot be both a survivor and dropped")
     b_out, s_out, bad = {}, {}, []
-    for u, blob in st.inbox.items():
+    for u, parts in st.inbox.items():
         if u not in survivors and u not in dropped:
             continue
         if u in st.revealed:
             raise ValueError(f"shares of {u} were already revealed this round")
-        key = crypto.agree(st.c_sk, st.peers[u][0], SHARE_INFO, salt(st.rnd))
         try:
-            body = json.loads(crypto.open_sealed(key, blob, ad(st.rnd, u, me)))
-        except crypto.TamperedShare:
+            pq = crypto.kem_decapsulate(st.kem[0], parts[1]) if st.kem is not None else b""
+            key = crypto.agree(st.c_sk, st.peers[u][0], SHARE_INFO, salt(st.rnd), pq)
+            body = json.loads(crypto.open_sealed(key, parts[0], ad(st.rnd, u, me)))
+        except (crypto.TamperedShare, IndexError):
             bad.append(u)
             continue
         st.revealed.add(u)
         if u in survivors:
             b_out[u] = (body["x"], body["b"])
-        else:
-            s_out[u] = (body["x"], body["s"])
+        else:  # + the ML-KEM part of our pair secret (post-quantum), which only we know
+            s_out[u] = (body["x"], body["s"], st.pq_mask.get(u, b"").hex())
     return b_out, s_out, bad
 
 
@@ -135,13 +171,13 @@ def handle(store: dict, cid: str, msg):
     if st is None or st.rnd != rnd:
         raise ValueError(f"no SecAgg state for round {rnd}")
     if msg.type == "secagg/share":
-        peers = {k.removeprefix("pk:"): (v[0], v[1]) for k, v in msg.blobs.items()}
+        peers = {k.removeprefix("pk:"): tuple(v) for k, v in msg.blobs.items()}
         sealed = share(st, cid, peers, c["index"], int(c["threshold"]))
         return Message(
-            "secagg/shares", {"round": rnd}, {}, {f"to:{v}": [b] for v, b in sealed.items()}
+            "secagg/shares", {"round": rnd}, {}, {f"to:{v}": parts for v, parts in sealed.items()}
         )
     if msg.type == "secagg/masked":
-        inbox = {k.removeprefix("from:"): v[0] for k, v in msg.blobs.items()}
+        inbox = {k.removeprefix("from:"): list(v) for k, v in msg.blobs.items()}
         y = masked_input(st, cid, inbox, list(c["alive"]))
         return Message("secagg/masked_input", {"round": rnd}, {}, {"y": [y.tobytes()]})
     if msg.type == "secagg/unmask":
@@ -152,12 +188,12 @@ def handle(store: dict, cid: str, msg):
 
 
 def keys_message(st: RoundState, num_examples: int, metrics: dict):
-    """The reply to ``secagg/train``: the two public keys (and the client's n_k, metrics)."""
+    """The reply to ``secagg/train``: the public keys (and the client's n_k, metrics)."""
     from fedgpt.runtime.messages import Message
 
     return Message(
         "secagg/keys",
         {"round": st.rnd, "num_examples": num_examples, "metrics": metrics},
         {},
-        {"c_pk": [st.c_pk], "s_pk": [st.s_pk]},
+        st.public_keys(),
     )

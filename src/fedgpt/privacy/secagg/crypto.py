@@ -1,7 +1,8 @@
 """The cryptographic primitives of secure aggregation, all from ``cryptography``:
-X25519 key agreement, HKDF-SHA256, AES-256-GCM for shares in transit (associated data
-binds round, sender and recipient), and a ChaCha20 keystream as the PRG that expands a
-256-bit seed into a mask vector over Z_{2^64}."""
+X25519 key agreement (hybrid with ML-KEM-768 in post-quantum mode), HKDF-SHA256,
+AES-256-GCM for shares in transit (associated data binds round, sender and recipient),
+and a ChaCha20 keystream as the PRG that expands a 256-bit seed into a mask vector over
+Z_{2^64}."""
 
 from __future__ import annotations
 
@@ -34,12 +35,37 @@ def private_bytes(sk: X25519PrivateKey) -> bytes:
     return sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def agree(sk: X25519PrivateKey | bytes, peer_public: bytes, info: bytes, salt: bytes) -> bytes:
-    """HKDF-SHA256(X25519(sk, peer), salt, info) → 32 bytes."""
+def agree(
+    sk: X25519PrivateKey | bytes, peer_public: bytes, info: bytes, salt: bytes, pq: bytes = b""
+) -> bytes:
+    """HKDF-SHA256(X25519(sk, peer) ‖ pq, salt, info) → 32 bytes; ``pq`` is the ML-KEM-768
+    shared secret in hybrid (post-quantum) mode, empty otherwise."""
     if isinstance(sk, bytes):
         sk = X25519PrivateKey.from_private_bytes(sk)
     shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared + pq)
+
+
+def kem_keypair():
+    """An ML-KEM-768 (FIPS 203) key pair: (private key, 1,184-byte public key)."""
+    from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+
+    sk = MLKEM768PrivateKey.generate()
+    return sk, sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def kem_encapsulate(public: bytes) -> tuple[bytes, bytes]:
+    """(32-byte shared secret, 1,088-byte ciphertext) for the holder of ``public``."""
+    from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
+
+    return MLKEM768PublicKey.from_public_bytes(public).encapsulate()
+
+
+def kem_decapsulate(sk, ciphertext: bytes) -> bytes:
+    try:
+        return sk.decapsulate(ciphertext)
+    except ValueError:
+        raise TamperedShare("ML-KEM ciphertext is malformed") from None
 
 
 def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:

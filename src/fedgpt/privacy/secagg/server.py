@@ -86,11 +86,18 @@ def run_round(
     threshold_fraction: float,
     k: int,
     graph_seed: int,
+    post_quantum: bool = False,
     on_reply: Callable | None = None,
 ) -> SecAggOutcome:
     out = SecAggOutcome()
     ex = _Exchange(runtime, on_reply, out)
-    cfg = {"round": rnd, "range": value_range, "bits": bits, "weight_cap": weight_cap}
+    cfg = {
+        "round": rnd,
+        "range": value_range,
+        "bits": bits,
+        "weight_cap": weight_cap,
+        "post_quantum": post_quantum,
+    }
     # 0. train and advertise keys
     keys = ex(
         {
@@ -99,6 +106,10 @@ def run_round(
         },
         "secagg/keys",
     )
+    names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if post_quantum else ("c_pk", "s_pk")
+    for c in [c for c in keys if not all(keys[c].blobs.get(n) for n in names)]:
+        out.dropped.append({"client": c, "reason": "secagg: missing public keys"})
+        del keys[c]
     u1 = sorted(keys)
     graph = neighbours(u1, k, np.random.default_rng([graph_seed, rnd]))
     deg = min(len(v) for v in graph.values()) if graph else 0
@@ -107,7 +118,7 @@ def run_round(
         out.failure = f"only {len(u1)} clients advertised keys, need {t + 1} (threshold {t})"
         return out
     index = {u: i + 1 for i, u in enumerate(u1)}
-    pk = {u: (keys[u].blobs["c_pk"][0], keys[u].blobs["s_pk"][0]) for u in u1}
+    pk = {u: tuple(keys[u].blobs[n][0] for n in names) for u in u1}
     # 1. share keys
     shares = ex(
         {
@@ -131,14 +142,14 @@ def run_round(
         for key, blob in shares[u].blobs.items():
             v = key.removeprefix("to:")
             if v in inbox and v in graph[u]:
-                inbox[v][u] = blob[0]
+                inbox[v][u] = blob
     masked = ex(
         {
             u: Message(
                 "secagg/masked",
                 {"round": rnd, "alive": [v for v in graph[u] if v in shares]},
                 {},
-                {f"from:{v}": [b] for v, b in inbox[u].items()},
+                {f"from:{v}": parts for v, parts in inbox[u].items()},
             )
             for u in u2
         },
@@ -168,13 +179,15 @@ def run_round(
     )
     b_sh: dict[str, dict[int, int]] = {u: {} for u in u3}
     s_sh: dict[str, dict[int, int]] = {u: {} for u in gone}
+    pq_part: dict[tuple[str, str], bytes] = {}  # (dropped u, survivor v) -> ML-KEM secret
     for v, r in reveal.items():
         for u, (x, y) in r.config.get("b", {}).items():
             if u in b_sh:
                 b_sh[u][int(x)] = int(y, 16)
-        for u, (x, y) in r.config.get("s", {}).items():
+        for u, (x, y, pq) in r.config.get("s", {}).items():
             if u in s_sh:
                 s_sh[u][int(x)] = int(y, 16)
+                pq_part[(u, v)] = bytes.fromhex(pq)
         for u in r.config.get("tampered", []):
             out.dropped.append(
                 {"client": u, "reason": f"secagg: share for {v} failed authentication (discarded)"}
@@ -195,7 +208,10 @@ def run_round(
         s_sk = shamir.reconstruct(dict(list(s_sh[u].items())[:t]))
         for v in graph[u]:
             if v in u3:
-                seed = crypto.agree(s_sk, pk[v][1], MASK_INFO, salt(rnd))
+                if post_quantum and (u, v) not in pq_part:
+                    out.failure = f"{v} did not reveal its post-quantum pair secret with {u}"
+                    return out
+                seed = crypto.agree(s_sk, pk[v][1], MASK_INFO, salt(rnd), pq_part.get((u, v), b""))
                 m = crypto.prg(seed, numel + 1)
                 total -= m if u > v else (np.uint64(0) - m)  # what v added for peer u
     out.weighted_sum, out.weight = decode(total, len(u3), value_range, bits)

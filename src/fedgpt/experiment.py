@@ -173,6 +173,12 @@ def run_experiment(
     if privacy.active:
         hooks.log(f"privacy: {cfg.privacy.mode}, noise multiplier {privacy.z:.4g}")
     app = ClientApp(prep.fm, prep.data, cfg.client, cfg.privacy, privacy.z)
+    if cfg.attack.fraction > 0:
+        from fedgpt.client.attack import malicious_clients
+
+        app.malicious = frozenset(malicious_clients(ids, cfg.attack.fraction, cfg.seed))
+        app.attack = cfg.attack
+        hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
     server = FederatedServer(cfg, InProcessRuntime(app), ids, privacy)
     if keys is not None:
         from fedgpt.privacy.ckks import CkksClient, CkksServer

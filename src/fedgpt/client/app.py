@@ -106,7 +106,20 @@ class ClientApp:
         agg = self.ckks.decrypt(msg.blobs["aggregate"], int(msg.config["numel"]))
         return Message("ckks/aggregate", {"round": msg.config["round"]}, {"aggregate": agg})
 
+    malicious: frozenset[str] = frozenset()  # attack simulation: clients that poison
+    attack = None  # an AttackConfig when some clients are malicious
+
     def train(self, client_id: str, msg: Message) -> Message:
+        reply = self._train(client_id, msg)
+        if client_id in self.malicious and reply.type == "train/result":
+            from fedgpt.client.attack import poison
+
+            gen = torch.Generator().manual_seed(int(msg.config["seed"]) ^ 0xBAD)
+            bad = poison(reply.tensors["delta"], self.attack.kind, self.attack.scale, gen)
+            return Message(reply.type, reply.config, {"delta": bad}, reply.blobs)
+        return reply
+
+    def _train(self, client_id: str, msg: Message) -> Message:
         gen = torch.Generator().manual_seed(int(msg.config["seed"]))
         rnd = int(msg.config["round"])
         if self.privacy is not None and self.privacy.mode == "dp_sgd":

@@ -10,6 +10,7 @@ from fedgpt.config.load import (
     validate,
 )
 from fedgpt.config.schema import (
+    AttackConfig,
     BaselineConfig,
     ClientConfig,
     DataConfig,
@@ -22,6 +23,7 @@ from fedgpt.config.schema import (
 )
 
 __all__ = [
+    "AttackConfig",
     "BaselineConfig",
     "ClientConfig",
     "DataConfig",

@@ -124,6 +124,19 @@ class FederationConfig(_Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi/FedAdagrad first moment")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
     tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
+    aggregator: Literal["fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"] = (
+        Field(
+            "fedavg",
+            description="how client deltas combine: n_k-weighted mean, or a robust rule against "
+            "poisoned updates (docs/aggregation.md); robust rules need to see individual updates",
+        )
+    )
+    trim_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="trimmed_mean: share dropped at each end per coordinate"
+    )
+    krum_byzantine: int = Field(1, ge=0, description="krum/multi_krum: tolerated attackers f")
+    multi_krum_m: int = Field(3, ge=1, description="multi_krum: updates averaged")
+    norm_bound: float = Field(1.0, gt=0.0, description="norm_bound: L2 bound M per update")
     eval_every: int = Field(
         50, ge=1, description="evaluate on every client's test split every k rounds (and last)"
     )
@@ -238,6 +251,19 @@ class PrivacyConfig(_Section):
     )
 
 
+class AttackConfig(_Section):
+    """Poisoning simulator for robustness tests and benchmarks (off by default)."""
+
+    fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of clients (seeded) that poison their updates"
+    )
+    kind: Literal["sign_flip", "scale", "noise"] = Field(
+        "sign_flip",
+        description="sign_flip: -scale x delta; scale: scale x delta; noise: N(0, scale^2)",
+    )
+    scale: float = Field(4.0, gt=0.0, description="strength of the attack")
+
+
 class RuntimeConfig(_Section):
     """How messages travel between server and clients."""
 
@@ -257,6 +283,7 @@ class RunConfig(_Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
@@ -274,6 +301,17 @@ class RunConfig(_Section):
                 'privacy.mode = "central_dp" clips each update on the server, which cannot see '
                 f'updates under secure_aggregation = "{p.secure_aggregation}"; use "local_dp" '
                 'or "dp_sgd"'
+            )
+        agg = self.federation.aggregator
+        if agg != "fedavg" and p.secure_aggregation != "none":
+            raise ValueError(
+                f'federation.aggregator = "{agg}" needs individual updates, which '
+                f'secure_aggregation = "{p.secure_aggregation}" hides; use "fedavg"'
+            )
+        if agg != "fedavg" and p.mode == "central_dp":
+            raise ValueError(
+                f'federation.aggregator = "{agg}" cannot replace DP-FedAvg\'s clipped noisy sum '
+                '(privacy.mode = "central_dp"); use "fedavg"'
             )
         if p.post_quantum and p.secure_aggregation != "secagg":
             raise ValueError(

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedgpt.aggregation import make_server_optimizer, weighted_average
+from fedgpt.aggregation import make_server_optimizer
+from fedgpt.aggregation.robust import robust_aggregate
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
 from fedgpt.federation.sampling import sample_clients
@@ -168,7 +169,16 @@ class FederatedServer:
             if self.privacy is not None and self.privacy.central is not None:
                 avg, _ = self.privacy.aggregate(deltas, n, self._noise_gen(rnd))
             else:
-                avg = weighted_average(deltas, n)
+                f = self.cfg.federation
+                avg = robust_aggregate(
+                    f.aggregator,
+                    deltas,
+                    n,
+                    trim=f.trim_fraction,
+                    byzantine=f.krum_byzantine,
+                    multi_krum_m=f.multi_krum_m,
+                    bound=f.norm_bound,
+                )
         participants = [cid for cid in chosen if cid in good]
         new_state = ServerState(rnd, weights, state.opt_state)
         train_loss = norm_mean = None

@@ -115,3 +115,12 @@ def test_incompatible_combinations_exit_2(sets, needle):
     res = CliRunner().invoke(app, ["run", *[a for s in sets for a in ("--set", s)]])
     assert res.exit_code == 2 and needle in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_dissimilarity_by_hand():
+    from fedgpt.aggregation import dissimilarity
+
+    agg = torch.tensor([1.0, 0.0])
+    rel, cos = dissimilarity(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), agg)
+    assert torch.allclose(rel, torch.tensor([0.0, 2**0.5, 2.0]))
+    assert torch.allclose(cos, torch.tensor([1.0, 0.0, -1.0]))

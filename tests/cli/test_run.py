@@ -52,6 +52,10 @@ def test_two_client_two_round_run_writes_every_output(tiny_overrides, tmp_path):
     ):
         assert key in rows[-1]
     assert len(rows[0]["participants"]) == 2 and rows[-1]["test_accuracy"] > 0
+    het = rows[0]["heterogeneity"]
+    assert set(het) == set(rows[0]["participants"])
+    assert all(-1 <= v["cos"] <= 1 and v["rel"] >= 0 for v in het.values())
+    assert (out / "plots/heterogeneity.png").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "round_000001",
         "round_000002",

@@ -27,3 +27,15 @@ def weighted_average(deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     if not total > 0:
         raise FedGPTError("weighted_average: the weights must sum to a positive number")
     return (w / total).to(deltas.dtype) @ deltas
+
+
+def dissimilarity(
+    deltas: torch.Tensor, aggregate: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per client: ‖Δ_k − Δ‖ / ‖Δ‖ and cos(Δ_k, Δ) — how far each site pulls from the
+    aggregate (an empirical counterpart of the per-client heterogeneity ε_k in FedAvg/FedProx
+    convergence bounds, e.g. Li et al. 2020, Definition 3)."""
+    agg_norm = aggregate.norm().clamp_min(1e-12)
+    rel = (deltas - aggregate).norm(dim=1) / agg_norm
+    cos = (deltas @ aggregate) / (deltas.norm(dim=1).clamp_min(1e-12) * agg_norm)
+    return rel, cos

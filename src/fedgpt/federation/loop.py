@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedgpt.aggregation import make_server_optimizer
+from fedgpt.aggregation import dissimilarity, make_server_optimizer
 from fedgpt.aggregation.robust import robust_aggregate
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
@@ -47,6 +47,7 @@ class RoundResult:
     privacy: dict | None = None
     eval_seconds: float = 0.0
     client_metrics: dict[str, dict] = field(default_factory=dict)
+    heterogeneity: dict[str, dict] = field(default_factory=dict)
 
     def row(self) -> dict:
         """The ``metrics.jsonl`` line of this round."""
@@ -67,6 +68,7 @@ class RoundResult:
             "eval_seconds": round(self.eval_seconds, 4),
             "update_norm_mean": self.update_norm_mean,
             **(self.privacy or {}),
+            **({"heterogeneity": self.heterogeneity} if self.heterogeneity else {}),
         }
 
 
@@ -161,6 +163,7 @@ class FederatedServer:
                 dropped.append({"client": cid, "reason": reason})
         extra_up = extra_down = 0
         avg = None
+        heterogeneity: dict[str, dict] = {}
         if good and self.ckks is not None:
             avg, extra_down, extra_up = self._ckks_aggregate(good, dropped, rnd, weights.numel())
         elif good:
@@ -179,6 +182,11 @@ class FederatedServer:
                     multi_krum_m=f.multi_krum_m,
                     bound=f.norm_bound,
                 )
+            rel, cos = dissimilarity(deltas, avg)
+            heterogeneity = {
+                cid: {"rel": round(float(r), 5), "cos": round(float(c), 5)}
+                for cid, r, c in zip(good, rel, cos, strict=True)
+            }
         participants = [cid for cid in chosen if cid in good]
         new_state = ServerState(rnd, weights, state.opt_state)
         train_loss = norm_mean = None
@@ -205,6 +213,7 @@ class FederatedServer:
             client_seconds=client_seconds,
             update_norm_mean=norm_mean,
             client_metrics={cid: good[cid].config.get("metrics", {}) for cid in participants},
+            heterogeneity=heterogeneity,
         )
         return self._finish_round(new_state, result, start)
 

@@ -253,6 +253,47 @@ def plot_accuracy_vs_epsilon(rows: Sequence[Row], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_heterogeneity(rows: Sequence[Row], path: Path, max_clients: int = 40) -> Path | None:
+    """Heat-map of each client's dissimilarity ‖Δ_k − Δ‖/‖Δ‖ from the round's aggregate
+    (clients × rounds; blank where a client did not take part). With many clients, the
+    ``max_clients`` that took part most often are shown."""
+    import numpy as np
+
+    cells = [
+        (int(r["round"]), cid, float(v["rel"]))
+        for r in rows
+        for cid, v in (r.get("heterogeneity") or {}).items()
+    ]
+    if not cells:
+        return None
+    counts: dict[str, int] = {}
+    for _, cid, _ in cells:
+        counts[cid] = counts.get(cid, 0) + 1
+    clients = sorted(counts, key=lambda c: (-counts[c], c))[:max_clients]
+    rounds = sorted({r for r, _, _ in cells})
+    ci = {c: i for i, c in enumerate(clients)}
+    ri = {r: j for j, r in enumerate(rounds)}
+    grid = np.full((len(clients), len(rounds)), np.nan)
+    for r, cid, v in cells:
+        if cid in ci:
+            grid[ci[cid], ri[r]] = v
+    fig = Figure(figsize=(10, max(3.0, 0.22 * len(clients) + 1.5)), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(
+        grid,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="magma_r",
+        extent=(rounds[0] - 0.5, rounds[-1] + 0.5, len(clients) - 0.5, -0.5),
+    )
+    ax.set_yticks(range(len(clients)), clients, fontsize=6)
+    ax.set_xlabel("round")
+    shown = "" if len(counts) <= max_clients else f" ({max_clients} most frequent of {len(counts)})"
+    ax.set_title(f"Client dissimilarity from the aggregate, ‖Δk − Δ‖/‖Δ‖{shown}")
+    fig.colorbar(im, ax=ax, label="relative distance (0 = agrees with the aggregate)")
+    return _save(fig, path)
+
+
 #: Plot names in report order, with the file name each is written to.
 PLOT_FILES = {
     "evaluation": "evaluation.png",
@@ -260,6 +301,7 @@ PLOT_FILES = {
     "traffic": "traffic.png",
     "epsilon": "epsilon.png",
     "accuracy_vs_epsilon": "accuracy_vs_epsilon.png",
+    "heterogeneity": "heterogeneity.png",
 }
 
 
@@ -276,6 +318,7 @@ def make_plots(rows: Sequence[Row], summary: Mapping[str, Any], out_dir: Path) -
         "traffic": lambda p: plot_traffic(rows, p),
         "epsilon": lambda p: plot_epsilon(rows, p),
         "accuracy_vs_epsilon": lambda p: plot_accuracy_vs_epsilon(rows, p),
+        "heterogeneity": lambda p: plot_heterogeneity(rows, p),
     }
     written: dict[str, Path] = {}
     for name, filename in PLOT_FILES.items():

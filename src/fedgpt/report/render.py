@@ -357,6 +357,7 @@ def build_report(
         "traffic": "Bytes uploaded and downloaded per round",
         "epsilon": "Differential-privacy epsilon per round",
         "accuracy_vs_epsilon": "Test accuracy against epsilon spent",
+        "heterogeneity": "Which clients pull away from the aggregate (dissimilarity per round)",
     }
     blocks: list[Block] = [
         Heading(f"FedGPT run report: {run_name}", 1),

@@ -93,6 +93,39 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(clients, bundle, fm, data, fm.flat.clone())
 
 
+def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
+    """client -> (tier, trainable per parameter, flat mask) for clients not on "full"."""
+    from fedgpt.models.tiers import assign_tiers, choose_tier, tier_mask, tier_params
+
+    d, mc = cfg.devices, prep.bundle.model.config
+    n_layer = getattr(mc, "n_layer", None) or getattr(mc, "num_hidden_layers", 1)
+    n_embd = getattr(mc, "n_embd", None) or getattr(mc, "hidden_size", 1)
+    spec, c = prep.fm.spec, cfg.client
+
+    def choose(mb: float) -> str:
+        return choose_tier(
+            spec, mb, n_layer, n_embd, prep.bundle.codec.vocab_size, c.batch_size, c.seq_len
+        )
+
+    assigned = assign_tiers(d, ids, cfg.seed, choose)
+    partial = {cid: t for cid, t in assigned.items() if t != "full"}
+    if not partial:
+        return {}
+    p = cfg.privacy
+    if p.mode != "none" or p.secure_aggregation != "none" or cfg.federation.aggregator != "fedavg":
+        raise ConfigError(
+            "device tiers other than 'full' need per-parameter coverage counts, which are "
+            "not carried with privacy modes, secure aggregation or robust aggregators yet"
+        )
+    if prep.bundle.lora:
+        raise ConfigError("device tiers other than 'full' do not apply to LoRA models")
+    cache = {
+        t: (tier_params(spec, t, n_layer), tier_mask(spec, t, n_layer))
+        for t in set(partial.values())
+    }
+    return {cid: (t, *cache[t]) for cid, t in partial.items()}
+
+
 def make_privacy(cfg: RunConfig, num_clients: int) -> ServerPrivacy:
     """The run's privacy policy (checks the privacy settings before anything runs)."""
     f = cfg.federation
@@ -162,6 +195,7 @@ def run_experiment(
     ids = [c.client_id for c in prep.clients]
     privacy = make_privacy(cfg, len(ids))
     keys = ckks_keys(cfg)
+    tiers = device_tiers(cfg, prep, ids)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     hooks.log(f"run folder: {run_dir}")
@@ -180,6 +214,13 @@ def run_experiment(
         app.attack = cfg.attack
         hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
     server = FederatedServer(cfg, InProcessRuntime(app), ids, privacy)
+    if tiers:
+        app.tiers = tiers
+        server.tier_masks = {t: m for t, _, m in tiers.values()}
+        counts: dict[str, int] = {}
+        for t, _, _ in tiers.values():
+            counts[t] = counts.get(t, 0) + 1
+        hooks.log("device tiers: " + ", ".join(f"{t} x{n}" for t, n in sorted(counts.items())))
     if keys is not None:
         from fedgpt.privacy.ckks import CkksClient, CkksServer
 

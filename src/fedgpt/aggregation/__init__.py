@@ -1,6 +1,6 @@
 """Pure math on updates: weighted averaging and server optimisers."""
 
-from fedgpt.aggregation.fedavg import dissimilarity, weighted_average
+from fedgpt.aggregation.fedavg import coverage_average, dissimilarity, weighted_average
 from fedgpt.aggregation.server_opt import (
     FedAdagrad,
     FedAdam,
@@ -17,6 +17,7 @@ __all__ = [
     "FedAvgM",
     "FedYogi",
     "make_server_optimizer",
+    "coverage_average",
     "dissimilarity",
     "weighted_average",
 ]

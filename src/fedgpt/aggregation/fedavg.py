@@ -29,6 +29,19 @@ def weighted_average(deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     return (w / total).to(deltas.dtype) @ deltas
 
 
+def coverage_average(
+    deltas: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Per parameter, the n_k-weighted mean over the clients that trained it:
+    Δ_j = Σ_k n_k m_kj Δ_kj / Σ_k n_k m_kj, and 0 where nobody did (as in HeteroFL, Diao et
+    al. 2021, and FjORD, Horváth et al. 2021). ``deltas`` (K, P) hold zeros outside each
+    client's slice; ``masks`` (K, P) are the slices. Two matrix-vector products."""
+    w = weights.to(deltas.dtype)
+    num = w @ deltas
+    den = w @ masks.to(deltas.dtype)
+    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+
+
 def dissimilarity(
     deltas: torch.Tensor, aggregate: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,6 +107,7 @@ class ClientApp:
         return Message("ckks/aggregate", {"round": msg.config["round"]}, {"aggregate": agg})
 
     malicious: frozenset[str] = frozenset()  # attack simulation: clients that poison
+    tiers: dict = {}  # device tiers: client -> (tier, trainable per parameter, flat mask)
     attack = None  # an AttackConfig when some clients are malicious
 
     def train(self, client_id: str, msg: Message) -> Message:
@@ -127,6 +128,7 @@ class ClientApp:
         local_dp = self.privacy is not None and self.privacy.mode == "local_dp"
         if local_dp and self._budget_spent(client_id):
             return Message("train/failure", {"round": rnd, "reason": "privacy budget exhausted"})
+        tier = self.tiers.get(client_id)
         memory = (
             self.opt_memory.setdefault(client_id, {}) if self.cfg.keep_optimizer_state else None
         )
@@ -139,16 +141,18 @@ class ClientApp:
             client_id,
             rnd,
             opt_memory=memory,
+            trainable=tier[1] if tier else None,
         )
         if isinstance(result, Failure):
             return Message("train/failure", {"round": rnd, "reason": result.reason})
         if local_dp:
             return self._release_private(client_id, rnd, result.delta, result.metrics, gen)
-        return Message(
-            "train/result",
-            {"round": rnd, "num_examples": result.num_examples, "metrics": result.metrics},
-            {"delta": result.delta},
-        )
+        config = {"round": rnd, "num_examples": result.num_examples, "metrics": result.metrics}
+        if tier:  # only the trained slice travels
+            return Message(
+                "train/result", {**config, "tier": tier[0]}, {"delta": result.delta[tier[2]]}
+            )
+        return Message("train/result", config, {"delta": result.delta})
 
     def _train_dp_sgd(self, client_id: str, rnd: int, msg: Message, gen) -> Message:
         """Record-level DP-SGD; the client accounts (and enforces) its own epsilon."""

@@ -60,8 +60,14 @@ def lm_loss(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def make_optimizer(fm: FlatModel, cfg: ClientConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    fm: FlatModel, cfg: ClientConfig, trainable: torch.Tensor | None = None
+) -> torch.optim.Optimizer:
+    """The local optimiser over all trainable parameters, or over those flagged in
+    ``trainable`` (one bool per parameter: a device tier's slice)."""
     params = fm.params()
+    if trainable is not None:
+        params = [p for p, keep in zip(params, trainable.tolist(), strict=True) if keep]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
@@ -120,17 +126,23 @@ def local_update(
     client_id: str,
     round: int,
     opt_memory: dict | None = None,
+    trainable: torch.Tensor | None = None,
 ) -> Update | Failure:
     """Train from ``global_weights`` on ``tokens``; return Δ_k = w_k − w_t or a Failure.
 
     ``opt_memory`` (client-local, never sent) carries the optimiser state from this
     client's previous round to the next when ``client.keep_optimizer_state`` is on.
+    ``trainable`` (one bool per parameter) restricts training to a device tier's slice:
+    the other parameters get no gradient ("gradient masking") and stay at w_t.
     """
     if tokens.numel() < 2:
         return Failure(client_id, round, "no training text (fewer than 2 tokens)")
     start = time.perf_counter()
     fm.load(global_weights)
-    opt = make_optimizer(fm, cfg)
+    opt = make_optimizer(fm, cfg, trainable)
+    if trainable is not None:
+        for p, keep in zip(fm.params(), trainable.tolist(), strict=True):
+            p.requires_grad_(keep)
     if opt_memory is not None and "state" in opt_memory:
         opt.load_state_dict(opt_memory["state"])
     steps = num_local_steps(tokens.numel(), cfg)
@@ -140,6 +152,10 @@ def local_update(
             losses = train_steps(fm, opt, tokens, cfg, steps, gen, anchor=global_weights)
         except NonFiniteLoss as exc:
             return Failure(client_id, round, str(exc))
+        finally:
+            if trainable is not None:
+                for p in fm.params():
+                    p.requires_grad_(True)
     if opt_memory is not None:
         opt_memory["state"] = opt.state_dict()
     delta = fm.flat - global_weights

@@ -112,7 +112,15 @@ def _emit(section: BaseModel, path: list[str], lines: list[str]) -> None:
             continue
         if field.description:
             lines.append(f"# {field.description}")
-        lines.append(tomli_w.dumps({name: value}).strip())
+        if isinstance(value, dict):  # an inline table, so it stays in this section
+            items = ", ".join(
+                f"{tomli_w.dumps({'k': k}).split('=', 1)[1].strip()} = "
+                f"{tomli_w.dumps({'v': v}).split('=', 1)[1].strip()}"
+                for k, v in value.items()
+            )
+            lines.append(f"{name} = {{{items}}}" if items else f"{name} = {{}}")
+        else:
+            lines.append(tomli_w.dumps({name: value}).strip())
     for name, value in subsections:
         doc = (type(value).__doc__ or "").strip().splitlines()[0]
         lines.append("")

@@ -251,6 +251,28 @@ class PrivacyConfig(_Section):
     )
 
 
+class DevicesConfig(_Section):
+    """Heterogeneous devices: which slice of the model each client trains and sends."""
+
+    tier: str = Field(
+        "full",
+        description='default tier: "full", "top_blocks:k" (last k blocks + final norm + head) '
+        'or "embeddings" (token and position embeddings)',
+    )
+    tiers: dict[str, str] = Field(
+        default_factory=dict, description='per-client tier, e.g. {"lear/KENT" = "embeddings"}'
+    )
+    memory_mb: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-client memory budget in MB; the largest tier that fits is chosen",
+    )
+    mix: dict[str, float] = Field(
+        default_factory=dict,
+        description="simulation: assign tiers to clients at random (seeded) in these shares, "
+        "e.g. {full = 0.5, embeddings = 0.5}",
+    )
+
+
 class AttackConfig(_Section):
     """Poisoning simulator for robustness tests and benchmarks (off by default)."""
 
@@ -284,6 +306,7 @@ class RunConfig(_Section):
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    devices: DevicesConfig = Field(default_factory=DevicesConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")

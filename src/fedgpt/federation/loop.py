@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedgpt.aggregation import dissimilarity, make_server_optimizer
+from fedgpt.aggregation import coverage_average, dissimilarity, make_server_optimizer
 from fedgpt.aggregation.robust import robust_aggregate
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
@@ -72,7 +72,9 @@ class RoundResult:
         }
 
 
-def validate_reply(reply: Reply, rnd: int, numel: int, ckks_chunks: int = 0) -> str | None:
+def validate_reply(
+    reply: Reply, rnd: int, numel: int, ckks_chunks: int = 0, tier_sizes: dict | None = None
+) -> str | None:
     """Why a training reply cannot be used, or ``None`` if it is a valid update
     (``ckks_chunks`` > 0: the update must come as that many ciphertexts)."""
     if isinstance(reply, Failure):
@@ -96,6 +98,11 @@ def validate_reply(reply: Reply, rnd: int, numel: int, ckks_chunks: int = 0) -> 
     delta = reply.tensors.get("delta")
     if not isinstance(delta, torch.Tensor) or delta.dtype != torch.float32:
         return "update is not a float32 tensor"
+    tier = reply.config.get("tier")
+    if tier is not None:
+        if not tier_sizes or tier not in tier_sizes:
+            return f"unknown device tier {tier!r}"
+        numel = tier_sizes[tier]
     if delta.shape != (numel,):
         return f"update has shape {tuple(delta.shape)}, expected ({numel},)"
     if not bool(torch.isfinite(delta).all()):
@@ -116,6 +123,7 @@ class FederatedServer:
         self.cfg = cfg
         self.privacy = privacy
         self.ckks: CkksServer | None = None  # set to aggregate CKKS ciphertexts
+        self.tier_masks: dict[str, torch.Tensor] = {}  # device tier -> flat mask
         self.runtime = runtime
         self.client_ids = list(client_ids)
         f = cfg.federation
@@ -156,7 +164,13 @@ class FederatedServer:
         dropped: list[dict[str, str]] = []
         for cid in chosen:
             reply = replies.get(cid, Failure("no reply"))
-            reason = validate_reply(reply, rnd, weights.numel(), chunks)
+            reason = validate_reply(
+                reply,
+                rnd,
+                weights.numel(),
+                chunks,
+                {t: int(m.sum()) for t, m in self.tier_masks.items()},
+            )
             if reason is None:
                 good[cid] = reply
             else:
@@ -166,6 +180,15 @@ class FederatedServer:
         heterogeneity: dict[str, dict] = {}
         if good and self.ckks is not None:
             avg, extra_down, extra_up = self._ckks_aggregate(good, dropped, rnd, weights.numel())
+        elif good and any("tier" in m.config for m in good.values()):
+            deltas, masks = self._expand_tiers(good, weights.numel())
+            n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
+            avg = coverage_average(deltas, masks, n)
+            rel, cos = dissimilarity(deltas, avg)
+            heterogeneity = {
+                cid: {"rel": round(float(r), 5), "cos": round(float(c), 5)}
+                for cid, r, c in zip(good, rel, cos, strict=True)
+            }
         elif good:
             deltas = torch.stack([m.tensors["delta"] for m in good.values()])
             n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
@@ -279,6 +302,20 @@ class FederatedServer:
             client_metrics=out.metrics if out.failure is None else {},
         )
         return self._finish_round(new_state, result, start)
+
+    def _expand_tiers(self, good: dict[str, Message], numel: int):
+        """Full-length deltas (zeros outside each client's slice) and coverage masks."""
+        masks = torch.stack(
+            [
+                self.tier_masks[m.config["tier"]]
+                if "tier" in m.config
+                else torch.ones(numel, dtype=torch.bool)
+                for m in good.values()
+            ]
+        )
+        deltas = torch.zeros(masks.shape, dtype=torch.float32)
+        deltas[masks] = torch.cat([m.tensors["delta"] for m in good.values()])
+        return deltas, masks
 
     def _ckks_aggregate(
         self, good: dict[str, Message], dropped: list[dict[str, str]], rnd: int, numel: int

@@ -176,19 +176,13 @@ class FederatedServer:
             else:
                 dropped.append({"client": cid, "reason": reason})
         extra_up = extra_down = 0
-        avg = None
-        heterogeneity: dict[str, dict] = {}
+        avg = deltas = None
         if good and self.ckks is not None:
             avg, extra_down, extra_up = self._ckks_aggregate(good, dropped, rnd, weights.numel())
         elif good and any("tier" in m.config for m in good.values()):
             deltas, masks = self._expand_tiers(good, weights.numel())
             n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
             avg = coverage_average(deltas, masks, n)
-            rel, cos = dissimilarity(deltas, avg)
-            heterogeneity = {
-                cid: {"rel": round(float(r), 5), "cos": round(float(c), 5)}
-                for cid, r, c in zip(good, rel, cos, strict=True)
-            }
         elif good:
             deltas = torch.stack([m.tensors["delta"] for m in good.values()])
             n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
@@ -205,6 +199,9 @@ class FederatedServer:
                     multi_krum_m=f.multi_krum_m,
                     bound=f.norm_bound,
                 )
+        heterogeneity: dict[str, dict] = {}
+        private = self.privacy is not None and self.privacy.active
+        if deltas is not None and avg is not None and not private:  # DP runs log no per-client data
             rel, cos = dissimilarity(deltas, avg)
             heterogeneity = {
                 cid: {"rel": round(float(r), 5), "cos": round(float(c), 5)}

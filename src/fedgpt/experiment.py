@@ -58,7 +58,7 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
             min_chars=d.min_chars,
             train_fraction=d.train_fraction,
             plays=d.plays or None,
-            exclude_plays=d.exclude_plays,
+            exclude_plays=[*d.exclude_plays, *d.public_plays],
         )
     if d.max_clients and len(clients) > d.max_clients:
         rng = np.random.default_rng([cfg.seed, 0xDA7A])
@@ -74,6 +74,7 @@ class Prepared:
     fm: FlatModel
     data: dict[str, ClientData]
     init: torch.Tensor
+    public: torch.Tensor | None = None  # server-side public tokens (hybrid aggregation)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -90,7 +91,13 @@ def prepare(cfg: RunConfig) -> Prepared:
         )
         for c in clients
     }
-    return Prepared(clients, bundle, fm, data, fm.flat.clone())
+    public = None
+    if cfg.data.public_plays:
+        from fedgpt.data import shakespeare_clients
+
+        roles = shakespeare_clients(min_chars=1, plays=cfg.data.public_plays)
+        public = torch.from_numpy(enc("\n".join(c.train + "\n" + c.test for c in roles)))
+    return Prepared(clients, bundle, fm, data, fm.flat.clone(), public)
 
 
 def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
@@ -214,6 +221,10 @@ def run_experiment(
         app.attack = cfg.attack
         hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
     server = FederatedServer(cfg, InProcessRuntime(app), ids, privacy)
+    if cfg.federation.hybrid_lambda > 0:
+        from fedgpt.federation.hybrid import public_step
+
+        server.public_step = public_step(prep.fm, prep.public, cfg)
     if tiers:
         app.tiers = tiers
         server.tier_masks = {t: m for t, _, m in tiers.values()}

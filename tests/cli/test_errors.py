@@ -35,6 +35,7 @@ runner = CliRunner()
         (["run", "--set", 'data.plays=["hamlett"]'], "hamlett"),
         (["run", "--resume", "/no/such/run"], "not a run folder"),
         (["run", "--set", "privacy.post_quantum=true"], "privacy.post_quantum applies to"),
+        (["run", "--set", "federation.hybrid_lambda=0.5"], "needs data.public_plays"),
         (
             [
                 "run",

@@ -36,6 +36,11 @@ class DataConfig(_Section):
         default_factory=list, description='plays to use (file keys, e.g. "lear"); empty = all'
     )
     exclude_plays: list[str] = Field(default_factory=list, description="plays to leave out")
+    public_plays: list[str] = Field(
+        default_factory=list,
+        description="plays held out as public data on the server (no client gets them), "
+        "for hybrid aggregation",
+    )
     max_clients: int = Field(
         0, ge=0, description="keep a seeded random sample of this many clients; 0 = all"
     )
@@ -137,6 +142,13 @@ class FederationConfig(_Section):
     krum_byzantine: int = Field(1, ge=0, description="krum/multi_krum: tolerated attackers f")
     multi_krum_m: int = Field(3, ge=1, description="multi_krum: updates averaged")
     norm_bound: float = Field(1.0, gt=0.0, description="norm_bound: L2 bound M per update")
+    hybrid_lambda: float = Field(
+        0.0,
+        ge=0.0,
+        description="hybrid aggregation: w_{t+1} = average + lambda x delta_public, delta_public "
+        "from hybrid_steps server steps on data.public_plays; 0 = off",
+    )
+    hybrid_steps: int = Field(5, ge=1, description="hybrid aggregation: server steps per round")
     eval_every: int = Field(
         50, ge=1, description="evaluate on every client's test split every k rounds (and last)"
     )
@@ -325,6 +337,8 @@ class RunConfig(_Section):
                 f'updates under secure_aggregation = "{p.secure_aggregation}"; use "local_dp" '
                 'or "dp_sgd"'
             )
+        if self.federation.hybrid_lambda > 0 and not self.data.public_plays:
+            raise ValueError("federation.hybrid_lambda > 0 needs data.public_plays (server data)")
         agg = self.federation.aggregator
         if agg != "fedavg" and p.secure_aggregation != "none":
             raise ValueError(

@@ -124,6 +124,8 @@ class FederatedServer:
         self.privacy = privacy
         self.ckks: CkksServer | None = None  # set to aggregate CKKS ciphertexts
         self.tier_masks: dict[str, torch.Tensor] = {}  # device tier -> flat mask
+        # hybrid aggregation: (w, round) -> w + λ Δ_public (see federation.hybrid)
+        self.public_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None
         self.runtime = runtime
         self.client_ids = list(client_ids)
         f = cfg.federation
@@ -212,6 +214,8 @@ class FederatedServer:
         train_loss = norm_mean = None
         if avg is not None:
             new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
+            if self.public_step is not None:
+                new_w = self.public_step(new_w, rnd)
             new_state = ServerState(rnd, new_w, new_opt)
             n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
             metrics = [m.config.get("metrics", {}) for m in good.values()]
@@ -283,6 +287,8 @@ class FederatedServer:
         if out.weighted_sum is not None and out.weight > 0:
             avg = out.weighted_sum / out.weight
             new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
+            if self.public_step is not None:
+                new_w = self.public_step(new_w, rnd)
             new_state = ServerState(rnd, new_w, new_opt)
             losses = [m["train_loss"] for m in out.metrics.values() if "train_loss" in m]
             train_loss = sum(losses) / len(losses) if losses else None

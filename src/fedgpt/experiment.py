@@ -221,6 +221,10 @@ def run_experiment(
         app.attack = cfg.attack
         hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
     server = FederatedServer(cfg, InProcessRuntime(app), ids, privacy)
+    if cfg.federation.aggregator == "fedatt":
+        from fedgpt.aggregation.fedatt import layer_ids
+
+        server.layer_ids = layer_ids(prep.fm.spec)
     if cfg.federation.hybrid_lambda > 0:
         from fedgpt.federation.hybrid import public_step
 

@@ -129,12 +129,13 @@ class FederationConfig(_Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi/FedAdagrad first moment")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
     tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
-    aggregator: Literal["fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"] = (
-        Field(
-            "fedavg",
-            description="how client deltas combine: n_k-weighted mean, or a robust rule against "
-            "poisoned updates (docs/aggregation.md); robust rules need to see individual updates",
-        )
+    aggregator: Literal[
+        "fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "fedatt"
+    ] = Field(
+        "fedavg",
+        description="how client deltas combine: n_k-weighted mean, a robust rule against "
+        "poisoned updates, or fedatt (layer-wise attention); all but fedavg need to see "
+        "individual updates (docs/aggregation.md)",
     )
     trim_fraction: float = Field(
         0.1, ge=0.0, lt=0.5, description="trimmed_mean: share dropped at each end per coordinate"
@@ -142,6 +143,9 @@ class FederationConfig(_Section):
     krum_byzantine: int = Field(1, ge=0, description="krum/multi_krum: tolerated attackers f")
     multi_krum_m: int = Field(3, ge=1, description="multi_krum: updates averaged")
     norm_bound: float = Field(1.0, gt=0.0, description="norm_bound: L2 bound M per update")
+    fedatt_step: float = Field(
+        1.0, gt=0.0, description="fedatt: server step size epsilon (Ji et al. 2019)"
+    )
     hybrid_lambda: float = Field(
         0.0,
         ge=0.0,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedgpt.aggregation import coverage_average, dissimilarity, make_server_optimizer
+from fedgpt.aggregation.fedatt import fedatt
 from fedgpt.aggregation.robust import robust_aggregate
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
@@ -48,6 +49,7 @@ class RoundResult:
     eval_seconds: float = 0.0
     client_metrics: dict[str, dict] = field(default_factory=dict)
     heterogeneity: dict[str, dict] = field(default_factory=dict)
+    attention: dict[str, float] = field(default_factory=dict)  # FedAtt: mean α per client
 
     def row(self) -> dict:
         """The ``metrics.jsonl`` line of this round."""
@@ -69,6 +71,7 @@ class RoundResult:
             "update_norm_mean": self.update_norm_mean,
             **(self.privacy or {}),
             **({"heterogeneity": self.heterogeneity} if self.heterogeneity else {}),
+            **({"attention": self.attention} if self.attention else {}),
         }
 
 
@@ -124,6 +127,7 @@ class FederatedServer:
         self.privacy = privacy
         self.ckks: CkksServer | None = None  # set to aggregate CKKS ciphertexts
         self.tier_masks: dict[str, torch.Tensor] = {}  # device tier -> flat mask
+        self.layer_ids: torch.Tensor | None = None  # FedAtt: each element's layer
         # hybrid aggregation: (w, round) -> w + λ Δ_public (see federation.hybrid)
         self.public_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None
         self.runtime = runtime
@@ -179,6 +183,7 @@ class FederatedServer:
                 dropped.append({"client": cid, "reason": reason})
         extra_up = extra_down = 0
         avg = deltas = None
+        attention: dict[str, float] = {}
         if good and self.ckks is not None:
             avg, extra_down, extra_up = self._ckks_aggregate(good, dropped, rnd, weights.numel())
         elif good and any("tier" in m.config for m in good.values()):
@@ -190,6 +195,14 @@ class FederatedServer:
             n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
             if self.privacy is not None and self.privacy.central is not None:
                 avg, _ = self.privacy.aggregate(deltas, n, self._noise_gen(rnd))
+            elif self.cfg.federation.aggregator == "fedatt":
+                avg, alpha = fedatt(
+                    deltas,
+                    self.layer_ids,
+                    int(self.layer_ids[-1]) + 1,
+                    self.cfg.federation.fedatt_step,
+                )
+                attention = {cid: float(a) for cid, a in zip(good, alpha.mean(1), strict=True)}
             else:
                 f = self.cfg.federation
                 avg = robust_aggregate(
@@ -238,6 +251,7 @@ class FederatedServer:
             update_norm_mean=norm_mean,
             client_metrics={cid: good[cid].config.get("metrics", {}) for cid in participants},
             heterogeneity=heterogeneity,
+            attention=attention,
         )
         return self._finish_round(new_state, result, start)
 

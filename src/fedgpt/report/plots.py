@@ -257,13 +257,36 @@ def plot_heterogeneity(rows: Sequence[Row], path: Path, max_clients: int = 40) -
     """Heat-map of each client's dissimilarity ‖Δ_k − Δ‖/‖Δ‖ from the round's aggregate
     (clients × rounds; blank where a client did not take part). With many clients, the
     ``max_clients`` that took part most often are shown."""
-    import numpy as np
-
     cells = [
         (int(r["round"]), cid, float(v["rel"]))
         for r in rows
         for cid, v in (r.get("heterogeneity") or {}).items()
     ]
+    return _client_heatmap(
+        cells,
+        path,
+        max_clients,
+        "Client dissimilarity from the aggregate, ‖Δk − Δ‖/‖Δ‖",
+        "relative distance (0 = agrees with the aggregate)",
+    )
+
+
+def plot_attention(rows: Sequence[Row], path: Path, max_clients: int = 40) -> Path | None:
+    """Heat-map of the FedAtt weight α of each client per round (mean over layers)."""
+    cells = [
+        (int(r["round"]), cid, float(v))
+        for r in rows
+        for cid, v in (r.get("attention") or {}).items()
+    ]
+    return _client_heatmap(
+        cells, path, max_clients, "FedAtt attention α per client", "α (mean over layers)"
+    )
+
+
+def _client_heatmap(cells, path: Path, max_clients: int, title: str, label: str):
+    """Clients × rounds heat-map of (round, client, value) cells; None without cells."""
+    import numpy as np
+
     if not cells:
         return None
     counts: dict[str, int] = {}
@@ -289,8 +312,8 @@ def plot_heterogeneity(rows: Sequence[Row], path: Path, max_clients: int = 40) -
     ax.set_yticks(range(len(clients)), clients, fontsize=6)
     ax.set_xlabel("round")
     shown = "" if len(counts) <= max_clients else f" ({max_clients} most frequent of {len(counts)})"
-    ax.set_title(f"Client dissimilarity from the aggregate, ‖Δk − Δ‖/‖Δ‖{shown}")
-    fig.colorbar(im, ax=ax, label="relative distance (0 = agrees with the aggregate)")
+    ax.set_title(f"{title}{shown}")
+    fig.colorbar(im, ax=ax, label=label)
     return _save(fig, path)
 
 
@@ -302,6 +325,7 @@ PLOT_FILES = {
     "epsilon": "epsilon.png",
     "accuracy_vs_epsilon": "accuracy_vs_epsilon.png",
     "heterogeneity": "heterogeneity.png",
+    "attention": "attention.png",
 }
 
 
@@ -319,6 +343,7 @@ def make_plots(rows: Sequence[Row], summary: Mapping[str, Any], out_dir: Path) -
         "epsilon": lambda p: plot_epsilon(rows, p),
         "accuracy_vs_epsilon": lambda p: plot_accuracy_vs_epsilon(rows, p),
         "heterogeneity": lambda p: plot_heterogeneity(rows, p),
+        "attention": lambda p: plot_attention(rows, p),
     }
     written: dict[str, Path] = {}
     for name, filename in PLOT_FILES.items():

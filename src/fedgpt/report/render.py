@@ -358,6 +358,7 @@ def build_report(
         "epsilon": "Differential-privacy epsilon per round",
         "accuracy_vs_epsilon": "Test accuracy against epsilon spent",
         "heterogeneity": "Which clients pull away from the aggregate (dissimilarity per round)",
+        "attention": "FedAtt attention weight of each client per round",
     }
     blocks: list[Block] = [
         Heading(f"FedGPT run report: {run_name}", 1),

@@ -193,17 +193,22 @@ def generate(
     typer.echo(generate_text(run_dir, prompt, max_new_tokens, temperature, seed))
 
 
-Accountant = Annotated[str, typer.Option(help="rdp (Renyi DP) or pld (privacy loss dist.)")]
+AccountantOpt = Annotated[
+    str, typer.Option(help="rdp (Renyi DP) or pld (privacy loss distributions)")
+]
+SampleRateOpt = Annotated[float, typer.Option(help="Poisson sampling rate q")]
+StepsOpt = Annotated[int, typer.Option(help="number of compositions T")]
+DeltaOpt = Annotated[float, typer.Option(help="target delta")]
 
 
 @privacy_app.command("epsilon")
 @user_errors
 def privacy_epsilon(
     noise_multiplier: Annotated[float, typer.Option(help="noise std / clip norm (z)")],
-    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q")],
-    steps: Annotated[int, typer.Option(help="number of compositions T")],
-    delta: Annotated[float, typer.Option(help="target delta")],
-    accountant: Accountant = "rdp",
+    sample_rate: SampleRateOpt,
+    steps: StepsOpt,
+    delta: DeltaOpt,
+    accountant: AccountantOpt = "rdp",
 ) -> None:
     """epsilon of T Poisson-subsampled Gaussian steps; the last line is the bare number."""
     from fedgpt.privacy.accountant import closed_form_epsilon, epsilon
@@ -221,10 +226,10 @@ def privacy_epsilon(
 @user_errors
 def privacy_plan(
     target_epsilon: Annotated[float, typer.Option(help="privacy budget")],
-    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q")],
-    steps: Annotated[int, typer.Option(help="number of compositions T")],
-    delta: Annotated[float, typer.Option(help="target delta")],
-    accountant: Accountant = "rdp",
+    sample_rate: SampleRateOpt,
+    steps: StepsOpt,
+    delta: DeltaOpt,
+    accountant: AccountantOpt = "rdp",
 ) -> None:
     """The smallest noise multiplier meeting the target; the last line is the bare number."""
     from fedgpt.privacy.accountant import epsilon, plan_noise

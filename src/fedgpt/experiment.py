@@ -108,10 +108,20 @@ def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
     n_layer = getattr(mc, "n_layer", None) or getattr(mc, "num_hidden_layers", 1)
     n_embd = getattr(mc, "n_embd", None) or getattr(mc, "hidden_size", 1)
     spec, c = prep.fm.spec, cfg.client
+    lora_r = cfg.model.lora.r if prep.bundle.lora else 0
+    frozen = prep.bundle.counts()[1] - spec.numel
 
     def choose(mb: float) -> str:
         return choose_tier(
-            spec, mb, n_layer, n_embd, prep.bundle.codec.vocab_size, c.batch_size, c.seq_len
+            spec,
+            mb,
+            n_layer,
+            n_embd,
+            prep.bundle.codec.vocab_size,
+            c.batch_size,
+            c.seq_len,
+            lora_r,
+            frozen,
         )
 
     assigned = assign_tiers(d, ids, cfg.seed, choose)
@@ -124,10 +134,8 @@ def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
             "device tiers other than 'full' need per-parameter coverage counts, which are "
             "not carried with privacy modes, secure aggregation or robust aggregators yet"
         )
-    if prep.bundle.lora:
-        raise ConfigError("device tiers other than 'full' do not apply to LoRA models")
     cache = {
-        t: (tier_params(spec, t, n_layer), tier_mask(spec, t, n_layer))
+        t: (tier_params(spec, t, n_layer, lora_r), tier_mask(spec, t, n_layer, lora_r))
         for t in set(partial.values())
     }
     return {cid: (t, *cache[t]) for cid, t in partial.items()}

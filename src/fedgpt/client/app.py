@@ -132,9 +132,12 @@ class ClientApp:
         memory = (
             self.opt_memory.setdefault(client_id, {}) if self.cfg.keep_optimizer_state else None
         )
+        weights = msg.tensors["weights"]
+        if tier and tier[0].startswith("lora:"):  # HetLoRA: rank components >= r are zero here
+            weights = torch.where(tier[2], weights, torch.zeros((), dtype=weights.dtype))
         result = local_update(
             self.fm,
-            msg.tensors["weights"],
+            weights,
             self.data[client_id].train,
             self.cfg,
             gen,

@@ -273,7 +273,8 @@ class DevicesConfig(_Section):
     tier: str = Field(
         "full",
         description='default tier: "full", "top_blocks:k" (last k blocks + final norm + head) '
-        'or "embeddings" (token and position embeddings)',
+        'or "embeddings" (token and position embeddings); with model.lora: "full" or '
+        '"lora:r" (the first r of the model\'s lora.r rank components, HetLoRA)',
     )
     tiers: dict[str, str] = Field(
         default_factory=dict, description='per-client tier, e.g. {"lear/KENT" = "embeddings"}'

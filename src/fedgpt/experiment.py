@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedgpt.baselines import sample_local_clients, train_centralized, train_local_only
-from fedgpt.client.app import ClientApp, ClientData
+from fedgpt.client.app import ClientApp, ClientData, client_seed
 from fedgpt.config import RunConfig, config_hash, load_config, to_toml
 from fedgpt.data import ClientText, dataset_stats
 from fedgpt.errors import ConfigError, RunError
@@ -129,16 +129,53 @@ def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
     if not partial:
         return {}
     p = cfg.privacy
-    if p.mode != "none" or p.secure_aggregation != "none" or cfg.federation.aggregator != "fedavg":
+    if (
+        p.mode != "none"
+        or p.secure_aggregation != "none"
+        or cfg.federation.aggregator not in ("fedavg", "attention")
+    ):
         raise ConfigError(
             "device tiers other than 'full' need per-parameter coverage counts, which are "
             "not carried with privacy modes, secure aggregation or robust aggregators yet"
+        )
+    if cfg.federation.distill == "fedmd":
+        raise ConfigError(
+            'device tiers do not apply to federation.distill = "fedmd" (clients send logits, '
+            "not slices; use federation.fedmd_client_layers for smaller client models)"
         )
     cache = {
         t: (tier_params(spec, t, n_layer, lora_r), tier_mask(spec, t, n_layer, lora_r))
         for t in set(partial.values())
     }
     return {cid: (t, *cache[t]) for cid, t in partial.items()}
+
+
+def wire_distillation(cfg: RunConfig, prep: Prepared, app: ClientApp, server) -> None:
+    """Give the server (and, for FedMD, the clients) what learned attention and
+    knowledge distillation need: the public text, the server's model, the clients' own."""
+    f = cfg.federation
+    server.fm, server.public = prep.fm, prep.public
+    server.vocab_size = prep.bundle.codec.vocab_size
+    if f.aggregator == "attention":
+        from fedgpt.client.batches import sample_windows
+
+        gen = torch.Generator().manual_seed(client_seed(cfg.seed, 0, "__attention_val__"))
+        server.attention_val = sample_windows(
+            prep.public, f.attention_windows, cfg.client.seq_len, gen
+        )
+    if f.distill == "feddf":
+        from fedgpt.federation.distill import feddf_step
+
+        server.distill_step = feddf_step(prep.fm, prep.public, cfg)
+    if f.distill == "fedmd":
+        from fedgpt.federation.fedmd import FedMDClient
+
+        fm, init = prep.fm, prep.init
+        if f.fedmd_client_layers and f.fedmd_client_layers != cfg.model.n_layer:
+            small = cfg.model.model_copy(update={"n_layer": f.fedmd_client_layers})
+            fm = bind_flat(build_model(small, (c.train for c in prep.clients), cfg.seed).model)
+            init = fm.flat.clone()
+        app.fedmd = FedMDClient(fm, init, prep.public, cfg.client)
 
 
 def make_privacy(cfg: RunConfig, num_clients: int) -> ServerPrivacy:
@@ -233,6 +270,7 @@ def run_experiment(
         from fedgpt.aggregation.fedatt import layer_ids
 
         server.layer_ids = layer_ids(prep.fm.spec)
+    wire_distillation(cfg, prep, app, server)
     if cfg.federation.hybrid_lambda > 0:
         from fedgpt.federation.hybrid import public_step
 

@@ -57,15 +57,22 @@ class ClientApp:
         self.opt_memory: dict[str, dict] = {}  # per client, stays on the client
 
     ckks = None  # a CkksClient when this client holds the CKKS secret context
+    fedmd = None  # a FedMDClient (federation.distill = "fedmd"): the clients' own models
 
     def __call__(self, client_id: str, msg: Message) -> Message:
         if msg.type == "train":
             reply = self.train(client_id, msg)
             if msg.config.get("secure_aggregation") == "ckks" and reply.type == "train/result":
-                return self._encrypt(reply)
+                reply = self._encrypt(reply)
+            if "nonce" in msg.config:  # echoed, so the server can refuse replayed replies
+                config = {**reply.config, "nonce": msg.config["nonce"]}
+                reply = Message(reply.type, config, reply.tensors, reply.blobs)
             return reply
         if msg.type == "evaluate":
             return self.evaluate(client_id, msg)
+        if msg.type == "fedmd/train":
+            d = self.data[client_id]
+            return self.fedmd(client_id, msg, d.train, d.test)
         if msg.type == "ckks/decrypt":
             return self._decrypt(msg)
         if msg.type.startswith("secagg/"):

@@ -170,6 +170,8 @@ def local_update(
         num_examples=int(tokens.numel() - 1),
         metrics={
             "train_loss": float(losses.mean()),
+            "loss_first": float(losses[0]),
+            "loss_last": float(losses[-1]),
             "steps": float(steps),
             "update_norm": norm,
             "seconds": seconds,

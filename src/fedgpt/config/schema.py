@@ -130,12 +130,20 @@ class FederationConfig(_Section):
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
     tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
     aggregator: Literal[
-        "fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "fedatt"
+        "fedavg",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multi_krum",
+        "norm_bound",
+        "fedatt",
+        "attention",
     ] = Field(
         "fedavg",
         description="how client deltas combine: n_k-weighted mean, a robust rule against "
-        "poisoned updates, or fedatt (layer-wise attention); all but fedavg need to see "
-        "individual updates (docs/aggregation.md)",
+        "poisoned updates, fedatt (layer-wise attention) or attention (alpha = "
+        "softmax(MLP(client meta)), the MLP trained on public validation text); all but "
+        "fedavg need to see individual updates (docs/aggregation.md)",
     )
     trim_fraction: float = Field(
         0.1, ge=0.0, lt=0.5, description="trimmed_mean: share dropped at each end per coordinate"
@@ -145,6 +153,32 @@ class FederationConfig(_Section):
     norm_bound: float = Field(1.0, gt=0.0, description="norm_bound: L2 bound M per update")
     fedatt_step: float = Field(
         1.0, gt=0.0, description="fedatt: server step size epsilon (Ji et al. 2019)"
+    )
+    attention_steps: int = Field(
+        5, ge=1, description="attention: MLP optimiser steps per round on the public validation set"
+    )
+    attention_lr: float = Field(0.05, gt=0.0, description="attention: MLP learning rate (Adam)")
+    attention_hidden: int = Field(16, ge=1, description="attention: MLP hidden width")
+    attention_windows: int = Field(
+        16, ge=1, description="attention: public validation windows (fixed for the run)"
+    )
+    distill: Literal["none", "feddf", "fedmd"] = Field(
+        "none",
+        description="knowledge distillation on data.public_plays: feddf (server distils the "
+        "aggregate toward the clients' averaged logits) or fedmd (clients send only logits "
+        "on public windows and distil from the consensus; no parameters leave a client)",
+    )
+    distill_steps: int = Field(10, ge=1, description="distillation optimiser steps per round")
+    distill_lr: float = Field(1e-3, gt=0.0, description="distillation learning rate (Adam)")
+    distill_temperature: float = Field(1.0, gt=0.0, description="distillation temperature T")
+    distill_windows: int = Field(
+        32, ge=1, description="public windows (of client.seq_len tokens) drawn per round"
+    )
+    fedmd_client_layers: int = Field(
+        0,
+        ge=0,
+        description="fedmd: transformer blocks of the clients' own models (fewer than the "
+        "server's model.n_layer = a smaller architecture); 0 = the server's",
     )
     hybrid_lambda: float = Field(
         0.0,
@@ -160,6 +194,12 @@ class FederationConfig(_Section):
         0, ge=0, description="evaluate at most this many test characters per client; 0 = all"
     )
     checkpoint_keep: int = Field(2, ge=1, description="checkpoints kept in checkpoints/")
+    max_update_norm: float = Field(
+        0.0,
+        ge=0.0,
+        description="reject (not clip) a client update whose L2 norm exceeds this, before it "
+        "reaches the aggregate; not checkable under secure aggregation; 0 = off",
+    )
 
 
 class BaselineConfig(_Section):
@@ -308,6 +348,61 @@ class RuntimeConfig(_Section):
 
     kind: Literal["inprocess"] = Field("inprocess", description="in-process simulation")
     threads: int = Field(0, ge=0, description="torch threads; 0 = leave the default")
+    ledger: bool = Field(
+        True,
+        description="keep a signed, hash-chained record of every round in ledger.jsonl "
+        "(check it with `fedgpt verify RUN_DIR`; docs/ledger.md)",
+    )
+    ledger_key: str = Field(
+        "",
+        description="Ed25519 private key (PEM) that signs the ledger, created there (mode 0600) "
+        "if missing; empty = a fresh key per run, kept in the run folder as server_key.pem",
+    )
+    round_timeout: float = Field(
+        0.0,
+        ge=0.0,
+        description="seconds a client has to reply; a later reply misses the round (in-process: "
+        "applies to the simulated straggler delay, nothing sleeps); 0 = no deadline",
+    )
+    min_replies: int = Field(
+        0,
+        ge=0,
+        description="quorum: valid updates a round needs to be aggregated; below it the round is "
+        "retried (round_retries), then the run stops with the global model unchanged; 0 = none",
+    )
+    round_retries: int = Field(
+        0, ge=0, description="below quorum: attempts of the same round before the run stops"
+    )
+    fail_clients: list[str] = Field(
+        default_factory=list,
+        description="fault injection: these clients crash on every training message",
+    )
+    fail_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="fault injection: each addressed client crashes with this probability per "
+        "round and attempt (seeded)",
+    )
+    straggle_clients: list[str] = Field(
+        default_factory=list,
+        description="fault injection: these clients reply straggle_delay seconds late",
+    )
+    straggle_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="fault injection: each addressed client straggles with this probability per "
+        "round and attempt (seeded)",
+    )
+    straggle_delay: float = Field(
+        60.0, gt=0.0, description="fault injection: simulated seconds a straggler's reply takes"
+    )
+    drop_after_stage: Literal["", "train", "share", "masked"] = Field(
+        "",
+        description="secagg: the failing clients (fail_clients, fail_fraction) complete this "
+        'SecAgg stage and vanish before the next one instead of crashing at training; "" = crash',
+    )
 
 
 class RunConfig(_Section):
@@ -344,7 +439,67 @@ class RunConfig(_Section):
             )
         if self.federation.hybrid_lambda > 0 and not self.data.public_plays:
             raise ValueError("federation.hybrid_lambda > 0 needs data.public_plays (server data)")
-        agg = self.federation.aggregator
+        f = self.federation
+        agg = f.aggregator
+        if (agg == "attention" or f.distill != "none") and not self.data.public_plays:
+            what = 'aggregator = "attention"' if agg == "attention" else f'distill = "{f.distill}"'
+            raise ValueError(f"federation.{what} needs data.public_plays (public text)")
+        if f.distill == "feddf" and (p.secure_aggregation != "none" or p.mode == "central_dp"):
+            raise ValueError(
+                'federation.distill = "feddf" needs each client\'s model, which '
+                + (
+                    f'secure_aggregation = "{p.secure_aggregation}" hides'
+                    if p.secure_aggregation != "none"
+                    else "central DP does not release (the teachers would leak un-noised updates)"
+                )
+            )
+        if f.distill == "fedmd":
+            clash = [
+                name
+                for name, on in (
+                    (f'privacy.mode = "{p.mode}"', p.mode != "none"),
+                    (
+                        f'secure_aggregation = "{p.secure_aggregation}"',
+                        p.secure_aggregation != "none",
+                    ),
+                    (f'federation.aggregator = "{agg}"', agg != "fedavg"),
+                    ("federation.hybrid_lambda > 0", f.hybrid_lambda > 0),
+                    ("model.lora", self.model.lora.enabled),
+                    ("model.path", bool(self.model.path) and f.fedmd_client_layers > 0),
+                )
+                if on
+            ]
+            if clash:
+                raise ValueError(
+                    f'federation.distill = "fedmd" exchanges logits, not updates: it does not '
+                    f"combine with {clash[0]}"
+                )
+            if f.fedmd_client_layers > self.model.n_layer:
+                raise ValueError(
+                    f"federation.fedmd_client_layers ({f.fedmd_client_layers}) must be <= "
+                    f"model.n_layer ({self.model.n_layer})"
+                )
+        d = self.devices
+        tiered = d.tier != "full" or any(t != "full" for t in [*d.tiers.values(), *d.mix])
+        if tiered:
+            clash = [
+                name
+                for name, on in (
+                    (f'privacy.mode = "{p.mode}"', p.mode != "none"),
+                    (
+                        f'secure_aggregation = "{p.secure_aggregation}"',
+                        p.secure_aggregation != "none",
+                    ),
+                    (f'federation.aggregator = "{agg}"', agg not in ("fedavg", "attention")),
+                    ('federation.distill = "fedmd"', f.distill == "fedmd"),
+                )
+                if on
+            ]
+            if clash:
+                raise ValueError(
+                    "device tiers other than 'full' need per-parameter coverage counts over "
+                    f"individual slices; they do not combine with {clash[0]}"
+                )
         if agg != "fedavg" and p.secure_aggregation != "none":
             raise ValueError(
                 f'federation.aggregator = "{agg}" needs individual updates, which '

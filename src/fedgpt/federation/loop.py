@@ -6,13 +6,17 @@ files (the caller checkpoints and logs the :class:`RoundResult`).
 from __future__ import annotations
 
 import math
+import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from fedgpt.aggregation import coverage_average, dissimilarity, make_server_optimizer
+from fedgpt.aggregation.attention import PREFIX as ATT_PREFIX
+from fedgpt.aggregation.attention import client_meta, fit_attention, init_mlp
 from fedgpt.aggregation.fedatt import fedatt
 from fedgpt.aggregation.robust import robust_aggregate
 from fedgpt.client.app import client_seed
@@ -22,6 +26,12 @@ from fedgpt.privacy.ckks import CiphertextError, CkksServer, num_chunks
 from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.runtime.base import Runtime
 from fedgpt.runtime.messages import Failure, Message, Reply
+
+
+def _extras(opt_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Server-state entries that are not the server optimiser's (learned attention θ,
+    FedMD consensus); they ride along in the checkpoint."""
+    return {k: v for k, v in opt_state.items() if k.startswith((ATT_PREFIX, "fedmd."))}
 
 
 @dataclass
@@ -50,10 +60,16 @@ class RoundResult:
     client_metrics: dict[str, dict] = field(default_factory=dict)
     heterogeneity: dict[str, dict] = field(default_factory=dict)
     attention: dict[str, float] = field(default_factory=dict)  # FedAtt: mean α per client
+    update_hashes: dict[str, str] = field(default_factory=dict)  # SHA-256 of payloads received
+    below_quorum: str | None = None  # set when too few valid updates: nothing was aggregated
 
     def row(self) -> dict:
         """The ``metrics.jsonl`` line of this round."""
         ev = self.eval or {}
+        own = [m for m in self.client_metrics.values() if "own_count" in m]
+        if own:  # FedMD: the clients' own models on their own test text
+            count = sum(m["own_count"] for m in own)
+            ev = {**ev, "personal_accuracy": sum(m["own_correct"] for m in own) / max(count, 1)}
         return {
             "round": self.round,
             "train_loss": self.train_loss,
@@ -72,25 +88,52 @@ class RoundResult:
             **(self.privacy or {}),
             **({"heterogeneity": self.heterogeneity} if self.heterogeneity else {}),
             **({"attention": self.attention} if self.attention else {}),
+            **({"personal_accuracy": ev["personal_accuracy"]} if own else {}),
         }
 
 
 def validate_reply(
-    reply: Reply, rnd: int, numel: int, ckks_chunks: int = 0, tier_sizes: dict | None = None
+    reply: Reply,
+    rnd: int,
+    numel: int,
+    ckks_chunks: int = 0,
+    tier_sizes: dict | None = None,
+    *,
+    nonce: str | None = None,
+    max_norm: float = 0.0,
+    max_bytes: int = 0,
 ) -> str | None:
-    """Why a training reply cannot be used, or ``None`` if it is a valid update
-    (``ckks_chunks`` > 0: the update must come as that many ciphertexts)."""
+    """Why a training reply cannot be used, or ``None`` if it is a valid update.
+
+    Checked before anything touches the aggregate; the first failed check is the reason
+    (docs/ledger.md, "Validation"): a failure or wrong reply type; the round number; the
+    nonce of the message (``nonce``: the reply must echo it, so a reply replayed from an
+    earlier message is refused); ``num_examples``; the payload size (``max_bytes`` > 0:
+    more bytes than the expected update is oversized); with ``ckks_chunks`` > 0 that many
+    non-empty ciphertexts; otherwise a float32 update of the expected length (``numel``,
+    or its device tier's), finite, with L2 norm at most ``max_norm`` (0 = unbounded)."""
     if isinstance(reply, Failure):
         return reply.reason
+    if not isinstance(reply, Message):
+        return f"not a message ({type(reply).__name__})"
     if reply.type == "train/failure":
         return str(reply.config.get("reason", "client reported a failure"))
     if reply.type != "train/result":
         return f"unexpected reply type {reply.type!r}"
     if reply.config.get("round") != rnd:
         return f"update for round {reply.config.get('round')!r}, expected {rnd}"
+    if nonce is not None and reply.config.get("nonce") != nonce:
+        return "reply does not echo the nonce of this round's message (replayed or stale)"
     n = reply.config.get("num_examples")
     if not isinstance(n, int) or n <= 0:
         return f"num_examples must be a positive integer, got {n!r}"
+    if max_bytes:
+        try:
+            size = reply.nbytes
+        except (AttributeError, TypeError):
+            return "payload does not decode (not tensors and bytes)"
+        if size > max_bytes:
+            return f"oversized payload: {size} bytes, at most {max_bytes} expected"
     if ckks_chunks:
         chunks = reply.blobs.get("delta_ckks")
         if not isinstance(chunks, list) or len(chunks) != ckks_chunks:
@@ -110,7 +153,22 @@ def validate_reply(
         return f"update has shape {tuple(delta.shape)}, expected ({numel},)"
     if not bool(torch.isfinite(delta).all()):
         return "update contains NaN or inf"
+    if max_norm > 0:
+        norm = float(torch.linalg.vector_norm(delta))
+        if norm > max_norm:
+            return f"update norm {norm:.4g} above federation.max_update_norm = {max_norm:g}"
     return None
+
+
+def max_update_bytes(numel: int, ckks_chunks: int = 0) -> int:
+    """The most bytes a valid update may carry: its float32 values, or for CKKS that many
+    ciphertexts of at most 2 polynomials x N coefficients x moduli x 8 bytes (+ header)."""
+    if not ckks_chunks:
+        return 4 * numel
+    from fedgpt.privacy.ckks import CkksParams
+
+    p = CkksParams()
+    return ckks_chunks * (2 * p.poly_modulus_degree * len(p.coeff_mod_bit_sizes) * 8 + 4096)
 
 
 class FederatedServer:
@@ -128,6 +186,12 @@ class FederatedServer:
         self.ckks: CkksServer | None = None  # set to aggregate CKKS ciphertexts
         self.tier_masks: dict[str, torch.Tensor] = {}  # device tier -> flat mask
         self.layer_ids: torch.Tensor | None = None  # FedAtt: each element's layer
+        # FedDF: (aggregate, w_t, deltas, round) -> distilled weights (federation.distill)
+        self.distill_step: Callable[..., torch.Tensor] | None = None
+        self.attention_val: torch.Tensor | None = None  # attention: public validation windows
+        self.fm = None  # the server's FlatModel (attention fusion, FedMD digest)
+        self.public: torch.Tensor | None = None  # public tokens (FedMD)
+        self.vocab_size = 0  # FedMD: logits' last dimension
         # hybrid aggregation: (w, round) -> w + λ Δ_public (see federation.hybrid)
         self.public_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None
         self.runtime = runtime
@@ -139,12 +203,14 @@ class FederatedServer:
         self.on_round_start: Callable[[int, list[str]], None] | None = None
         self.on_reply: Callable[[str, Reply], None] | None = None
         self.on_eval_start: Callable[[int, int], None] | None = None
+        self.update_hashes: dict[str, str] = {}  # this round's received payloads (ledger)
 
     def init_state(self, weights: torch.Tensor) -> ServerState:
         return ServerState(round=0, weights=weights.clone(), opt_state=self.opt.init(weights))
 
     def run_round(self, state: ServerState) -> tuple[ServerState, RoundResult]:
         start = time.perf_counter()
+        self.update_hashes = {}
         rnd = state.round + 1
         f, seed = self.cfg.federation, self.cfg.seed
         chosen = sample_clients(self.client_ids, rnd, seed, f.fraction, f.min_clients)
@@ -153,40 +219,62 @@ class FederatedServer:
         weights = state.weights
         if self.cfg.privacy.secure_aggregation == "secagg":
             return self._secagg_round(state, chosen, start)
+        if self.cfg.federation.distill == "fedmd":
+            return self._fedmd_round(state, chosen, start)
         train_cfg = {"round": rnd}
         if self.ckks is not None:
             train_cfg["secure_aggregation"] = "ckks"
+        nonces = {cid: secrets.token_hex(16) for cid in chosen}  # echoed: replays are refused
         msgs = {
             cid: Message(
-                "train", {**train_cfg, "seed": client_seed(seed, rnd, cid)}, {"weights": weights}
+                "train",
+                {**train_cfg, "seed": client_seed(seed, rnd, cid), "nonce": nonces[cid]},
+                {"weights": weights},
             )
             for cid in chosen
         }
         t0 = time.perf_counter()
-        replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
+        replies, received, dropped = self._receive(msgs)
         client_seconds = time.perf_counter() - t0
         chunks = num_chunks(weights.numel()) if self.ckks is not None else 0
         good: dict[str, Message] = {}
-        dropped: list[dict[str, str]] = []
         for cid in chosen:
-            reply = replies.get(cid, Failure("no reply"))
+            reply = received.get(cid, Failure("no reply"))
             reason = validate_reply(
                 reply,
                 rnd,
                 weights.numel(),
                 chunks,
                 {t: int(m.sum()) for t, m in self.tier_masks.items()},
+                nonce=nonces[cid],
+                max_norm=0.0 if chunks else self.cfg.federation.max_update_norm,
+                max_bytes=max_update_bytes(weights.numel(), chunks),
             )
             if reason is None:
                 good[cid] = reply
             else:
                 dropped.append({"client": cid, "reason": reason})
+        quorum = self.cfg.runtime.min_replies
+        if quorum and len(good) < quorum:
+            return state, self._no_quorum(
+                rnd, f"{len(good)} valid updates, quorum {quorum}", dropped, start, client_seconds
+            )
         extra_up = extra_down = 0
         avg = deltas = None
         attention: dict[str, float] = {}
+        attn_state: dict[str, torch.Tensor] = {}
+        tiered = any("tier" in m.config for m in good.values())
         if good and self.ckks is not None:
             avg, extra_down, extra_up = self._ckks_aggregate(good, dropped, rnd, weights.numel())
-        elif good and any("tier" in m.config for m in good.values()):
+        elif good and self.cfg.federation.aggregator == "attention":
+            if tiered:
+                deltas, masks = self._expand_tiers(good, weights.numel())
+                coverage = masks.float().mean(1).tolist()
+            else:
+                deltas, coverage = torch.stack([m.tensors["delta"] for m in good.values()]), None
+            avg, alpha, attn_state = self._learned_attention(state, good, deltas, coverage)
+            attention = {cid: float(a) for cid, a in zip(good, alpha, strict=True)}
+        elif good and tiered:
             deltas, masks = self._expand_tiers(good, weights.numel())
             n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
             avg = coverage_average(deltas, masks, n)
@@ -229,7 +317,10 @@ class FederatedServer:
             new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
             if self.public_step is not None:
                 new_w = self.public_step(new_w, rnd)
-            new_state = ServerState(rnd, new_w, new_opt)
+            if self.distill_step is not None and deltas is not None:
+                new_w = self.distill_step(new_w, weights, deltas, rnd)
+            new_state = ServerState(rnd, new_w, {**_extras(state.opt_state), **new_opt})
+            new_state.opt_state.update(attn_state)
             n = torch.tensor([m.config["num_examples"] for m in good.values()], dtype=torch.float64)
             metrics = [m.config.get("metrics", {}) for m in good.values()]
             if all("train_loss" in x for x in metrics):
@@ -260,6 +351,7 @@ class FederatedServer:
     ) -> tuple[ServerState, RoundResult]:
         f, rnd = self.cfg.federation, result.round
         participants = result.participants
+        result.update_hashes = dict(self.update_hashes)
         if self.privacy is not None and self.privacy.active:
             result.privacy = self.privacy.after_round(participants, result.client_metrics)
         if rnd % f.eval_every == 0 or rnd == f.rounds:
@@ -268,6 +360,62 @@ class FederatedServer:
             result.eval_seconds = time.perf_counter() - t1
         result.seconds = time.perf_counter() - start
         return new_state, result
+
+    def _receive(
+        self, msgs: dict[str, Message]
+    ) -> tuple[dict[str, Reply], dict[str, Reply], list[dict[str, str]]]:
+        """Send ``msgs`` and collect the replies: (as the runtime returned them, one usable
+        reply per addressed client, drops). Every arrival is seen through ``on_reply``, so a
+        sender that was not addressed is dropped, and one that replied twice is refused
+        (which reply is genuine is unknown). The SHA-256 of every update payload, as it
+        arrived, goes to ``self.update_hashes`` (for the ledger)."""
+        arrivals: list[tuple[str, Reply]] = []
+
+        def record(cid: str, reply: Reply) -> None:
+            arrivals.append((cid, reply))
+            if self.on_reply:
+                self.on_reply(cid, reply)
+
+        replies = self.runtime.send_and_receive(msgs, on_reply=record)
+        counts = Counter(cid for cid, _ in arrivals)
+        for cid in replies:  # a runtime that does not report every arrival
+            counts[cid] = max(counts[cid], 1)
+        received: dict[str, Reply] = {}
+        dropped: list[dict[str, str]] = []
+        for cid, count in counts.items():
+            if cid not in msgs:
+                dropped.append({"client": cid, "reason": "reply from a client not addressed"})
+            elif count > 1:
+                received[cid] = Failure(f"duplicate sender: {count} replies to one message")
+            elif cid in replies:
+                received[cid] = replies[cid]
+        self._hash_updates(replies)
+        return replies, received, dropped
+
+    def _hash_updates(self, replies: dict[str, Reply], kind: str = "train/result") -> None:
+        from fedgpt.federation.ledger import payload_hash
+
+        for cid, r in replies.items():
+            if isinstance(r, Message) and r.type == kind:
+                self.update_hashes[cid] = payload_hash(r)
+
+    def _no_quorum(
+        self, rnd: int, why: str, dropped: list[dict[str, str]], start: float, client_s: float
+    ) -> RoundResult:
+        """A round that aggregated nothing for lack of quorum (``runtime.min_replies``)."""
+        return RoundResult(
+            round=rnd,
+            participants=[],
+            dropped=dropped,
+            train_loss=None,
+            bytes_up=0,
+            bytes_down=0,
+            seconds=time.perf_counter() - start,
+            client_seconds=client_s,
+            update_norm_mean=None,
+            update_hashes=dict(self.update_hashes),
+            below_quorum=why,
+        )
 
     def _secagg_round(self, state: ServerState, chosen: list[str], start: float):
         """A round whose updates arrive pairwise-masked; only their sum is recovered."""
@@ -290,9 +438,13 @@ class FederatedServer:
             k=p.secagg_neighbours,
             graph_seed=self.cfg.seed,
             post_quantum=p.post_quantum,
-            on_reply=self.on_reply,
+            on_reply=self._secagg_arrival,
         )
         client_seconds = time.perf_counter() - t0
+        quorum = self.cfg.runtime.min_replies
+        if quorum and (out.failure is not None or len(out.survivors) < quorum):
+            why = out.failure or f"{len(out.survivors)} SecAgg survivors, quorum {quorum}"
+            return state, self._no_quorum(rnd, why, list(out.dropped), start, client_seconds)
         new_state = ServerState(rnd, weights, state.opt_state)
         dropped = list(out.dropped)
         if out.failure is not None:
@@ -303,7 +455,7 @@ class FederatedServer:
             new_w, new_opt = self.opt.apply(state.opt_state, weights, avg)
             if self.public_step is not None:
                 new_w = self.public_step(new_w, rnd)
-            new_state = ServerState(rnd, new_w, new_opt)
+            new_state = ServerState(rnd, new_w, {**_extras(state.opt_state), **new_opt})
             losses = [m["train_loss"] for m in out.metrics.values() if "train_loss" in m]
             train_loss = sum(losses) / len(losses) if losses else None
         result = RoundResult(
@@ -319,6 +471,65 @@ class FederatedServer:
             client_metrics=out.metrics if out.failure is None else {},
         )
         return self._finish_round(new_state, result, start)
+
+    def _fedmd_round(self, state: ServerState, chosen: list[str], start: float):
+        """A logit-only round (federation.fedmd): no parameters cross the runtime."""
+        from fedgpt.federation.fedmd import fedmd_aggregate, fedmd_messages, validate_logits
+
+        rnd = state.round + 1
+        msgs = fedmd_messages(self, state, chosen, rnd)
+        t0 = time.perf_counter()
+        replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
+        client_seconds = time.perf_counter() - t0
+        f = self.cfg.federation
+        shape = (f.distill_windows, self.cfg.client.seq_len, self.vocab_size)
+        good, dropped = {}, []
+        for cid in chosen:
+            reason = validate_logits(replies.get(cid, Failure("no reply")), rnd, shape)
+            if reason is None:
+                good[cid] = replies[cid]
+            else:
+                dropped.append({"client": cid, "reason": reason})
+        new_state = ServerState(rnd, state.weights, state.opt_state)
+        if good:
+            new_state = fedmd_aggregate(self, state, good, rnd)
+        metrics = {cid: m.config.get("metrics", {}) for cid, m in good.items()}
+        losses = [m["train_loss"] for m in metrics.values() if "train_loss" in m]
+        result = RoundResult(
+            round=rnd,
+            participants=list(good),
+            dropped=dropped,
+            train_loss=sum(losses) / len(losses) if losses else None,
+            bytes_up=sum(r.nbytes for r in replies.values() if isinstance(r, Message)),
+            bytes_down=sum(m.nbytes for m in msgs.values()),
+            seconds=0.0,
+            client_seconds=client_seconds,
+            update_norm_mean=None,
+            client_metrics=metrics,
+        )
+        return self._finish_round(new_state, result, start)
+
+    def _learned_attention(self, state, good, deltas, coverage):
+        """α = softmax(MLP(meta)) with the MLP trained on the public validation objective
+        (aggregation.attention); returns (Σ α_k Δ_k, α, θ to keep in the server state)."""
+        f = self.cfg.federation
+        theta = {k: v for k, v in state.opt_state.items() if k.startswith(ATT_PREFIX)}
+        if not theta:
+            gen = torch.Generator().manual_seed(client_seed(self.cfg.seed, 0, "__attention__"))
+            theta = init_mlp(f.attention_hidden, gen)
+        configs = [m.config for m in good.values()]
+        meta = client_meta(configs, coverage or [1.0] * len(configs))
+        alpha, theta, _ = fit_attention(
+            self.fm, theta, meta, state.weights, deltas, self.attention_val,
+            f.attention_steps, f.attention_lr,
+        )  # fmt: skip
+        return alpha.to(deltas.dtype) @ deltas, alpha, theta
+
+    def _secagg_arrival(self, cid: str, reply: Reply) -> None:
+        """SecAgg replies as they arrive: the masked inputs are the updates hashed."""
+        self._hash_updates({cid: reply}, "secagg/masked_input")
+        if self.on_reply:
+            self.on_reply(cid, reply)
 
     def _expand_tiers(self, good: dict[str, Message], numel: int):
         """Full-length deltas (zeros outside each client's slice) and coverage masks."""

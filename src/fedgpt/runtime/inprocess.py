@@ -11,20 +11,41 @@ from fedgpt.runtime.messages import Failure, Message, Reply
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, Message], Message]
+# network tampering for tests: (client, message, reply) -> what arrives, as (sender, reply)
+Tamper = Callable[[str, Message, Reply], list[tuple[str, Reply]]]
 
 
 class InProcessRuntime:
     """Runs ``handler(client_id, message)`` for each addressed client.
 
     An exception in a handler becomes a :class:`Failure` for that client only; the others
-    still run. ``drop(client_id, message_type)`` (fault injection for tests and
-    benchmarks) makes the addressed client vanish for that message: it is not called and
-    a :class:`Failure` comes back.
+    still run. Fault injection (tests, benchmarks, ``[runtime]`` settings):
+
+    * ``drop(client_id, message_type)``: the addressed client vanishes for that message:
+      it is not called and a :class:`Failure` comes back;
+    * ``faults`` (a :class:`~fedgpt.runtime.faults.FaultInjector`): crashes, vanishing
+      SecAgg clients, and stragglers whose simulated reply time exceeds the deadline
+      (``timeout`` per call, else the runtime's ``timeout``; ``None`` or 0 = none);
+    * ``tamper``: rewrites what arrives for each reply (forged sender, duplicate, replay).
+
+    ``on_reply`` is called once for every reply that arrives, in order of arrival, so a
+    server can see duplicates and senders it did not address; the returned dict keeps
+    the last reply of each sender.
     """
 
-    def __init__(self, handler: Handler, drop: Callable[[str, str], bool] | None = None):
+    def __init__(
+        self,
+        handler: Handler,
+        drop: Callable[[str, str], bool] | None = None,
+        faults=None,
+        timeout: float | None = None,
+        tamper: Tamper | None = None,
+    ):
         self.handler = handler
         self.drop = drop
+        self.faults = faults
+        self.timeout = timeout
+        self.tamper = tamper
 
     def send_and_receive(
         self,
@@ -32,21 +53,30 @@ class InProcessRuntime:
         timeout: float | None = None,
         on_reply: Callable[[str, Reply], None] | None = None,
     ) -> dict[str, Reply]:
+        deadline = timeout if timeout is not None else self.timeout
         replies: dict[str, Reply] = {}
         for cid, msg in messages.items():
             if self.drop is not None and self.drop(cid, msg.type):
-                replies[cid] = Failure("client dropped out (fault injection)")
+                reply: Reply = Failure("client dropped out (fault injection)")
+            elif self.faults is not None and (fault := self.faults.before(cid, msg)) is not None:
+                reply = fault
+            else:
+                try:
+                    reply = self.handler(cid, msg)
+                except Exception as exc:  # a crashing client must not stop the round
+                    log.warning("client %s failed on %s: %r", cid, msg.type, exc)
+                    reply = Failure(f"client raised {type(exc).__name__}: {exc}")
+                late = self.faults.delay(cid, msg) if self.faults is not None else 0.0
+                if deadline and late > deadline:
+                    reply = Failure(
+                        f"no reply within the round deadline of {deadline:g} s "
+                        f"(straggler, {late:g} s, fault injection)"
+                    )
+            arrived = self.tamper(cid, msg, reply) if self.tamper is not None else [(cid, reply)]
+            for sender, r in arrived:
+                replies[sender] = r
                 if on_reply is not None:
-                    on_reply(cid, replies[cid])
-                continue
-            try:
-                reply: Reply = self.handler(cid, msg)
-            except Exception as exc:  # a crashing client must not stop the round
-                log.warning("client %s failed on %s: %r", cid, msg.type, exc)
-                reply = Failure(f"client raised {type(exc).__name__}: {exc}")
-            replies[cid] = reply
-            if on_reply is not None:
-                on_reply(cid, reply)
+                    on_reply(sender, r)
         return replies
 
     def close(self) -> None:

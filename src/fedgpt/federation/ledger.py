@@ -1,0 +1,568 @@
+"""The run ledger: a signed, hash-chained record of every round (``ledger.jsonl``).
+
+Format (docs/ledger.md): one entry per line, each the canonical JSON of an object (keys
+sorted, no spaces, ASCII only). Line 1 is the header (public key, config hash); then one
+``round`` entry per round (participants, dropped clients with reasons, SHA-256 of every
+update payload as it arrived, SHA-256 of the new global weights and of the server
+optimiser state, epsilon spent, start/end time in UTC); a ``config`` entry where a resumed
+run changed its configuration; a final ``model`` entry with the hashes of the saved model.
+
+* Chain: every entry's ``prev`` is the SHA-256 of the previous line's bytes (``GENESIS``,
+  64 zeros, for the header), so deleting, inserting or reordering lines breaks a link.
+* Signature: ``sig`` is an Ed25519 signature (RFC 8032, via ``cryptography``) over the
+  canonical JSON of the entry without ``sig``; the public key is kept in the run folder
+  (``ledger_public_key.pem``) and in the header.
+* Hashes: a tensor is hashed as name, dtype, shape and raw bytes; a blob as its raw bytes;
+  global weights as their raw float32 bytes (the flat trainable parameters).
+
+:func:`verify_run` checks all of it against the run's ``config.toml``, last checkpoint
+and saved model; ``fedgpt verify RUN_DIR`` prints its verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from fedgpt.errors import RunError
+from fedgpt.runtime.messages import Message
+
+GENESIS = "0" * 64
+VERSION = 1
+LEDGER = "ledger.jsonl"
+PUBLIC_KEY = "ledger_public_key.pem"
+PRIVATE_KEY = "server_key.pem"
+
+
+# --- hashing -------------------------------------------------------------------------
+
+
+def canonical(entry: Mapping) -> bytes:
+    """The canonical JSON of an entry: sorted keys, no whitespace, ASCII, no NaN."""
+    return json.dumps(
+        entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _field(h, data: bytes) -> None:
+    """Length-prefixed, so no two different sequences of fields hash alike."""
+    h.update(len(data).to_bytes(8, "big"))
+    h.update(data)
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor's elements in row-major order (any dtype)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _hash_tensors(h, tensors: Mapping[str, object]) -> None:
+    for name in sorted(tensors):
+        t = tensors[name]
+        _field(h, b"tensor:" + str(name).encode())
+        if not isinstance(t, torch.Tensor):
+            _field(h, b"not a tensor: " + type(t).__name__.encode())
+            continue
+        _field(h, str(t.dtype).encode())
+        _field(h, json.dumps(list(t.shape)).encode())
+        _field(h, tensor_bytes(t))
+
+
+def payload_hash(msg: Message) -> str:
+    """SHA-256 of a message's payloads exactly as received: each tensor by name, dtype,
+    shape and raw bytes, each blob by its raw bytes (masked or encrypted ones as they
+    arrived). Malformed payloads hash too (they are hashed before validation)."""
+    h = hashlib.sha256(b"fedgpt/payload/v1")
+    _hash_tensors(h, msg.tensors)
+    for name in sorted(msg.blobs):
+        chunks = msg.blobs[name]
+        chunks = chunks if isinstance(chunks, list | tuple) else [chunks]
+        _field(h, b"blobs:" + str(name).encode())
+        h.update(len(chunks).to_bytes(8, "big"))
+        for c in chunks:
+            _field(
+                h, bytes(c) if isinstance(c, bytes | bytearray | memoryview) else repr(c).encode()
+            )
+    return h.hexdigest()
+
+
+def weights_hash(weights: torch.Tensor) -> str:
+    """SHA-256 of the raw float32 bytes of flat weights."""
+    return sha256_hex(tensor_bytes(weights.to(torch.float32)))
+
+
+def state_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the server optimiser state tensors (by name, dtype, shape, bytes)."""
+    h = hashlib.sha256(b"fedgpt/server-state/v1")
+    _hash_tensors(h, state)
+    return h.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """``relative/posix/path -> SHA-256`` of every file under ``folder``."""
+    return {
+        p.relative_to(folder).as_posix(): sha256_hex(p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- keys ----------------------------------------------------------------------------
+
+
+def key_path(run_dir: Path, ledger_key: str) -> Path:
+    """Where the signing key lives: ``runtime.ledger_key`` or ``RUN_DIR/server_key.pem``."""
+    return Path(ledger_key) if ledger_key else run_dir / PRIVATE_KEY
+
+
+def _write_private(path: Path, key) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    path.chmod(0o600)
+
+
+def load_private_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise RunError(f"ledger key '{path}' is unreadable: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise RunError(f"ledger key '{path}' is not an Ed25519 private key")
+    return key
+
+
+def new_private_key(path: Path):
+    """A fresh Ed25519 key (OS CSPRNG) written to ``path`` with mode 0600."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    _write_private(path, key)
+    return key
+
+
+def public_raw_hex(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex()
+
+
+def _public_pem(public_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_public_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+def sign(entry: Mapping, key) -> bytes:
+    """The ledger line (without newline) of ``entry`` signed with ``key``."""
+    body = {k: v for k, v in entry.items() if k != "sig"}
+    return canonical({**body, "sig": key.sign(canonical(body)).hex()})
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
+
+
+class Ledger:
+    """Appends signed, chained entries to ``RUN_DIR/ledger.jsonl``."""
+
+    def __init__(self, path: Path, key, last: bytes | None, config_hash: str):
+        self.path = path
+        self.key = key
+        self.last = last  # the previous line's bytes, None before the header
+        self.config_hash = config_hash
+
+    @classmethod
+    def start(cls, run_dir: Path, ledger_key: str, config_hash: str) -> Ledger:
+        """A new ledger (and, unless ``ledger_key`` names an existing key, a new key)."""
+        kp = key_path(run_dir, ledger_key)
+        key = load_private_key(kp) if ledger_key and kp.is_file() else new_private_key(kp)
+        (run_dir / PUBLIC_KEY).write_bytes(_public_pem(key.public_key()))
+        path = run_dir / LEDGER
+        path.write_bytes(b"")
+        led = cls(path, key, None, config_hash)
+        header = {
+            "kind": "header",
+            "version": VERSION,
+            "public_key": public_raw_hex(key.public_key()),
+            "config_hash": config_hash,
+            "created": utc_now(),
+        }
+        led.append(header)
+        return led
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir: Path,
+        ledger_key: str,
+        config_hash: str,
+        rnd: int,
+        weights: torch.Tensor,
+    ) -> Ledger | None:
+        """Continue the ledger of a resumed run at round ``rnd``: entries past it (a crash
+        can leave one, or half of one) are cut, the rest must verify and end with the
+        checkpoint's weights; a changed configuration gets a ``config`` entry. ``None``
+        when the run kept no ledger so far (it cannot start one mid-run)."""
+        path = run_dir / LEDGER
+        if not path.is_file():
+            return cls.start(run_dir, ledger_key, config_hash) if rnd == 0 else None
+        kp = key_path(run_dir, ledger_key)
+        if not kp.is_file():
+            raise RunError(f"--resume: the ledger's signing key '{kp}' is missing")
+        key = load_private_key(kp)
+        keep: list[bytes] = []
+        for raw in _lines(path.read_bytes()):
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                break
+            if not isinstance(entry, dict) or entry.get("kind") not in (
+                "header",
+                "config",
+                "round",
+            ):
+                break
+            if entry["kind"] == "round" and entry.get("round", 0) > rnd:
+                break
+            keep.append(raw)
+        entries, problems = check_chain(keep, key.public_key())
+        if problems:
+            raise RunError(f"--resume: the ledger does not verify: {problems[0]}")
+        rounds = [e for e in entries if e and e["kind"] == "round"]
+        last = rounds[-1]["round"] if rounds else 0
+        if last != rnd:
+            raise RunError(f"--resume: the ledger ends at round {last}, the checkpoint at {rnd}")
+        if rounds and rounds[-1]["global_weights"] != weights_hash(weights):
+            raise RunError(
+                f"--resume: the checkpoint's weights differ from round {rnd} in the ledger"
+            )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in keep))
+        tmp.replace(path)
+        current = [e["config_hash"] for e in entries if e["kind"] in ("header", "config")][-1]
+        led = cls(path, key, keep[-1], current)
+        if current != config_hash:
+            led.append(
+                {
+                    "kind": "config",
+                    "config_hash": config_hash,
+                    "after_round": rnd,
+                    "time": utc_now(),
+                }
+            )
+            led.config_hash = config_hash
+        return led
+
+    def append(self, entry: dict) -> dict:
+        """Chain, sign and append ``entry`` (one write, then fsync)."""
+        entry = {**entry, "prev": GENESIS if self.last is None else sha256_hex(self.last)}
+        line = sign(entry, self.key)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, line + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.last = line
+        return json.loads(line)
+
+    def append_round(
+        self,
+        rnd: int,
+        participants: Sequence[str],
+        dropped: Sequence[Mapping[str, str]],
+        updates: Mapping[str, str],
+        weights: torch.Tensor,
+        server_state: Mapping[str, torch.Tensor],
+        epsilon: float | None,
+        start: str,
+        end: str,
+        retries: int = 0,
+    ) -> dict:
+        eps = None if epsilon is None else float(epsilon)
+        entry = {
+            "kind": "round",
+            "round": rnd,
+            "config_hash": self.config_hash,
+            "participants": list(participants),
+            "dropped": [dict(d) for d in dropped],
+            "updates": dict(sorted(updates.items())),
+            "global_weights": weights_hash(weights),
+            "server_state": state_hash(server_state),
+            "epsilon": eps if eps is None or math.isfinite(eps) else str(eps),
+            "start": start,
+            "end": end,
+        }
+        if retries:
+            entry["retries"] = retries
+        return self.append(entry)
+
+    def append_model(self, model_dir: Path, rnd: int, weights: torch.Tensor) -> dict:
+        return self.append(
+            {
+                "kind": "model",
+                "round": rnd,
+                "weights": weights_hash(weights),
+                "files": file_hashes(model_dir),
+                "time": utc_now(),
+            }
+        )
+
+
+# --- verification --------------------------------------------------------------------
+
+
+def check_chain(lines: Sequence[bytes], public_key) -> tuple[list[dict | None], list[str]]:
+    """Check the lines of a ledger on their own: canonical form, signature, ``prev`` link,
+    entry kinds and order, rounds 1, 2, 3, ... each under the configuration in force.
+    Returns the parsed entries (``None`` where unreadable) and the problems found, each
+    naming its entry (1-based line)."""
+    problems: list[str] = []
+    entries: list[dict | None] = []
+    pub_hex = public_raw_hex(public_key)
+    current_config: str | None = None
+    last_round = 0
+    for i, raw in enumerate(lines, 1):
+        where = f"entry {i}"
+        expected_prev = GENESIS if i == 1 else sha256_hex(lines[i - 2])
+        try:
+            entry = json.loads(raw)
+            if not isinstance(entry, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            problems.append(f"{where}: unreadable ({str(exc).splitlines()[0][:80]})")
+            entries.append(None)
+            continue
+        entries.append(entry)
+        try:
+            same = canonical(entry) == raw
+        except ValueError:
+            same = False
+        if not same:
+            problems.append(f"{where}: not in canonical form (altered)")
+        body = {k: v for k, v in entry.items() if k != "sig"}
+        try:
+            public_key.verify(bytes.fromhex(str(entry.get("sig", ""))), canonical(body))
+        except Exception:  # noqa: BLE001 - InvalidSignature, bad hex, NaN...
+            problems.append(f"{where}: signature does not verify")
+        if entry.get("prev") != expected_prev:
+            problems.append(
+                f"{where}: prev is not the genesis value"
+                if i == 1
+                else f"{where}: prev does not match the hash of entry {i - 1} "
+                "(an entry was altered, deleted, inserted or reordered)"
+            )
+        kind = entry.get("kind")
+        if i == 1 and kind != "header":
+            problems.append(f"{where}: the first entry must be the header, found {kind!r}")
+        if kind == "header":
+            if i != 1:
+                problems.append(f"{where}: a second header")
+            if entry.get("public_key") != pub_hex:
+                problems.append(f"{where}: header public key differs from {PUBLIC_KEY}")
+            current_config = entry.get("config_hash")
+        elif kind == "config":
+            current_config = entry.get("config_hash")
+        elif kind == "round":
+            r = entry.get("round")
+            if r != last_round + 1:
+                problems.append(f"{where}: round {r!r}, expected {last_round + 1}")
+            last_round = r if isinstance(r, int) else last_round + 1
+            if entry.get("config_hash") != current_config:
+                problems.append(f"{where}: config hash differs from the configuration in force")
+        elif kind == "model":
+            if i != len(lines):
+                problems.append(f"{where}: a model entry before the end of the ledger")
+            if entry.get("round") != last_round:
+                problems.append(
+                    f"{where}: model of round {entry.get('round')!r}, last round is {last_round}"
+                )
+        else:
+            problems.append(f"{where}: unknown kind {kind!r}")
+    return entries, problems
+
+
+@dataclass
+class Verdict:
+    rounds: int = 0
+    entries: int = 0
+    finished: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def saved_trainable_weights(model_dir: Path) -> torch.Tensor:
+    """The saved model's trainable weights flattened as in training (``named_parameters``
+    order): every parameter, or for a LoRA run the adapters in ``model/adapter``."""
+    from fedgpt.models.build import load_pretrained
+
+    model = load_pretrained(model_dir).model
+    if (model_dir / "adapter").is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_dir / "adapter", is_trainable=True)
+    return torch.cat(
+        [p.detach().reshape(-1).float() for _, p in model.named_parameters() if p.requires_grad]
+    )
+
+
+def _ledger_enabled(cfg_path: Path) -> bool:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        runtime = tomllib.loads(cfg_path.read_text()).get("runtime", {})
+    except (OSError, ValueError):
+        return True
+    return bool(runtime.get("ledger", True))
+
+
+def verify_run(run_dir: str | Path, check_model: bool = True) -> Verdict:
+    """Check a run folder's ledger: chain, signatures, rounds, config hash against
+    ``config.toml``, last round against the last checkpoint (weights, optimiser state),
+    model entry against ``model/`` (file hashes and trainable weights). Raises
+    ``RunError`` when ``run_dir`` is not a run folder or kept no ledger."""
+    from safetensors.torch import load_file
+
+    from fedgpt.federation.checkpoint import latest_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise RunError(f"'{run_dir}' is not a run folder (no config.toml)")
+    v = Verdict()
+    path = run_dir / LEDGER
+    if not path.is_file():
+        if not _ledger_enabled(cfg_path):
+            raise RunError(f"run '{run_dir}' kept no ledger (runtime.ledger = false)")
+        v.problems.append(f"{LEDGER}: missing")
+        return v
+    try:
+        public_key = load_public_key(run_dir / PUBLIC_KEY)
+    except (OSError, ValueError, TypeError) as exc:
+        v.problems.append(f"{PUBLIC_KEY}: unreadable ({str(exc).splitlines()[0][:80]})")
+        return v
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        v.problems.append(f"entry {len(_lines(data))}: not terminated by a newline (cut short?)")
+    lines = _lines(data)
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            v.problems.append(f"entry {i}: empty line")
+    entries, problems = check_chain(lines, public_key)
+    v.problems += problems
+    v.entries = len(lines)
+    if not lines:
+        v.problems.append(f"{LEDGER}: empty")
+        return v
+    configs = [e.get("config_hash") for e in entries if e and e.get("kind") in ("header", "config")]
+    if not configs or configs[-1] != sha256_hex(cfg_path.read_bytes()):
+        v.problems.append("config.toml: its hash differs from the ledger's configuration")
+    rounds = [e for e in entries if e and e.get("kind") == "round"]
+    v.rounds = rounds[-1].get("round", 0) if rounds else 0
+    if rounds:
+        _check_checkpoint(run_dir, rounds[-1], v, latest_checkpoint, load_file)
+    model = entries[-1] if entries[-1] and entries[-1].get("kind") == "model" else None
+    v.finished = model is not None
+    if model is None:
+        if (run_dir / "summary.json").is_file() or (run_dir / "model").is_dir():
+            v.problems.append("model: the run saved a model but the ledger has no model entry")
+    elif check_model:
+        _check_model(run_dir / "model", model, rounds[-1] if rounds else None, v)
+    return v
+
+
+def _check_checkpoint(run_dir: Path, last: dict, v: Verdict, latest_checkpoint, load_file):
+    ck = latest_checkpoint(run_dir / "checkpoints")
+    if ck is None:
+        v.problems.append("checkpoint: none found")
+        return
+    try:
+        rnd = int(json.loads((ck / "state.json").read_text())["round"])
+        weights = load_file(ck / "weights.safetensors")["weights"]
+        state = load_file(ck / "server_state.safetensors")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a finding
+        v.problems.append(f"checkpoint {ck.name}: unreadable ({str(exc).splitlines()[0][:80]})")
+        return
+    state.pop("torch_rng_state", None)
+    if rnd != last.get("round"):
+        v.problems.append(
+            f"checkpoint: last checkpoint is round {rnd}, ledger ends at {last.get('round')}"
+        )
+    if weights_hash(weights) != last.get("global_weights"):
+        v.problems.append(f"checkpoint {ck.name}: weights differ from the ledger's last round")
+    if state_hash(state) != last.get("server_state"):
+        v.problems.append(
+            f"checkpoint {ck.name}: server state differs from the ledger's last round"
+        )
+
+
+def _check_model(model_dir: Path, entry: dict, last: dict | None, v: Verdict) -> None:
+    if not model_dir.is_dir():
+        v.problems.append("model: model/ is missing")
+        return
+    want, have = entry.get("files", {}), file_hashes(model_dir)
+    for name in sorted(set(want) | set(have)):
+        if name not in have:
+            v.problems.append(f"model: {name} is missing")
+        elif name not in want:
+            v.problems.append(f"model: {name} is not in the ledger")
+        elif want[name] != have[name]:
+            v.problems.append(f"model: {name} differs from the ledger")
+    if last is not None and entry.get("weights") != last.get("global_weights"):
+        v.problems.append("model: the model entry's weights differ from the last round's")
+    try:
+        saved = saved_trainable_weights(model_dir)
+    except Exception as exc:  # noqa: BLE001 - an unloadable model is a finding
+        v.problems.append(f"model: cannot be loaded ({str(exc).splitlines()[0][:80]})")
+        return
+    if weights_hash(saved) != entry.get("weights"):
+        v.problems.append("model: saved trainable weights differ from the ledger")

@@ -26,12 +26,14 @@ from fedgpt.federation.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fedgpt.federation.loop import FederatedServer, ServerState
+from fedgpt.federation.ledger import Ledger, utc_now
+from fedgpt.federation.loop import FederatedServer, RoundResult, ServerState
 from fedgpt.federation.sampling import clients_per_round
 from fedgpt.models.build import ModelBundle, build_model, save_model
 from fedgpt.models.params import FlatModel, bind_flat
 from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.runtime import InProcessRuntime
+from fedgpt.runtime.faults import FaultInjector
 
 
 class Hooks:
@@ -248,6 +250,12 @@ def run_experiment(
     privacy = make_privacy(cfg, len(ids))
     keys = ckks_keys(cfg)
     tiers = device_tiers(cfg, prep, ids)
+    faults = FaultInjector.from_config(cfg, ids)
+    if cfg.federation.max_update_norm and cfg.privacy.secure_aggregation != "none":
+        raise ConfigError(
+            "federation.max_update_norm needs to see each update, which "
+            f'secure_aggregation = "{cfg.privacy.secure_aggregation}" hides'
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     hooks.log(f"run folder: {run_dir}")
@@ -265,7 +273,8 @@ def run_experiment(
         app.malicious = frozenset(malicious_clients(ids, cfg.attack.fraction, cfg.seed))
         app.attack = cfg.attack
         hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
-    server = FederatedServer(cfg, InProcessRuntime(app), ids, privacy)
+    runtime = InProcessRuntime(app, faults=faults, timeout=cfg.runtime.round_timeout or None)
+    server = FederatedServer(cfg, runtime, ids, privacy)
     if cfg.federation.aggregator == "fedatt":
         from fedgpt.aggregation.fedatt import layer_ids
 
@@ -304,8 +313,9 @@ def run_experiment(
             app.releases = dict(ck.meta.get("privacy", {}).get("participation", {}))
             hooks.log(f"resuming after round {ck.round} from {latest}")
         rows = [r for r in read_rows(metrics_path) if r["round"] <= state.round]
-    _write_rows(metrics_path, rows)
     chash = config_hash(cfg)
+    ledger = open_ledger(cfg, run_dir, chash, state, resume, hooks)
+    _write_rows(metrics_path, rows)
     hooks.rounds(cfg.federation.rounds, state.round)
     last_eval: dict | None = None
     stopped = None
@@ -321,14 +331,38 @@ def run_experiment(
         server.on_round_start = lambda r, chosen: hooks.stage(
             f"round {r}/{cfg.federation.rounds}: training", len(chosen)
         )
-        state, result = server.run_round(state)
+        started = utc_now()
+        new_state, result, attempts = run_round_with_retries(server, state, cfg, faults, hooks)
+        if result.below_quorum is not None:
+            stopped = (
+                f"quorum: round {result.round} had {result.below_quorum} "
+                f"in {attempts} attempt(s); the global model is unchanged"
+            )
+            hooks.log(f"stopping after round {state.round}: {stopped}")
+            break
+        state = new_state
         row = result.row()
         row["client_steps"] = int(sum(m["steps"] for m in result.client_metrics.values()))
+        if attempts > 1:
+            row["retries"] = attempts - 1
         rows.append(row)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         if result.eval is not None:
             last_eval = result.eval
+        if ledger is not None:  # before the checkpoint: a resume cuts entries past it
+            ledger.append_round(
+                state.round,
+                result.participants,
+                result.dropped,
+                result.update_hashes,
+                state.weights,
+                state.opt_state,
+                row.get("epsilon"),
+                started,
+                utc_now(),
+                attempts - 1,
+            )
         save_checkpoint(
             ckpt_root,
             Checkpoint(
@@ -350,6 +384,8 @@ def run_experiment(
         last_eval = server.evaluate(state.weights, state.round)
     prep.fm.load(state.weights)
     save_model(prep.bundle, run_dir / "model")
+    if ledger is not None:
+        ledger.append_model(run_dir / "model", state.round, state.weights)
     summary = {
         "run_name": run_dir.name,
         "rounds": state.round,
@@ -386,6 +422,45 @@ def run_experiment(
 
     write_report(run_dir)
     return summary
+
+
+def open_ledger(
+    cfg: RunConfig, run_dir: Path, chash: str, state: ServerState, resume: bool, hooks: Hooks
+) -> Ledger | None:
+    """The run's ledger (``runtime.ledger``): a new one, or on resume the old one cut back
+    to the checkpoint's round and checked against its weights (federation.ledger)."""
+    r = cfg.runtime
+    if not r.ledger:
+        return None
+    if not resume:
+        return Ledger.start(run_dir, r.ledger_key, chash)
+    ledger = Ledger.resume(run_dir, r.ledger_key, chash, state.round, state.weights)
+    if ledger is None:
+        hooks.log("no ledger.jsonl to continue: the rest of this run keeps none")
+    return ledger
+
+
+def run_round_with_retries(
+    server: FederatedServer,
+    state: ServerState,
+    cfg: RunConfig,
+    faults: FaultInjector | None,
+    hooks: Hooks,
+) -> tuple[ServerState, RoundResult, int]:
+    """One round; below quorum (``runtime.min_replies``) the same round is tried again, up
+    to ``runtime.round_retries`` more times. Returns (state, result, attempts made)."""
+    attempt = 0
+    while True:
+        if faults is not None:
+            faults.attempt = attempt  # a retry draws its faults afresh
+        new_state, result = server.run_round(state)
+        if result.below_quorum is None or attempt >= cfg.runtime.round_retries:
+            return new_state, result, attempt + 1
+        attempt += 1
+        hooks.log(
+            f"round {result.round}: {result.below_quorum}; "
+            f"retry {attempt} of {cfg.runtime.round_retries}"
+        )
 
 
 def run_baselines(

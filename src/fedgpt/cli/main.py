@@ -193,6 +193,26 @@ def generate(
     typer.echo(generate_text(run_dir, prompt, max_new_tokens, temperature, seed))
 
 
+@app.command()
+@user_errors
+def verify(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+    """Check a run's signed ledger: hash chain, signatures, consecutive rounds, config hash,
+    last checkpoint and saved model. Exit 0: intact; 1: problems listed; 2: not a run."""
+    from fedgpt.federation.ledger import verify_run
+
+    v = verify_run(run_dir)
+    if not v.ok:
+        for problem in v.problems:
+            typer.echo(problem)
+        typer.echo(f"FAILED: {run_dir}: {len(v.problems)} problem(s) in the ledger or run")
+        raise typer.Exit(1)
+    state = "model matches" if v.finished else "run not finished, no model yet"
+    typer.echo(
+        f"OK: {run_dir}: {v.rounds} rounds, {v.entries} signed entries, chain, config, "
+        f"checkpoint intact, {state}"
+    )
+
+
 AccountantOpt = Annotated[
     str, typer.Option(help="rdp (Renyi DP) or pld (privacy loss distributions)")
 ]

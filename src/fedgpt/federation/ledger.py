@@ -269,6 +269,10 @@ class Ledger:
             if entry["kind"] == "round" and entry.get("round", 0) > rnd:
                 break
             keep.append(raw)
+        if not keep:
+            if rnd == 0:
+                return cls.start(run_dir, ledger_key, config_hash)
+            raise RunError(f"--resume: the ledger '{path}' has no readable header")
         entries, problems = check_chain(keep, key.public_key())
         if problems:
             raise RunError(f"--resume: the ledger does not verify: {problems[0]}")

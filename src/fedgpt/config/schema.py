@@ -39,7 +39,7 @@ class DataConfig(_Section):
     public_plays: list[str] = Field(
         default_factory=list,
         description="plays held out as public data on the server (no client gets them), "
-        "for hybrid aggregation",
+        "for hybrid aggregation, attention fusion and distillation",
     )
     max_clients: int = Field(
         0, ge=0, description="keep a seeded random sample of this many clients; 0 = all"

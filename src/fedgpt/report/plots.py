@@ -144,6 +144,12 @@ def plot_evaluation(rows: Sequence[Row], summary: Mapping[str, Any], path: Path)
             final = f"{ys[-1]:.4f}" if ax is ax_loss else f"{ys[-1]:.2%}"
             ax.plot(xs, ys, marker="o", color=FEDERATED_COLOR, label=f"federated (last: {final})")
         _round_axis(ax, rows)
+    own_x, own_y = series(rows, "personal_accuracy")
+    if own_x:  # FedMD: the sampled clients' own models on their own test text
+        ax_acc.plot(
+            own_x, own_y, color="tab:green", alpha=0.6,
+            label=f"clients' own models (last: {own_y[-1]:.2%})",
+        )  # fmt: skip
     for label, color, loss, acc in refs:
         if loss is not None:
             ax_loss.axhline(loss, linestyle="--", color=color, label=f"{label}: {loss:.4f}")

@@ -335,8 +335,8 @@ def run_experiment(
         new_state, result, attempts = run_round_with_retries(server, state, cfg, faults, hooks)
         if result.below_quorum is not None:
             stopped = (
-                f"quorum: round {result.round} had {result.below_quorum} "
-                f"in {attempts} attempt(s); the global model is unchanged"
+                f"quorum not reached in round {result.round} after {attempts} attempt(s) "
+                f"({result.below_quorum}); the global model is unchanged"
             )
             hooks.log(f"stopping after round {state.round}: {stopped}")
             break

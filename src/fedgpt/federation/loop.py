@@ -160,6 +160,20 @@ def validate_reply(
     return None
 
 
+def undecodable(reply: Reply) -> str | None:
+    """Why a reply's payloads are not named tensors and lists of byte strings (what a
+    wire decoder would refuse), or ``None``."""
+    if not isinstance(reply, Message):
+        return None
+    for name, t in reply.tensors.items():
+        if not isinstance(t, torch.Tensor):
+            return f"payload does not decode: {name!r} is not a tensor"
+    for name, chunks in reply.blobs.items():
+        if not isinstance(chunks, list) or not all(isinstance(c, bytes) for c in chunks):
+            return f"payload does not decode: {name!r} is not a list of byte strings"
+    return None
+
+
 def max_update_bytes(numel: int, ckks_chunks: int = 0) -> int:
     """The most bytes a valid update may carry: its float32 values, or for CKKS that many
     ciphertexts of at most 2 polynomials x N coefficients x moduli x 8 bytes (+ header)."""
@@ -377,6 +391,10 @@ class FederatedServer:
                 self.on_reply(cid, reply)
 
         replies = self.runtime.send_and_receive(msgs, on_reply=record)
+        self._hash_updates(replies)
+        for cid, r in replies.items():
+            if (why := undecodable(r)) is not None:
+                replies[cid] = Failure(why)
         counts = Counter(cid for cid, _ in arrivals)
         for cid in replies:  # a runtime that does not report every arrival
             counts[cid] = max(counts[cid], 1)
@@ -389,7 +407,6 @@ class FederatedServer:
                 received[cid] = Failure(f"duplicate sender: {count} replies to one message")
             elif cid in replies:
                 received[cid] = replies[cid]
-        self._hash_updates(replies)
         return replies, received, dropped
 
     def _hash_updates(self, replies: dict[str, Reply], kind: str = "train/result") -> None:

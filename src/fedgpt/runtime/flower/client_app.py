@@ -1,0 +1,260 @@
+"""The Flower ClientApp: FedGPT's :class:`~fedgpt.client.app.ClientApp` behind a SuperNode.
+
+The adapter only converts messages: it decodes the batch a Flower message carries, hands
+each FedGPT message to FedGPT's ``ClientApp`` (the same handler the in-process runtime
+calls) and encodes the replies. What else it does is what Flower's process model needs:
+
+* **Who am I.** The SuperNode's ``--node-config`` names the node's clients:
+  ``client-id`` (comma-separated ids) and/or ``data-path`` (a FedGPT user-data folder, one
+  sub-folder per client, see :mod:`fedgpt.data.userdata`). Optional ``model-path`` (this
+  node's copy of the shared checkpoint, overrides ``model.path``) and ``ckks-keys`` (the
+  folder holding ``secret_context.bin``, overrides ``privacy.ckks_keys``).
+* **The run's configuration** arrives with the first (``fedgpt/hello``) message and is
+  kept in ``context.state`` for the rest of the run, with the run-wide values only the
+  server knows (``fedgpt/setup``: all client ids, the local-DP noise multiplier).
+* **Memory between messages.** Each message runs in a fresh ``flwr-clientapp`` process, so
+  the FedGPT client's state (SecAgg secrets within a round, DP release counts and
+  accounting, optimiser memory) is saved to ``context.state`` after every message and
+  restored before the next (:mod:`fedgpt.runtime.flower.state`). The prepared model and
+  data are cached per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Context
+from flwr.app import Message as FlowerMessage
+from flwr.clientapp import ClientApp as FlowerClientApp
+
+from fedgpt.errors import ConfigError
+from fedgpt.runtime.flower.codec import decode_batch, encode_batch
+from fedgpt.runtime.flower.settings import config_from_toml
+from fedgpt.runtime.messages import Failure, Message, Reply
+
+log = logging.getLogger(__name__)
+
+HELLO = "fedgpt/hello"
+SETUP = "fedgpt/setup"
+SESSION = "fedgpt.session"  # context.state ConfigRecord: config TOML, setup JSON
+CLIENT_STATE = "fedgpt.client_state"  # context.state ConfigRecord: bytes per kind
+
+app = FlowerClientApp()
+
+
+def model_fingerprint(bundle, fm) -> str:
+    """SHA-256 over the vocabulary and the trainable parameters' names and shapes: equal
+    on two machines only if they train the same model."""
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted(bundle.tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps([list(fm.spec.names), [list(s) for s in fm.spec.shapes]]).encode())
+    return h.hexdigest()
+
+
+def node_client_ids(node_config) -> list[str]:
+    """The ``client-id`` node-config value as a list (comma-separated; empty = none)."""
+    raw = str(node_config.get("client-id", "") or "")
+    return [c.strip() for c in raw.split(",") if c.strip()]
+
+
+@dataclass
+class Local:
+    """This node's prepared model and its own clients' data."""
+
+    prep: object  # fedgpt.experiment.Prepared holding only this node's clients
+    fingerprint: str
+
+
+_CACHE: dict[tuple, Local] = {}
+
+
+def prepare_local(cfg, node_config) -> Local:
+    """Build the model and tokenise this node's clients (cached per process).
+
+    With ``data-path`` the node reads its own folder and the model comes from the shared
+    checkpoint (``model-path`` or ``model.path``). Without it, the node serves Shakespeare
+    roles: it builds everything exactly as the server does (``prepare``) and keeps its
+    ``client-id`` roles.
+    """
+    from fedgpt.config import config_hash
+
+    data_path = str(node_config.get("data-path", "") or "")
+    model_path = str(node_config.get("model-path", "") or "")
+    wanted = node_client_ids(node_config)
+    key = (config_hash(cfg), data_path, model_path, tuple(wanted))
+    if key in _CACHE:
+        return _CACHE[key]
+    import torch
+
+    from fedgpt.client.app import ClientData
+    from fedgpt.experiment import Prepared, prepare
+    from fedgpt.models.build import build_model
+    from fedgpt.models.params import bind_flat
+
+    if model_path:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
+    if data_path:
+        from fedgpt.data import load_client_dir
+
+        if not cfg.model.path:
+            raise ConfigError(
+                "node-config data-path needs a shared checkpoint: set model.path in the run "
+                "configuration (or model-path in this node's --node-config)"
+            )
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        clients = load_client_dir(data_path, train_fraction=cfg.data.train_fraction)
+        if wanted:
+            have = {c.client_id for c in clients}
+            missing = [c for c in wanted if c not in have]
+            if missing:
+                raise ConfigError(f"node-config client-id {missing} not found in '{data_path}'")
+            clients = [c for c in clients if c.client_id in wanted]
+        bundle = build_model(cfg.model, [], cfg.seed)
+        fm = bind_flat(bundle.model)
+        enc = bundle.codec.encode
+        data = {
+            c.client_id: ClientData(
+                c.client_id, torch.from_numpy(enc(c.train)), torch.from_numpy(enc(c.test))
+            )
+            for c in clients
+        }
+        prep = Prepared(clients, bundle, fm, data, fm.flat.clone())
+    else:
+        if cfg.data.source != "shakespeare":
+            raise ConfigError(
+                'the run uses data.source = "dir": give this node its folder with '
+                "--node-config \"data-path='...'\""
+            )
+        if not wanted:
+            raise ConfigError(
+                "this node names no clients: start it with --node-config \"client-id='...'\" "
+                "(Shakespeare role ids) or \"data-path='...'\""
+            )
+        full = prepare(cfg)
+        unknown = [c for c in wanted if c not in full.data]
+        if unknown:
+            raise ConfigError(f"node-config client-id {unknown} are not clients of this run")
+        clients = [c for c in full.clients if c.client_id in wanted]
+        data = {c.client_id: full.data[c.client_id] for c in clients}
+        prep = Prepared(clients, full.bundle, full.fm, data, full.init, full.public)
+    local = Local(prep, model_fingerprint(prep.bundle, prep.fm))
+    _CACHE[key] = local
+    return local
+
+
+def fedgpt_client(cfg, local: Local, setup: dict, node_config):
+    """FedGPT's ``ClientApp`` for this node's clients, wired as ``run_experiment`` wires
+    it (attack simulation, device tiers, CKKS secret context)."""
+    from fedgpt.client.app import ClientApp
+
+    prep = local.prep
+    client = ClientApp(prep.fm, prep.data, cfg.client, cfg.privacy, float(setup.get("z", 0.0)))
+    all_ids = list(setup.get("clients", []))
+    if cfg.attack.fraction > 0:
+        from fedgpt.client.attack import malicious_clients
+
+        client.malicious = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
+        client.attack = cfg.attack
+    if setup.get("tiers"):
+        from fedgpt.experiment import device_tiers
+
+        client.tiers = device_tiers(cfg, prep, all_ids)
+    if cfg.privacy.secure_aggregation == "ckks":
+        from pathlib import Path
+
+        from fedgpt.privacy.ckks import CkksClient, read_context
+
+        keys = str(node_config.get("ckks-keys", "") or cfg.privacy.ckks_keys)
+        if not keys:
+            raise ConfigError(
+                'privacy.secure_aggregation = "ckks" over Flower needs the secret context on '
+                "each node: set privacy.ckks_keys or node-config ckks-keys"
+            )
+        client.ckks = CkksClient(
+            read_context(Path(keys) / "secret_context.bin", "CKKS secret context")
+        )
+    return client
+
+
+def _session(context: Context) -> tuple[object, dict]:
+    rec = context.state.config_records.get(SESSION)
+    if rec is None or "config" not in rec:
+        raise RuntimeError("no FedGPT session on this node: the run sent no hello message")
+    return config_from_toml(str(rec["config"])), json.loads(str(rec.get("setup", "{}")))
+
+
+def _hello(msg: Message, context: Context) -> Message:
+    """Keep the run's configuration; name this node's clients and its model."""
+    text = str(msg.config["config"])
+    cfg = config_from_toml(text)
+    local = prepare_local(cfg, context.node_config)
+    context.state[SESSION] = ConfigRecord({"config": text, "setup": "{}"})
+    context.state[CLIENT_STATE] = ConfigRecord({})
+    return Message(
+        "fedgpt/hello/result",
+        {
+            "clients": [c.client_id for c in local.prep.clients],
+            "fingerprint": local.fingerprint,
+            "numel": int(local.prep.fm.flat.numel()),
+        },
+    )
+
+
+def _setup(msg: Message, context: Context) -> Message:
+    rec = context.state.config_records[SESSION]
+    context.state[SESSION] = ConfigRecord(
+        {"config": rec["config"], "setup": json.dumps(msg.config)}
+    )
+    return Message("fedgpt/setup/result", {})
+
+
+def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
+    """Decode the batch, run each FedGPT message, save the client state, encode replies."""
+    from fedgpt.runtime.flower.state import dump_client_state, load_client_state
+
+    items = decode_batch(message.content)
+    out: list[tuple[str, Reply]] = []
+    client = None
+    for cid, msg in items:
+        try:
+            if msg.type == HELLO:
+                reply: Reply = _hello(msg, context)
+            elif msg.type == SETUP:
+                reply = _setup(msg, context)
+            else:
+                if client is None:
+                    cfg, setup = _session(context)
+                    local = prepare_local(cfg, context.node_config)
+                    client = fedgpt_client(cfg, local, setup, context.node_config)
+                    saved = context.state.config_records.get(CLIENT_STATE)
+                    load_client_state(client, {k: bytes(v) for k, v in (saved or {}).items()})
+                if cid not in client.data:
+                    reply = Failure(f"this node does not serve client {cid}")
+                else:
+                    reply = client(cid, msg)
+        except Exception as exc:  # a failing client must not take the others down
+            log.warning("client %s failed on %s: %r", cid, msg.type, exc)
+            reply = Failure(f"client raised {type(exc).__name__}: {exc}")
+        out.append((cid, reply))
+    if client is not None:
+        context.state[CLIENT_STATE] = ConfigRecord(dump_client_state(client))
+    return FlowerMessage(encode_batch(out), reply_to=message)
+
+
+@app.train()
+def _train(message: FlowerMessage, context: Context) -> FlowerMessage:
+    return handle(message, context)
+
+
+@app.evaluate()
+def _evaluate(message: FlowerMessage, context: Context) -> FlowerMessage:
+    return handle(message, context)
+
+
+@app.query()
+def _query(message: FlowerMessage, context: Context) -> FlowerMessage:
+    return handle(message, context)

@@ -1,0 +1,142 @@
+"""The Flower ServerApp: a FedGPT run driven from a SuperLink.
+
+``main`` reads the run configuration (``config-path`` + ``overrides``, see
+:mod:`fedgpt.runtime.flower.settings`), builds the server's model, waits for the
+SuperNodes, asks each which clients it serves (``fedgpt/hello``, which also hands the
+node the run's configuration and checks that its model is the server's), then runs the
+FederatedServer rounds over :class:`~fedgpt.runtime.flower.runtime.FlowerRuntime` and
+writes the run folder on the server machine (``out_dir/name``). Progress lines go to the
+run's log (``flwr log RUN_ID``); a failure makes the run's status ``finished:failed``
+(``flwr ls --format json``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedgpt.errors import ConfigError, RunError
+from fedgpt.runtime.flower.client_app import HELLO, SETUP
+from fedgpt.runtime.flower.runtime import FlowerRuntime
+from fedgpt.runtime.flower.settings import FlowerSettings
+from fedgpt.runtime.messages import Failure, Message
+
+app = ServerApp()
+_T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    """One progress line into the run's log."""
+    print(f"[fedgpt] {time.monotonic() - _T0:7.1f}s {msg}", flush=True)
+
+
+def wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
+    """The connected SuperNodes' ids, once at least ``n`` are there (or fail after
+    ``wait`` seconds)."""
+    end = time.monotonic() + wait
+    while True:
+        nodes = sorted(int(x) for x in grid.get_node_ids())
+        if len(nodes) >= n:
+            return nodes
+        if time.monotonic() >= end:
+            raise RunError(f"only {len(nodes)} SuperNode(s) connected after {wait:g} s, need {n}")
+        time.sleep(0.5)
+
+
+def handshake(grid: Grid, nodes: list[int], cfg, fingerprint: str, numel: int, timeout: float):
+    """Send each node the run's configuration; return ``{client id: node id}``.
+
+    A node whose model differs from the server's (another vocabulary or architecture), or
+    two nodes claiming the same client, stop the run with a one-line error. A node that
+    fails to answer is left out (logged).
+    """
+    from fedgpt.config import to_toml
+
+    key = {f"@node:{n}": n for n in nodes}
+    rt = FlowerRuntime(grid, key, timeout=timeout)
+    text = to_toml(cfg)
+    replies = rt.send_and_receive({k: Message(HELLO, {"config": text}) for k in key})
+    node_of: dict[str, int] = {}
+    for k, reply in replies.items():
+        node = key[k]
+        if isinstance(reply, Failure):
+            say(f"node {node} left out: {reply.reason}")
+            continue
+        c = reply.config
+        if c.get("fingerprint") != fingerprint or c.get("numel") != numel:
+            raise ConfigError(
+                f"node {node}'s model differs from the server's ({c.get('numel')} vs {numel} "
+                "parameters or another vocabulary): every machine needs the same model.path "
+                "checkpoint and configuration"
+            )
+        for cid in c.get("clients", []):
+            if cid in node_of:
+                raise ConfigError(f"client {cid} is served by two nodes ({node_of[cid]}, {node})")
+            node_of[cid] = node
+    if not node_of:
+        raise RunError("no SuperNode serves any client")
+    return node_of
+
+
+def order_clients(prep, node_of: dict[str, int]) -> list[str]:
+    """The run's client ids in the server's order (Shakespeare: the dataset's order, as
+    in-process; user data: sorted)."""
+    if not prep.clients:
+        return sorted(node_of)
+    known = [c.client_id for c in prep.clients]
+    unknown = sorted(set(node_of) - set(known))
+    if unknown:
+        raise ConfigError(f"nodes serve clients {unknown[:5]} that are not in this run's data")
+    missing = [c for c in known if c not in node_of]
+    if missing:
+        say(f"{len(missing)} of {len(known)} clients are served by no node: {missing[:5]}")
+    return [c for c in known if c in node_of]
+
+
+def run(grid: Grid, settings: FlowerSettings) -> dict:
+    """A whole FedGPT run over ``grid`` (what ``main`` does); returns the summary."""
+    from fedgpt.experiment import new_run_dir
+    from fedgpt.runtime.flower.client_app import model_fingerprint
+    from fedgpt.runtime.flower.driver import build_server, check_supported, run_rounds, server_model
+
+    cfg = settings.fedgpt_config()
+    check_supported(cfg)
+    prep = server_model(cfg)
+    fingerprint = model_fingerprint(prep.bundle, prep.fm)
+    nodes = wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
+    say(f"{len(nodes)} SuperNode(s) connected")
+    node_of = handshake(grid, nodes, cfg, fingerprint, int(prep.fm.flat.numel()), settings.timeout)
+    ids = order_clients(prep, node_of)
+    runtime = FlowerRuntime(grid, node_of, timeout=settings.timeout)
+    server, privacy, tiers = build_server(cfg, prep, runtime, ids, say)
+    setup = {"clients": ids, "z": float(privacy.z), "tiers": bool(tiers)}
+    if cfg.privacy.mode == "local_dp" or cfg.attack.fraction > 0 or tiers:
+        per_node = {f"@node:{n}": n for n in sorted(set(node_of.values()))}
+        rt = FlowerRuntime(grid, per_node, timeout=settings.timeout)
+        for k, r in rt.send_and_receive({k: Message(SETUP, setup) for k in per_node}).items():
+            if isinstance(r, Failure):
+                raise RunError(f"node {per_node[k]} did not take the run setup: {r.reason}")
+    run_dir = new_run_dir(cfg)
+    trainable, total = prep.bundle.counts()
+    say(f"run folder: {run_dir}")
+    say(
+        f"{len(ids)} clients on {len(set(node_of.values()))} nodes, model {prep.bundle.name}: "
+        f"{trainable:,} trainable of {total:,} parameters"
+    )
+    extra = {
+        "runtime": {
+            "kind": "flower",
+            "nodes": {str(n): sorted(c for c in ids if node_of[c] == n) for n in nodes},
+        }
+    }
+    summary = run_rounds(cfg, prep, server, privacy, run_dir, say, extra)
+    say(f"done: {summary['rounds']} rounds, test loss {summary['federated']['test_loss']}")
+    return summary
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point (``[tool.flwr.app.components] serverapp``)."""
+    run(grid, FlowerSettings.from_run_config(context.run_config))

@@ -1,0 +1,216 @@
+"""The Flower ServerApp and ClientApp wired through an in-memory Grid (no processes, no
+sockets): every message is serialised to Flower's wire objects and back, every node has
+its own ``context.state``, and the result must equal the in-process runtime's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("flwr")
+
+import torch  # noqa: E402
+from flwr.app import Context, RecordDict  # noqa: E402
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedgpt.config import load_config  # noqa: E402
+from fedgpt.errors import ConfigError  # noqa: E402
+from fedgpt.experiment import prepare, run_experiment  # noqa: E402
+from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from fedgpt.runtime.flower import client_app, server_app  # noqa: E402
+from fedgpt.runtime.flower.settings import FlowerSettings  # noqa: E402
+
+SERVER = 1
+
+
+def wire(obj):
+    """Serialise a Flower object as the SuperLink stores it and inflate it again."""
+    contents = {oid: o.deflate() for oid, o in get_all_nested_objects(obj).items()}
+    return inflate_object_from_contents(obj.object_id, contents)
+
+
+class MemoryGrid:
+    """A Grid whose nodes run the FedGPT Flower ClientApp in this process.
+
+    ``down``: node ids that never answer; ``broken``: node ids whose ClientApp raises.
+    """
+
+    def __init__(self, node_configs: dict[int, dict], down=(), broken=()):
+        self.contexts = {
+            n: Context(run_id=7, node_id=n, node_config=c, state=RecordDict(), run_config={})
+            for n, c in node_configs.items()
+        }
+        self.down, self.broken = set(down), set(broken)
+        self.inbox: dict[str, object] = {}
+        self.count = 0
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            self.count += 1
+            mid = f"m{self.count}"
+            msg.metadata.__dict__["_message_id"] = mid
+            ids.append(mid)
+            node = msg.metadata.dst_node_id
+            if node in self.down:
+                continue
+            if node in self.broken:
+                from flwr.app import Error, Message
+
+                self.inbox[mid] = Message(Error(code=0, reason="ClientApp crashed"), reply_to=msg)
+                continue
+            delivered = wire(msg)
+            delivered.metadata.__dict__["_message_id"] = mid
+            reply = client_app.handle(delivered, self.contexts[node])
+            self.inbox[mid] = wire(reply)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.inbox.pop(m) for m in list(message_ids) if m in self.inbox]
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Flower messages are stamped with the run and node of the current task."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SERVER)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    client_app._CACHE.clear()
+    yield
+    client_app._CACHE.clear()
+
+
+FLOWER_TINY = [
+    'data.plays=["lear"]',
+    "data.min_chars=4000",
+    "data.max_clients=6",
+    "model.n_layer=2",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.context=64",
+    "client.local_steps=2",
+    "client.batch_size=4",
+    "client.seq_len=32",
+    "federation.rounds=2",
+    "federation.fraction=0.1",
+    "federation.min_clients=2",
+    "federation.eval_every=2",
+    "federation.eval_max_chars=400",
+    "baselines.enabled=false",
+    "runtime.threads=1",
+]
+
+
+def split_nodes(overrides: list[str], n: int = 3) -> dict[int, dict]:
+    ids = [c.client_id for c in prepare(load_config(None, overrides)).clients]
+    return {100 + i: {"client-id": ",".join(ids[i::n])} for i in range(n)}
+
+
+def final_weights(run_dir) -> torch.Tensor:
+    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints")).weights
+
+
+def in_process(overrides: list[str], tmp_path) -> torch.Tensor:
+    cfg = load_config(None, [*overrides, f'out_dir="{tmp_path / "ref"}"', 'name="ref"'])
+    run_experiment(cfg, tmp_path / "ref" / "ref")
+    return final_weights(tmp_path / "ref" / "ref")
+
+
+def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
+    extra = [f'out_dir="{tmp_path / "fl"}"', 'name="fl"']
+    settings = FlowerSettings(overrides=tuple(overrides + extra), min_nodes=1, node_wait=0)
+    return server_app.run(grid, settings)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        [
+            'privacy.secure_aggregation="secagg"',
+            "federation.min_clients=3",
+            "client.keep_optimizer_state=true",
+        ],
+        [
+            'privacy.mode="local_dp"',
+            "privacy.noise_multiplier=0.5",
+            "privacy.clip_norm=1.0",
+            "privacy.reproducible_noise=true",
+        ],
+    ],
+    ids=["fedavg", "secagg", "local_dp"],
+)
+def test_memory_grid_matches_in_process(extra, tmp_path):
+    overrides = [*FLOWER_TINY, *extra]
+    ref = in_process(overrides, tmp_path)
+    grid = MemoryGrid(split_nodes(overrides))
+    summary = over_flower(overrides, tmp_path, grid)
+    got = final_weights(tmp_path / "fl" / "fl")
+    assert summary["rounds"] == 2 and summary["runtime"]["kind"] == "flower"
+    assert (got - ref).abs().max().item() <= 1e-6
+    assert (tmp_path / "fl" / "fl" / "summary.json").is_file()
+    assert (tmp_path / "fl" / "fl" / "model" / "config.json").is_file()
+
+
+def test_dead_and_crashing_nodes_become_dropouts(tmp_path, monkeypatch):
+    nodes = split_nodes(FLOWER_TINY)
+    dead, crashing = list(nodes)[:2]
+    grid = MemoryGrid(nodes)
+    over = [*FLOWER_TINY, "federation.min_clients=6"]  # every client, every round
+    settings = FlowerSettings(
+        overrides=(*over, f'out_dir="{tmp_path}"', 'name="x"'), node_wait=0, timeout=0.5
+    )
+    # the handshake sees every node; afterwards one goes silent and one crashes
+    orig = server_app.handshake
+
+    def handshake_then_fail(*a, **k):
+        out = orig(*a, **k)
+        grid.down.add(dead)
+        grid.broken.add(crashing)
+        return out
+
+    monkeypatch.setattr(server_app, "handshake", handshake_then_fail)
+    server_app.run(grid, settings)
+
+    rows = [json.loads(x) for x in (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()]
+    reasons = {d["client"]: d["reason"] for d in rows[0]["dropped"]}
+    for cid in nodes[dead]["client-id"].split(","):
+        assert reasons[cid].startswith(f"no reply from node {dead} within")
+    for cid in nodes[crashing]["client-id"].split(","):
+        assert "ClientApp crashed" in reasons[cid]
+    assert len(rows[0]["participants"]) == 2
+
+
+def test_node_with_another_model_is_refused(tmp_path, monkeypatch):
+    grid = MemoryGrid(split_nodes(FLOWER_TINY))
+    real = client_app.model_fingerprint
+    calls = {"n": 0}
+
+    def fingerprint(bundle, fm):  # the first node prepared (the server) is honest
+        calls["n"] += 1
+        return real(bundle, fm) if calls["n"] == 1 else "another vocabulary"
+
+    monkeypatch.setattr(client_app, "model_fingerprint", fingerprint)
+    with pytest.raises(ConfigError, match="model differs from the server's"):
+        over_flower(FLOWER_TINY, tmp_path, grid)
+
+
+def test_two_nodes_claiming_one_client_are_refused(tmp_path):
+    nodes = split_nodes(FLOWER_TINY)
+    a, b = list(nodes)[:2]
+    nodes[b] = {"client-id": nodes[a]["client-id"]}
+    with pytest.raises(ConfigError, match="served by two nodes"):
+        over_flower(FLOWER_TINY, tmp_path, MemoryGrid(nodes))
+
+
+def test_unsupported_settings_are_refused_in_one_line(tmp_path):
+    nodes = split_nodes(FLOWER_TINY)
+    over = [*FLOWER_TINY, 'privacy.secure_aggregation="ckks"']
+    with pytest.raises(ConfigError, match="ckks_keys"):
+        over_flower(over, tmp_path, MemoryGrid(nodes))

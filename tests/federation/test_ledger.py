@@ -207,6 +207,12 @@ def test_not_a_run_folder_is_one_line_exit_2(tmp_path):
     res = runner.invoke(app, ["verify", str(tmp_path)])
     assert res.exit_code == 2 and "not a run folder" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    (tmp_path / "config.toml").write_text("[runtime]\nledger = false\n")
+    res = runner.invoke(app, ["verify", str(tmp_path)])
+    assert res.exit_code == 2 and "kept no ledger" in res.stderr
+    (tmp_path / "config.toml").write_text("[runtime]\nledger = true\n")
+    res = runner.invoke(app, ["verify", str(tmp_path)])
+    assert res.exit_code == 1 and "ledger.jsonl: missing" in res.output
 
 
 class StopAt(Hooks):

@@ -206,11 +206,9 @@ def verify(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -> None:
             typer.echo(problem)
         typer.echo(f"FAILED: {run_dir}: {len(v.problems)} problem(s) in the ledger or run")
         raise typer.Exit(1)
+    checked = "chain, signatures, config" + (", checkpoint" if v.rounds else "")
     state = "model matches" if v.finished else "run not finished, no model yet"
-    typer.echo(
-        f"OK: {run_dir}: {v.rounds} rounds, {v.entries} signed entries, chain, config, "
-        f"checkpoint intact, {state}"
-    )
+    typer.echo(f"OK: {run_dir}: {v.rounds} rounds, {v.entries} entries; {checked} intact; {state}")
 
 
 AccountantOpt = Annotated[

@@ -107,3 +107,16 @@ def test_fedmd_resume_keeps_the_consensus(base, tmp_path):
     ck = load_checkpoint(latest_checkpoint(tmp_path / "r/checkpoints"))
     assert ck.server_state["fedmd.consensus"].shape[0] == 2
     assert "fedmd.seed" in ck.server_state
+
+
+def test_fedmd_rounds_are_in_the_ledger(base, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedgpt.cli.main import app
+
+    cfg = load_config(None, [*base, 'federation.distill="fedmd"', "federation.distill_windows=2"])
+    run_experiment(cfg, tmp_path / "r")
+    entries = [json.loads(x) for x in (tmp_path / "r/ledger.jsonl").read_text().splitlines()]
+    rounds = [e for e in entries if e.get("kind") == "round"]
+    assert len(rounds) == 2 and all(len(e["updates"]) == 2 for e in rounds)
+    assert CliRunner().invoke(app, ["verify", str(tmp_path / "r")]).exit_code == 0

@@ -496,17 +496,22 @@ class FederatedServer:
         rnd = state.round + 1
         msgs = fedmd_messages(self, state, chosen, rnd)
         t0 = time.perf_counter()
-        replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
+        replies, received, dropped = self._receive(msgs)
+        self._hash_updates(replies, "fedmd/logits")
         client_seconds = time.perf_counter() - t0
         f = self.cfg.federation
         shape = (f.distill_windows, self.cfg.client.seq_len, self.vocab_size)
-        good, dropped = {}, []
+        good = {}
         for cid in chosen:
-            reason = validate_logits(replies.get(cid, Failure("no reply")), rnd, shape)
+            reason = validate_logits(received.get(cid, Failure("no reply")), rnd, shape)
             if reason is None:
-                good[cid] = replies[cid]
+                good[cid] = received[cid]
             else:
                 dropped.append({"client": cid, "reason": reason})
+        quorum = self.cfg.runtime.min_replies
+        if quorum and len(good) < quorum:
+            why = f"{len(good)} valid logit replies, quorum {quorum}"
+            return state, self._no_quorum(rnd, why, dropped, start, client_seconds)
         new_state = ServerState(rnd, state.weights, state.opt_state)
         if good:
             new_state = fedmd_aggregate(self, state, good, rnd)
@@ -523,6 +528,7 @@ class FederatedServer:
             client_seconds=client_seconds,
             update_norm_mean=None,
             client_metrics=metrics,
+            update_hashes=dict(self.update_hashes),
         )
         return self._finish_round(new_state, result, start)
 

@@ -214,3 +214,53 @@ def test_unsupported_settings_are_refused_in_one_line(tmp_path):
     over = [*FLOWER_TINY, 'privacy.secure_aggregation="ckks"']
     with pytest.raises(ConfigError, match="ckks_keys"):
         over_flower(over, tmp_path, MemoryGrid(nodes))
+
+
+def user_data(root, groups: list[list[str]], text: str):
+    """One FedGPT user-data folder per node: ``root/node{i}/{client}/train.jsonl``."""
+    lines = [x for x in text.splitlines() if x.strip()]
+    for i, group in enumerate(groups):
+        for j, cid in enumerate(group):
+            d = root / f"node{i}" / cid
+            d.mkdir(parents=True)
+            part = lines[(i * 7 + j * 3) % 50 :][: 40 + 10 * j]
+            d.joinpath("train.jsonl").write_text(
+                "".join(json.dumps({"text": x}) + "\n" for x in part)
+            )
+    return [root / f"node{i}" for i in range(len(groups))]
+
+
+def test_nodes_with_their_own_data_and_a_shared_checkpoint(tmp_path, tiny_checkpoint):
+    """``data-path`` nodes (no Shakespeare, no text on the server) equal the in-process
+    run over all their folders with the same ``model.path``."""
+    from fedgpt.data import shakespeare_clients
+
+    text = shakespeare_clients(min_chars=4000, plays=["lear"])[0].train
+    groups = [["alice", "bob"], ["carol"], ["dave", "erin"]]
+    folders = user_data(tmp_path / "nodes", groups, text)
+    everyone = tmp_path / "all"
+    for f in folders:
+        for sub in f.iterdir():
+            (everyone / sub.name).mkdir(parents=True)
+            (everyone / sub.name / "train.jsonl").write_bytes((sub / "train.jsonl").read_bytes())
+    base = [x for x in FLOWER_TINY if not x.startswith(("data.", "model.n_", "model.context"))] + [
+        'data.source="dir"',
+        f'model.path="{tiny_checkpoint}"',
+    ]
+    ref = in_process([*base, f'data.path="{everyone}"'], tmp_path)
+    nodes = {100 + i: {"data-path": str(f)} for i, f in enumerate(folders)}
+    nodes[101]["client-id"] = "carol"  # a node may also name which of its clients take part
+    server_side = [*base, 'data.path="/not/on/the/server"']
+    summary = over_flower(server_side, tmp_path, MemoryGrid(nodes))
+    assert (final_weights(tmp_path / "fl" / "fl") - ref).abs().max().item() <= 1e-6
+    assert summary["runtime"]["nodes"] == {
+        "100": ["alice", "bob"],
+        "101": ["carol"],
+        "102": ["dave", "erin"],
+    }
+
+
+def test_user_data_over_flower_needs_a_shared_checkpoint(tmp_path):
+    over = [*FLOWER_TINY, 'data.source="dir"', 'data.path="/x"']
+    with pytest.raises(ConfigError, match="needs model.path"):
+        over_flower(over, tmp_path, MemoryGrid({100: {"data-path": str(tmp_path)}}))

@@ -1,0 +1,175 @@
+"""What running over Flower costs: the same TINY job (2 rounds, 6 clients, 2 per round)
+in-process and over a loopback Flower deployment (SuperLink + 3 SuperNodes, each client
+message batch handled by a fresh ``flwr-clientapp`` process), written to
+benchmarks/results/flower_overhead.json.
+
+Reported: wall seconds of the whole job each way, seconds of each round (from
+``metrics.jsonl``), per-round overhead (Flower minus in-process), the Flower run's phases
+read from its log (ServerApp start, hello handshake, rounds, folder writing), and whether
+the final weights agree. The load average is recorded too: on a shared 2-core machine it
+moves the Flower numbers a lot (each exchange starts Python processes that import torch
+and transformers).
+
+Usage: python benchmarks/flower_overhead.py [--rounds 2] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+RESULTS = Path(__file__).parent / "results" / "flower_overhead.json"
+
+TINY = [
+    'data.plays=["lear"]',
+    "data.min_chars=4000",
+    "data.max_clients=6",
+    "model.n_layer=2",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.context=64",
+    "client.local_steps=2",
+    "client.batch_size=4",
+    "client.seq_len=32",
+    "federation.fraction=0.1",
+    "federation.min_clients=2",
+    "federation.eval_every=1000",
+    "federation.eval_max_chars=400",
+    "baselines.enabled=false",
+    "runtime.threads=1",
+]
+NODES = 3
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir: Path):
+    from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
+
+    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints")).weights
+
+
+def in_process(overrides: list[str], out: Path) -> dict:
+    import torch
+
+    from fedgpt.config import load_config
+    from fedgpt.experiment import run_experiment
+
+    torch.set_num_threads(1)
+    cfg = load_config(None, [*overrides, f'out_dir="{out}"', 'name="inprocess"'])
+    t = time.perf_counter()
+    run_experiment(cfg, out / "inprocess")
+    wall = time.perf_counter() - t
+    return {"wall_s": wall, "round_s": [r["seconds"] for r in rows(out / "inprocess")]}
+
+
+def phases(log: str) -> dict:
+    """Seconds since the ServerApp started, of the progress lines it logs."""
+    marks = {}
+    for line in log.splitlines():
+        m = re.search(r"\[fedgpt\]\s+([\d.]+)s (.*)", line)
+        if not m:
+            continue
+        t, text = float(m.group(1)), m.group(2)
+        if "SuperNode(s) connected" in text:
+            marks["nodes_connected"] = t
+        elif text.startswith("run folder"):
+            marks["handshake_done"] = t
+        elif text.startswith("done:"):
+            marks["rounds_done"] = t
+    return marks
+
+
+def over_flower(overrides: list[str], out: Path) -> dict:
+    from flower_harness import Deployment
+
+    import fedgpt.runtime.flower as pkg
+    from fedgpt.config import load_config
+    from fedgpt.experiment import prepare
+
+    ids = [c.client_id for c in prepare(load_config(None, overrides)).clients]
+    dep = Deployment(out / "deployment")
+    try:
+        dep.start_superlink()
+        for i in range(NODES):
+            dep.start_supernode(f"node{i}", f"client-id='{','.join(ids[i::NODES])}'")
+        items = [*overrides, f'out_dir="{out}"', 'name="flower"']
+        rc = out / "run.toml"
+        rc.write_text(
+            "overrides = '" + "; ".join(items).replace("'", '"') + "'\n"
+            f"min-nodes = {NODES}\nnode-wait = 180.0\ntimeout = 600.0\n"
+        )
+        t = time.perf_counter()
+        run_id = dep.submit(Path(pkg.__file__).parent / "app", rc)
+        row = dep.wait(run_id, timeout=1800, hint=out / "flower" / "summary.json")
+        wall = time.perf_counter() - t
+        log = dep.log(run_id)
+    finally:
+        dep.close()
+    if row["status"] != "finished:completed":
+        raise SystemExit(f"the Flower run failed: {row}\n{log}")
+    return {
+        "wall_s": wall,
+        "round_s": [r["seconds"] for r in rows(out / "flower")],
+        "serverapp_s": row["compute-time"]["serverapp-seconds"],
+        "clientapp_s": row["compute-time"]["clientapp-seconds"],
+        "network_bytes": row["network-traffic"]["total-bytes"],
+        "phases_s": phases(log),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    overrides = [*TINY, f"federation.rounds={args.rounds}"]
+    runs = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            load_before = os.getloadavg()[0]
+            ref = in_process(overrides, out / "a")
+            fl = over_flower(overrides, out / "b")
+            diff = float(
+                (weights(out / "b" / "flower") - weights(out / "a" / "inprocess")).abs().max()
+            )
+            runs.append(
+                {
+                    "inprocess": ref,
+                    "flower": fl,
+                    "per_round_overhead_s": [
+                        f - i for f, i in zip(fl["round_s"], ref["round_s"], strict=True)
+                    ],
+                    "max_abs_weight_diff": diff,
+                    "load_average_1min": [load_before, os.getloadavg()[0]],
+                }
+            )
+    med = sorted(r["flower"]["wall_s"] - r["inprocess"]["wall_s"] for r in runs)
+    result = {
+        "job": {"overrides": overrides, "nodes": NODES, "clients": 6, "clients_per_round": 2},
+        "machine": {"cpus": os.cpu_count()},
+        "runs": runs,
+        "median_extra_wall_s": med[len(med) // 2],
+        "note": "one round here is one exchange (train, no evaluation until the end); each "
+        "exchange pays the SuperNode's pull interval (3 s in flwr 1.42) and a fresh "
+        "flwr-clientapp process per node that imports torch and transformers",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

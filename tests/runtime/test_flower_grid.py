@@ -143,8 +143,15 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
             "privacy.clip_norm=1.0",
             "privacy.reproducible_noise=true",
         ],
+        [
+            "attack.fraction=0.5",
+            'attack.kind="sign_flip"',
+            'federation.aggregator="median"',
+            "federation.min_clients=4",
+        ],
+        ["devices.mix={full = 0.5, embeddings = 0.5}"],
     ],
-    ids=["fedavg", "secagg", "local_dp"],
+    ids=["fedavg", "secagg", "local_dp", "attack", "tiers"],
 )
 def test_memory_grid_matches_in_process(extra, tmp_path):
     overrides = [*FLOWER_TINY, *extra]
@@ -264,3 +271,23 @@ def test_user_data_over_flower_needs_a_shared_checkpoint(tmp_path):
     over = [*FLOWER_TINY, 'data.source="dir"', 'data.path="/x"']
     with pytest.raises(ConfigError, match="needs model.path"):
         over_flower(over, tmp_path, MemoryGrid({100: {"data-path": str(tmp_path)}}))
+
+
+def test_ckks_over_flower(tmp_path):
+    """CKKS: the nodes hold the secret context (node-config ``ckks-keys``), the server only
+    the public one; the result is the in-process one up to CKKS's approximation."""
+    pytest.importorskip("tenseal")
+    from fedgpt.privacy.ckks import write_keys
+
+    keys = tmp_path / "keys"
+    write_keys(keys)
+    node_keys = tmp_path / "node_keys"
+    node_keys.mkdir()
+    (node_keys / "secret_context.bin").write_bytes((keys / "secret_context.bin").read_bytes())
+    over = [*FLOWER_TINY, 'privacy.secure_aggregation="ckks"', f'privacy.ckks_keys="{keys}"']
+    ref = in_process(over, tmp_path)
+    nodes = split_nodes(FLOWER_TINY)
+    for nc in nodes.values():
+        nc["ckks-keys"] = str(node_keys)
+    over_flower(over, tmp_path, MemoryGrid(nodes))
+    assert (final_weights(tmp_path / "fl" / "fl") - ref).abs().max().item() <= 1e-4

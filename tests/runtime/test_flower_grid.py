@@ -291,3 +291,23 @@ def test_ckks_over_flower(tmp_path):
         nc["ckks-keys"] = str(node_keys)
     over_flower(over, tmp_path, MemoryGrid(nodes))
     assert (final_weights(tmp_path / "fl" / "fl") - ref).abs().max().item() <= 1e-4
+
+
+def test_refused_pushes_and_unknown_clients_become_failures():
+    from fedgpt.runtime import Failure, Message
+    from fedgpt.runtime.flower.runtime import FlowerRuntime
+
+    class Refusing(MemoryGrid):
+        def push_messages(self, messages):
+            list(messages)
+            return []  # what Flower's grid returns when the SuperLink refuses the payload
+
+    grid = Refusing({5: {"client-id": "a"}})
+    seen = []
+    rt = FlowerRuntime(grid, {"a": 5}, timeout=1)
+    out = rt.send_and_receive(
+        {"a": Message("evaluate"), "b": Message("evaluate")}, on_reply=lambda c, r: seen.append(c)
+    )
+    assert out["a"] == Failure("Flower could not push the message to node 5")
+    assert out["b"] == Failure("client b is served by no connected SuperNode")
+    assert sorted(seen) == ["a", "b"]

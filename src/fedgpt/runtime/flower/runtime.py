@@ -92,9 +92,10 @@ class FlowerRuntime:
             )
             order.append(node)
         ids = list(self.grid.push_messages(out))
+        ids += [None] * (len(out) - len(ids))  # Flower returns [] when a push is refused
         self.exchanges += len(out)
         pending: dict[str, int] = {}
-        for node, mid in zip(order, ids, strict=True):
+        for node, mid in zip(order, ids, strict=False):
             if mid:
                 pending[mid] = node
             else:

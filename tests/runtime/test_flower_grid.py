@@ -20,6 +20,7 @@ from fedgpt.config import load_config  # noqa: E402
 from fedgpt.errors import ConfigError  # noqa: E402
 from fedgpt.experiment import prepare, run_experiment  # noqa: E402
 from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from fedgpt.federation.ledger import verify_run  # noqa: E402
 from fedgpt.runtime.flower import client_app, server_app  # noqa: E402
 from fedgpt.runtime.flower.settings import FlowerSettings  # noqa: E402
 
@@ -161,8 +162,17 @@ def test_memory_grid_matches_in_process(extra, tmp_path):
     got = final_weights(tmp_path / "fl" / "fl")
     assert summary["rounds"] == 2 and summary["runtime"]["kind"] == "flower"
     assert (got - ref).abs().max().item() <= 1e-6
-    assert (tmp_path / "fl" / "fl" / "summary.json").is_file()
     assert (tmp_path / "fl" / "fl" / "model" / "config.json").is_file()
+    verdict = verify_run(tmp_path / "fl" / "fl")  # the signed ledger, as in-process
+    assert verdict.ok and verdict.rounds == 2, verdict.problems
+    ledger = (tmp_path / "fl" / "fl" / "ledger.jsonl").read_text().splitlines()
+    reference = (tmp_path / "ref" / "ref" / "ledger.jsonl").read_text().splitlines()
+    for ours, theirs in zip(ledger[1:3], reference[1:3], strict=True):
+        a, b = json.loads(ours), json.loads(theirs)
+        assert a["global_weights"] == b["global_weights"]
+        assert a["participants"] == b["participants"]
+        if "secagg" not in str(extra):  # the same update payloads arrived, hash for hash
+            assert a["updates"] == b["updates"]
 
 
 def test_dead_and_crashing_nodes_become_dropouts(tmp_path, monkeypatch):
@@ -311,3 +321,26 @@ def test_refused_pushes_and_unknown_clients_become_failures():
     assert out["a"] == Failure("Flower could not push the message to node 5")
     assert out["b"] == Failure("client b is served by no connected SuperNode")
     assert sorted(seen) == ["a", "b"]
+
+
+def test_quorum_and_fault_injection_settings(tmp_path, monkeypatch):
+    nodes = split_nodes(FLOWER_TINY)
+    over = [*FLOWER_TINY, "runtime.fail_fraction=0.5"]
+    with pytest.raises(ConfigError, match="fault injection"):
+        over_flower(over, tmp_path, MemoryGrid(nodes))
+    grid = MemoryGrid(nodes)
+    orig = server_app.handshake
+
+    def handshake_then_two_nodes_die(*a, **k):
+        out = orig(*a, **k)
+        grid.down.update(list(nodes)[:2])
+        return out
+
+    monkeypatch.setattr(server_app, "handshake", handshake_then_two_nodes_die)
+    over = [*FLOWER_TINY, "federation.min_clients=6", "runtime.min_replies=3"]
+    settings = FlowerSettings(
+        overrides=(*over, f'out_dir="{tmp_path}"', 'name="q"'), node_wait=0, timeout=0.2
+    )
+    summary = server_app.run(grid, settings)
+    assert summary["rounds"] == 0 and "quorum not reached in round 1" in summary["stopped"]
+    assert verify_run(tmp_path / "q").ok

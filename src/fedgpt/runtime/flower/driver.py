@@ -6,12 +6,12 @@ It runs the same :class:`~fedgpt.federation.loop.FederatedServer` rounds as
 differences that follow from the server not holding the clients' data:
 
 * no baselines (centralized and local-only training need every client's text);
-* no ``--resume`` (start a new run; the checkpoints are written as usual);
+* no ``--resume`` (start a new run; the checkpoints and the ledger are written as usual);
 * ``dataset`` in the summary covers only what the server knows.
 
 Features whose wiring also lives on the clients outside FedGPT's ``ClientApp`` messages
-(learned ``attention`` aggregation, ``federation.distill``) are refused with a
-one-line error.
+(learned ``attention`` aggregation, ``federation.distill``) and the in-process fault
+injection (``runtime.fail_*``, ``runtime.straggle_*``) are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -37,6 +37,17 @@ def check_supported(cfg) -> None:
         )
     if f.aggregator == "attention":
         raise ConfigError('federation.aggregator = "attention" is not supported over Flower yet')
+    r = cfg.runtime
+    if r.fail_clients or r.fail_fraction or r.straggle_clients or r.straggle_fraction:
+        raise ConfigError(
+            "runtime fault injection (fail_*, straggle_*) simulates the in-process runtime; "
+            "over Flower real nodes fail"
+        )
+    if f.max_update_norm and cfg.privacy.secure_aggregation != "none":
+        raise ConfigError(
+            "federation.max_update_norm needs to see each update, which "
+            f'secure_aggregation = "{cfg.privacy.secure_aggregation}" hides'
+        )
 
 
 def server_model(cfg):
@@ -108,21 +119,33 @@ def build_server(cfg, prep, runtime, ids: list[str], log: Log):
     return server, privacy, tiers
 
 
+class _Log:
+    """The ``Hooks`` that ``run_round_with_retries`` and ``open_ledger`` talk to."""
+
+    def __init__(self, log: Log):
+        self.log = log
+
+
 def run_rounds(cfg, prep, server, privacy, run_dir: Path, log: Log, extra: dict) -> dict:
-    """Rounds, metrics, checkpoints, model, summary and report in ``run_dir``; returns the
-    summary (``extra`` is merged into it, e.g. the runtime and its nodes)."""
+    """Rounds (with the ``runtime.min_replies`` quorum and retries), metrics, ledger,
+    checkpoints, model, summary and report in ``run_dir``, as ``run_experiment`` writes
+    them; returns the summary (``extra`` is merged into it, e.g. the runtime's nodes)."""
     from fedgpt.config import config_hash, to_toml
     from fedgpt.data import dataset_stats
+    from fedgpt.experiment import open_ledger, run_round_with_retries
     from fedgpt.federation.checkpoint import Checkpoint, save_checkpoint
+    from fedgpt.federation.ledger import utc_now
     from fedgpt.models.build import save_model
 
     t_start = time.perf_counter()
+    hooks = _Log(log)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
     chash = config_hash(cfg)
     state = server.init_state(prep.init)
+    ledger = open_ledger(cfg, run_dir, chash, state, False, hooks)
     rows: list[dict] = []
     last_eval, stopped = None, None
     for _ in range(cfg.federation.rounds):
@@ -133,14 +156,38 @@ def run_rounds(cfg, prep, server, privacy, run_dir: Path, log: Log, extra: dict)
             )
             log(f"stopping after round {state.round}: {stopped}")
             break
-        state, result = server.run_round(state)
+        started = utc_now()
+        new_state, result, attempts = run_round_with_retries(server, state, cfg, None, hooks)
+        if result.below_quorum is not None:
+            stopped = (
+                f"quorum not reached in round {result.round} after {attempts} attempt(s) "
+                f"({result.below_quorum}); the global model is unchanged"
+            )
+            log(f"stopping after round {state.round}: {stopped}")
+            break
+        state = new_state
         row = result.row()
         row["client_steps"] = int(sum(m.get("steps", 0) for m in result.client_metrics.values()))
+        if attempts > 1:
+            row["retries"] = attempts - 1
         rows.append(row)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         if result.eval is not None:
             last_eval = result.eval
+        if ledger is not None:  # before the checkpoint, as in run_experiment
+            ledger.append_round(
+                state.round,
+                result.participants,
+                result.dropped,
+                result.update_hashes,
+                state.weights,
+                state.opt_state,
+                row.get("epsilon"),
+                started,
+                utc_now(),
+                attempts - 1,
+            )
         meta = {
             "seed": cfg.seed,
             "config_hash": chash,
@@ -161,6 +208,8 @@ def run_rounds(cfg, prep, server, privacy, run_dir: Path, log: Log, extra: dict)
         last_eval = server.evaluate(state.weights, state.round)
     prep.fm.load(state.weights)
     save_model(prep.bundle, run_dir / "model")
+    if ledger is not None:
+        ledger.append_model(run_dir / "model", state.round, state.weights)
     trainable, total = prep.bundle.counts()
     ids = set(server.client_ids)
     known = [c for c in prep.clients if c.client_id in ids]

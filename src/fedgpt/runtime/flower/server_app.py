@@ -109,7 +109,8 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
     say(f"{len(nodes)} SuperNode(s) connected")
     node_of = handshake(grid, nodes, cfg, fingerprint, int(prep.fm.flat.numel()), settings.timeout)
     ids = order_clients(prep, node_of)
-    runtime = FlowerRuntime(grid, node_of, timeout=settings.timeout)
+    timeout = cfg.runtime.round_timeout or settings.timeout  # FedGPT's deadline wins if set
+    runtime = FlowerRuntime(grid, node_of, timeout=timeout)
     server, privacy, tiers = build_server(cfg, prep, runtime, ids, say)
     setup = {"clients": ids, "z": float(privacy.z), "tiers": bool(tiers)}
     if cfg.privacy.mode == "local_dp" or cfg.attack.fraction > 0 or tiers:

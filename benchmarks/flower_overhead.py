@@ -162,8 +162,9 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count()},
         "runs": runs,
         "median_extra_wall_s": med[len(med) // 2],
-        "note": "one round here is one exchange (train, no evaluation until the end); each "
-        "exchange pays the SuperNode's pull interval (3 s in flwr 1.42) and a fresh "
+        "note": "round 1 is one exchange (train); the last round adds the evaluation exchange "
+        "(all nodes); handshake = phases_s.handshake_done - nodes_connected; each exchange "
+        "pays the SuperNode's pull interval (up to 3 s in flwr 1.42) and a fresh "
         "flwr-clientapp process per node that imports torch and transformers",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ Groups (one or more names on the command line; none = all):
 
 * ``tiers``: 30 % full / 40 % top_blocks:2 / 30 % embeddings (4-block model) vs all full;
   accuracy ratio and upload bytes.
+* ``tiers2``: the same mix on the default 2-block model (there top_blocks:2 leaves out
+  only the embeddings).
 * ``fusion``: a strongly non-IID setting (one speaking role per client, 20 local steps per
   round, 5 clients per round: strong client drift); FedAvg vs FedDF, hybrid (λ = 0.5),
   learned attention, FedAtt and FedMD (logits only; its own row reports the clients'
@@ -45,6 +47,12 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "tiers/all-full": DEEP,
         "tiers/mix-30-40-30": [
             *DEEP,
+            'devices.mix={full = 0.3, "top_blocks:2" = 0.4, embeddings = 0.3}',
+        ],
+    },
+    "tiers2": {  # the default 2-block model: top_blocks:2 = every block and the head
+        "tiers2/all-full": [],
+        "tiers2/mix-30-40-30": [
             'devices.mix={full = 0.3, "top_blocks:2" = 0.4, embeddings = 0.3}',
         ],
     },

@@ -7,7 +7,6 @@ the pieces (``prepare`` then ``FederatedServer``) directly.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,33 +16,17 @@ import torch
 
 from fedgpt.baselines import sample_local_clients, train_centralized, train_local_only
 from fedgpt.client.app import ClientApp, ClientData, client_seed
-from fedgpt.config import RunConfig, config_hash, load_config, to_toml
-from fedgpt.data import ClientText, dataset_stats
+from fedgpt.config import RunConfig, load_config
+from fedgpt.data import ClientText
+from fedgpt.drive import Hooks, drive, open_ledger, read_rows, run_round_with_retries  # noqa: F401
 from fedgpt.errors import ConfigError, RunError
-from fedgpt.federation.checkpoint import (
-    Checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from fedgpt.federation.ledger import Ledger, utc_now
-from fedgpt.federation.loop import FederatedServer, RoundResult, ServerState
+from fedgpt.federation.loop import FederatedServer
 from fedgpt.federation.sampling import clients_per_round
-from fedgpt.models.build import ModelBundle, build_model, save_model
+from fedgpt.models.build import ModelBundle, build_model
 from fedgpt.models.params import FlatModel, bind_flat
 from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.runtime import InProcessRuntime
 from fedgpt.runtime.faults import FaultInjector
-
-
-class Hooks:
-    """Progress callbacks; the CLI draws progress bars with them. All optional."""
-
-    def rounds(self, total: int, done: int) -> None: ...
-    def stage(self, name: str, total: int | None) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def round_done(self, row: dict) -> None: ...
-    def log(self, msg: str) -> None: ...
 
 
 def load_clients(cfg: RunConfig) -> list[ClientText]:
@@ -152,12 +135,17 @@ def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
     return {cid: (t, *cache[t]) for cid, t in partial.items()}
 
 
-def wire_distillation(cfg: RunConfig, prep: Prepared, app: ClientApp, server) -> None:
-    """Give the server (and, for FedMD, the clients) what learned attention and
-    knowledge distillation need: the public text, the server's model, the clients' own."""
+def wire_server(cfg: RunConfig, prep: Prepared, server: FederatedServer, tiers: dict) -> None:
+    """The server-side wiring every runtime shares: the server's model and public text
+    (learned attention, distillation), FedAtt's layer map, hybrid aggregation's public
+    steps and the device tiers' coverage masks."""
     f = cfg.federation
     server.fm, server.public = prep.fm, prep.public
     server.vocab_size = prep.bundle.codec.vocab_size
+    if f.aggregator == "fedatt":
+        from fedgpt.aggregation.fedatt import layer_ids
+
+        server.layer_ids = layer_ids(prep.fm.spec)
     if f.aggregator == "attention":
         from fedgpt.client.batches import sample_windows
 
@@ -169,15 +157,26 @@ def wire_distillation(cfg: RunConfig, prep: Prepared, app: ClientApp, server) ->
         from fedgpt.federation.distill import feddf_step
 
         server.distill_step = feddf_step(prep.fm, prep.public, cfg)
-    if f.distill == "fedmd":
-        from fedgpt.federation.fedmd import FedMDClient
+    if f.hybrid_lambda > 0:
+        from fedgpt.federation.hybrid import public_step
 
-        fm, init = prep.fm, prep.init
-        if f.fedmd_client_layers and f.fedmd_client_layers != cfg.model.n_layer:
-            small = cfg.model.model_copy(update={"n_layer": f.fedmd_client_layers})
-            fm = bind_flat(build_model(small, (c.train for c in prep.clients), cfg.seed).model)
-            init = fm.flat.clone()
-        app.fedmd = FedMDClient(fm, init, prep.public, cfg.client)
+        server.public_step = public_step(prep.fm, prep.public, cfg)
+    if tiers:
+        server.tier_masks = {t: m for t, _, m in tiers.values()}
+
+
+def fedmd_client(cfg: RunConfig, prep: Prepared):
+    """FedMD's client side: the clients' own models (``fedmd_client_layers`` blocks, or
+    the server's architecture) and the public text."""
+    from fedgpt.federation.fedmd import FedMDClient
+
+    f = cfg.federation
+    fm, init = prep.fm, prep.init
+    if f.fedmd_client_layers and f.fedmd_client_layers != cfg.model.n_layer:
+        small = cfg.model.model_copy(update={"n_layer": f.fedmd_client_layers})
+        fm = bind_flat(build_model(small, (c.train for c in prep.clients), cfg.seed).model)
+        init = fm.flat.clone()
+    return FedMDClient(fm, init, prep.public, cfg.client)
 
 
 def make_privacy(cfg: RunConfig, num_clients: int) -> ServerPrivacy:
@@ -219,18 +218,6 @@ def new_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
@@ -251,13 +238,6 @@ def run_experiment(
     keys = ckks_keys(cfg)
     tiers = device_tiers(cfg, prep, ids)
     faults = FaultInjector.from_config(cfg, ids)
-    if cfg.federation.max_update_norm and cfg.privacy.secure_aggregation != "none":
-        raise ConfigError(
-            "federation.max_update_norm needs to see each update, which "
-            f'secure_aggregation = "{cfg.privacy.secure_aggregation}" hides'
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(to_toml(cfg))
     hooks.log(f"run folder: {run_dir}")
     trainable, total = prep.bundle.counts()
     hooks.log(
@@ -275,18 +255,11 @@ def run_experiment(
         hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
     runtime = InProcessRuntime(app, faults=faults, timeout=cfg.runtime.round_timeout or None)
     server = FederatedServer(cfg, runtime, ids, privacy)
-    if cfg.federation.aggregator == "fedatt":
-        from fedgpt.aggregation.fedatt import layer_ids
-
-        server.layer_ids = layer_ids(prep.fm.spec)
-    wire_distillation(cfg, prep, app, server)
-    if cfg.federation.hybrid_lambda > 0:
-        from fedgpt.federation.hybrid import public_step
-
-        server.public_step = public_step(prep.fm, prep.public, cfg)
+    wire_server(cfg, prep, server, tiers)
+    if cfg.federation.distill == "fedmd":
+        app.fedmd = fedmd_client(cfg, prep)
     if tiers:
         app.tiers = tiers
-        server.tier_masks = {t: m for t, _, m in tiers.values()}
         counts: dict[str, int] = {}
         for t, _, _ in tiers.values():
             counts[t] = counts.get(t, 0) + 1
@@ -296,171 +269,25 @@ def run_experiment(
 
         app.ckks = CkksClient(keys[0])  # the clients hold the secret context
         server.ckks = CkksServer(keys[1])  # the server only the public one
-    server.on_reply = lambda cid, reply: hooks.advance()
-    server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
-    ckpt_root = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-    state = server.init_state(prep.init)
-    rows: list[dict] = []
-    if resume:
-        latest = latest_checkpoint(ckpt_root)
-        if latest is not None:
-            ck = load_checkpoint(latest)
-            if ck.weights.shape != prep.init.shape:
-                raise RunError(f"--resume: checkpoint '{latest}' does not fit this model")
-            state = ServerState(ck.round, ck.weights, ck.server_state)
-            privacy.load_state(ck.meta.get("privacy", {}))
-            app.releases = dict(ck.meta.get("privacy", {}).get("participation", {}))
-            hooks.log(f"resuming after round {ck.round} from {latest}")
-        rows = [r for r in read_rows(metrics_path) if r["round"] <= state.round]
-    chash = config_hash(cfg)
-    ledger = open_ledger(cfg, run_dir, chash, state, resume, hooks)
-    _write_rows(metrics_path, rows)
-    hooks.rounds(cfg.federation.rounds, state.round)
-    last_eval: dict | None = None
-    stopped = None
-    for _ in range(state.round, cfg.federation.rounds):
-        if privacy.would_exceed():
-            stopped = (
-                f"privacy budget: one more round would exceed epsilon "
-                f"{cfg.privacy.target_epsilon} (spent {privacy.epsilon():.4f})"
-            )
-            hooks.log(f"stopping after round {state.round}: {stopped}")
-            break
-        n_sel = len(server.client_ids)
-        server.on_round_start = lambda r, chosen: hooks.stage(
-            f"round {r}/{cfg.federation.rounds}: training", len(chosen)
-        )
-        started = utc_now()
-        new_state, result, attempts = run_round_with_retries(server, state, cfg, faults, hooks)
-        if result.below_quorum is not None:
-            stopped = (
-                f"quorum not reached in round {result.round} after {attempts} attempt(s) "
-                f"({result.below_quorum}); the global model is unchanged"
-            )
-            hooks.log(f"stopping after round {state.round}: {stopped}")
-            break
-        state = new_state
-        row = result.row()
-        row["client_steps"] = int(sum(m["steps"] for m in result.client_metrics.values()))
-        if attempts > 1:
-            row["retries"] = attempts - 1
-        rows.append(row)
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if result.eval is not None:
-            last_eval = result.eval
-        if ledger is not None:  # before the checkpoint: a resume cuts entries past it
-            ledger.append_round(
-                state.round,
-                result.participants,
-                result.dropped,
-                result.update_hashes,
-                state.weights,
-                state.opt_state,
-                row.get("epsilon"),
-                started,
-                utc_now(),
-                attempts - 1,
-            )
-        save_checkpoint(
-            ckpt_root,
-            Checkpoint(
-                state.round,
-                state.weights,
-                state.opt_state,
-                {
-                    "seed": cfg.seed,
-                    "config_hash": chash,
-                    "clients": n_sel,
-                    "privacy": privacy.state(),
-                },
-            ),
-            keep=cfg.federation.checkpoint_keep,
-        )
-        hooks.round_done(row)
-
-    if last_eval is None or rows[-1].get("test_loss") is None:
-        last_eval = server.evaluate(state.weights, state.round)
-    prep.fm.load(state.weights)
-    save_model(prep.bundle, run_dir / "model")
-    if ledger is not None:
-        ledger.append_model(run_dir / "model", state.round, state.weights)
-    summary = {
-        "run_name": run_dir.name,
-        "rounds": state.round,
-        "config_hash": chash,
-        "model": {
-            "name": prep.bundle.name,
-            "trainable_params": trainable,
-            "total_params": total,
-            "lora": prep.bundle.lora,
-        },
-        "dataset": dataset_stats(prep.clients),
-        "federated": {k: last_eval[k] for k in ("test_loss", "test_accuracy", "perplexity")},
-        "federated_per_client": last_eval["per_client"],
-        "baselines": None,
-        "stopped": stopped,
-        "privacy": None
-        if not privacy.active
-        else {
-            "mode": cfg.privacy.mode,
-            "epsilon": privacy.epsilon(),
-            "delta": cfg.privacy.delta,
-            "noise_multiplier": privacy.z,
-            "accountant": cfg.privacy.accountant,
-        },
-    }
+    baselines = None
     if cfg.baselines.enabled:
-        summary["baselines"] = run_baselines(cfg, prep, server, rows, last_eval, hooks)
-        prep.fm.load(state.weights)
-    summary["federated_seconds"] = sum(r["seconds"] for r in rows)
-    summary["seconds"] = time.perf_counter() - t_start
-    summary["config_path"] = "config.toml"
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    from fedgpt.report import write_report
 
-    write_report(run_dir)
-    return summary
+        def baselines(rows: list[dict], last_eval: dict) -> dict:
+            return run_baselines(cfg, prep, server, rows, last_eval, hooks)
 
-
-def open_ledger(
-    cfg: RunConfig, run_dir: Path, chash: str, state: ServerState, resume: bool, hooks: Hooks
-) -> Ledger | None:
-    """The run's ledger (``runtime.ledger``): a new one, or on resume the old one cut back
-    to the checkpoint's round and checked against its weights (federation.ledger)."""
-    r = cfg.runtime
-    if not r.ledger:
-        return None
-    if not resume:
-        return Ledger.start(run_dir, r.ledger_key, chash)
-    ledger = Ledger.resume(run_dir, r.ledger_key, chash, state.round, state.weights)
-    if ledger is None:
-        hooks.log("no ledger.jsonl to continue: the rest of this run keeps none")
-    return ledger
-
-
-def run_round_with_retries(
-    server: FederatedServer,
-    state: ServerState,
-    cfg: RunConfig,
-    faults: FaultInjector | None,
-    hooks: Hooks,
-) -> tuple[ServerState, RoundResult, int]:
-    """One round; below quorum (``runtime.min_replies``) the same round is tried again, up
-    to ``runtime.round_retries`` more times. Returns (state, result, attempts made)."""
-    attempt = 0
-    while True:
-        if faults is not None:
-            faults.attempt = attempt  # a retry draws its faults afresh
-        new_state, result = server.run_round(state)
-        if result.below_quorum is None or attempt >= cfg.runtime.round_retries:
-            return new_state, result, attempt + 1
-        attempt += 1
-        hooks.log(
-            f"round {result.round}: {result.below_quorum}; "
-            f"retry {attempt} of {cfg.runtime.round_retries}"
-        )
+    return drive(
+        cfg,
+        prep,
+        server,
+        privacy,
+        run_dir,
+        hooks,
+        resume=resume,
+        faults=faults,
+        app=app,
+        baselines=baselines,
+        t_start=t_start,
+    )
 
 
 def run_baselines(

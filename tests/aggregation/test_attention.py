@@ -38,9 +38,7 @@ def test_attention_learns_to_down_weigh_a_harmful_update(tiny_overrides):
     noise = torch.randn(good.shape, generator=torch.Generator().manual_seed(5))
     bad = noise * (4 * good.norm() / noise.norm())  # a noise attack, 4x the norm
     deltas = torch.stack([good, bad])
-    cfgs = [
-        {"num_examples": 50, "metrics": {"update_norm": float(d.norm())}} for d in deltas
-    ]
+    cfgs = [{"num_examples": 50, "metrics": {"update_norm": float(d.norm())}} for d in deltas]
     meta = client_meta(cfgs, [1.0, 1.0])
     theta = init_mlp(8, torch.Generator().manual_seed(0))
     alpha, theta2, losses = fit_attention(prep.fm, theta, meta, w, deltas, val, 20, 0.1)
@@ -66,7 +64,7 @@ def test_attention_run_logs_alpha_per_client(tiny_overrides, tmp_path):
             "baselines.enabled=false",
             'data.public_plays=["macbeth"]',
             'federation.aggregator="attention"',
-            'devices.mix={full = 0.5, embeddings = 0.5}',
+            "devices.mix={full = 0.5, embeddings = 0.5}",
             "federation.min_clients=4",
         ],
     )

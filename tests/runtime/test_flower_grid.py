@@ -151,8 +151,14 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
             "federation.min_clients=4",
         ],
         ["devices.mix={full = 0.5, embeddings = 0.5}"],
+        [
+            'data.public_plays=["macbeth"]',
+            'federation.aggregator="attention"',
+            'federation.distill="feddf"',
+            "federation.distill_windows=4",
+        ],
     ],
-    ids=["fedavg", "secagg", "local_dp", "attack", "tiers"],
+    ids=["fedavg", "secagg", "local_dp", "attack", "tiers", "attention-feddf"],
 )
 def test_memory_grid_matches_in_process(extra, tmp_path):
     overrides = [*FLOWER_TINY, *extra]
@@ -344,3 +350,41 @@ def test_quorum_and_fault_injection_settings(tmp_path, monkeypatch):
     summary = server_app.run(grid, settings)
     assert summary["rounds"] == 0 and "quorum not reached in round 1" in summary["stopped"]
     assert verify_run(tmp_path / "q").ok
+
+
+def test_server_stopped_mid_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """The server process dies after round 1 (checkpoint and ledger written); a new
+    ServerApp with ``resume`` = the run folder finishes round 2 with exactly the weights
+    (and ledger) of an uninterrupted run."""
+    from fedgpt.federation.loop import FederatedServer
+
+    over = [*FLOWER_TINY, "federation.eval_every=1"]
+    ref = in_process(over, tmp_path)
+    real = FederatedServer.run_round
+    calls = {"n": 0}
+
+    def dies_in_round_2(self, state):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("server killed")
+        return real(self, state)
+
+    monkeypatch.setattr(FederatedServer, "run_round", dies_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        over_flower(over, tmp_path, MemoryGrid(split_nodes(over)))
+    run_dir = tmp_path / "fl" / "fl"
+    assert load_checkpoint(latest_checkpoint(run_dir / "checkpoints")).round == 1
+    monkeypatch.setattr(FederatedServer, "run_round", real)
+    client_app._CACHE.clear()  # the nodes may have restarted too
+    settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
+    summary = server_app.run(MemoryGrid(split_nodes(over)), settings)
+    assert summary["rounds"] == 2
+    assert torch.equal(final_weights(run_dir), ref)
+    verdict = verify_run(run_dir)
+    assert verdict.ok and verdict.rounds == 2, verdict.problems
+    ours = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    theirs = [
+        json.loads(x) for x in (tmp_path / "ref" / "ref" / "ledger.jsonl").read_text().splitlines()
+    ]
+    pick = lambda es: [e["global_weights"] for e in es if e.get("kind") == "round"]  # noqa: E731
+    assert pick(ours) == pick(theirs)

@@ -500,6 +500,11 @@ class RunConfig(_Section):
                     "device tiers other than 'full' need per-parameter coverage counts over "
                     f"individual slices; they do not combine with {clash[0]}"
                 )
+        if f.max_update_norm and p.secure_aggregation != "none":
+            raise ValueError(
+                "federation.max_update_norm needs to see each update, which "
+                f'secure_aggregation = "{p.secure_aggregation}" hides'
+            )
         if agg != "fedavg" and p.secure_aggregation != "none":
             raise ValueError(
                 f'federation.aggregator = "{agg}" needs individual updates, which '

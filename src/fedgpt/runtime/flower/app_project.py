@@ -43,6 +43,9 @@ min-nodes = 1
 node-wait = 120.0
 # seconds one exchange (send to every node, collect every reply) may take
 timeout = 600.0
+# a run folder on the server machine to continue from its last checkpoint (after the
+# server was stopped); its config.toml is used, plus overrides ("" = a new run)
+resume = ""
 """
 
 

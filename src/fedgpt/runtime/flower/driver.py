@@ -1,23 +1,22 @@
 """The server side of a FedGPT run over Flower, given a runtime and the client ids.
 
-It runs the same :class:`~fedgpt.federation.loop.FederatedServer` rounds as
-:func:`fedgpt.experiment.run_experiment` and writes the same run folder (``config.toml``,
-``metrics.jsonl``, ``checkpoints/``, ``model/``, ``summary.json``, report), with three
+It wires the same :class:`~fedgpt.federation.loop.FederatedServer` as
+:func:`fedgpt.experiment.run_experiment` (:func:`fedgpt.experiment.wire_server`) and
+drives it with the same :func:`fedgpt.drive.drive` into the same run folder
+(``config.toml``, ``metrics.jsonl``, ledger, ``checkpoints/``, ``model/``,
+``summary.json``, report; ``resume`` continues from the last checkpoint), with two
 differences that follow from the server not holding the clients' data:
 
 * no baselines (centralized and local-only training need every client's text);
-* no ``--resume`` (start a new run; the checkpoints and the ledger are written as usual);
 * ``dataset`` in the summary covers only what the server knows.
 
-Features whose wiring also lives on the clients outside FedGPT's ``ClientApp`` messages
-(learned ``attention`` aggregation, ``federation.distill``) and the in-process fault
-injection (``runtime.fail_*``, ``runtime.straggle_*``) are refused with a one-line error.
+FedMD (its client side lives outside FedGPT's ``ClientApp`` messages on the nodes) and
+the in-process fault injection (``runtime.fail_*``, ``runtime.straggle_*``) are refused
+with a one-line error.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,22 +30,16 @@ Log = Callable[[str], None]
 def check_supported(cfg) -> None:
     """Refuse, in one line, settings the Flower runtime does not carry yet."""
     f = cfg.federation
-    if getattr(f, "distill", "none") != "none":
+    if f.distill == "fedmd":
         raise ConfigError(
-            f'federation.distill = "{f.distill}" is not supported over Flower yet; use "none"'
+            'federation.distill = "fedmd" is not supported over Flower yet (the clients\' own '
+            'models and public text are not wired on the nodes); "feddf" is'
         )
-    if f.aggregator == "attention":
-        raise ConfigError('federation.aggregator = "attention" is not supported over Flower yet')
     r = cfg.runtime
     if r.fail_clients or r.fail_fraction or r.straggle_clients or r.straggle_fraction:
         raise ConfigError(
             "runtime fault injection (fail_*, straggle_*) simulates the in-process runtime; "
             "over Flower real nodes fail"
-        )
-    if f.max_update_norm and cfg.privacy.secure_aggregation != "none":
-        raise ConfigError(
-            "federation.max_update_norm needs to see each update, which "
-            f'secure_aggregation = "{cfg.privacy.secure_aggregation}" hides'
         )
 
 
@@ -87,23 +80,14 @@ def server_model(cfg):
 
 def build_server(cfg, prep, runtime, ids: list[str], log: Log):
     """The FederatedServer over ``runtime``, wired as ``run_experiment`` wires it on the
-    server side. Returns (server, privacy, tiers)."""
-    from fedgpt.experiment import device_tiers, make_privacy
+    server side (:func:`fedgpt.experiment.wire_server`). Returns (server, privacy, tiers)."""
+    from fedgpt.experiment import device_tiers, make_privacy, wire_server
     from fedgpt.federation.loop import FederatedServer
 
     privacy = make_privacy(cfg, len(ids))
     tiers = device_tiers(cfg, prep, ids)
     server = FederatedServer(cfg, runtime, ids, privacy)
-    if cfg.federation.aggregator == "fedatt":
-        from fedgpt.aggregation.fedatt import layer_ids
-
-        server.layer_ids = layer_ids(prep.fm.spec)
-    if cfg.federation.hybrid_lambda > 0:
-        from fedgpt.federation.hybrid import public_step
-
-        server.public_step = public_step(prep.fm, prep.public, cfg)
-    if tiers:
-        server.tier_masks = {t: m for t, _, m in tiers.values()}
+    wire_server(cfg, prep, server, tiers)
     if cfg.privacy.secure_aggregation == "ckks":
         from fedgpt.privacy.ckks import CkksServer, read_context
 
@@ -119,131 +103,32 @@ def build_server(cfg, prep, runtime, ids: list[str], log: Log):
     return server, privacy, tiers
 
 
-class _Log:
-    """The ``Hooks`` that ``run_round_with_retries`` and ``open_ledger`` talk to."""
+class LogHooks:
+    """:class:`fedgpt.drive.Hooks` that print log lines (the ServerApp's output) and one
+    line per round."""
 
     def __init__(self, log: Log):
         self.log = log
 
+    def rounds(self, total: int, done: int) -> None: ...
+    def stage(self, name: str, total: int | None) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
 
-def run_rounds(cfg, prep, server, privacy, run_dir: Path, log: Log, extra: dict) -> dict:
-    """Rounds (with the ``runtime.min_replies`` quorum and retries), metrics, ledger,
-    checkpoints, model, summary and report in ``run_dir``, as ``run_experiment`` writes
-    them; returns the summary (``extra`` is merged into it, e.g. the runtime's nodes)."""
-    from fedgpt.config import config_hash, to_toml
-    from fedgpt.data import dataset_stats
-    from fedgpt.experiment import open_ledger, run_round_with_retries
-    from fedgpt.federation.checkpoint import Checkpoint, save_checkpoint
-    from fedgpt.federation.ledger import utc_now
-    from fedgpt.models.build import save_model
-
-    t_start = time.perf_counter()
-    hooks = _Log(log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(to_toml(cfg))
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("")
-    chash = config_hash(cfg)
-    state = server.init_state(prep.init)
-    ledger = open_ledger(cfg, run_dir, chash, state, False, hooks)
-    rows: list[dict] = []
-    last_eval, stopped = None, None
-    for _ in range(cfg.federation.rounds):
-        if privacy.would_exceed():
-            stopped = (
-                f"privacy budget: one more round would exceed epsilon "
-                f"{cfg.privacy.target_epsilon} (spent {privacy.epsilon():.4f})"
-            )
-            log(f"stopping after round {state.round}: {stopped}")
-            break
-        started = utc_now()
-        new_state, result, attempts = run_round_with_retries(server, state, cfg, None, hooks)
-        if result.below_quorum is not None:
-            stopped = (
-                f"quorum not reached in round {result.round} after {attempts} attempt(s) "
-                f"({result.below_quorum}); the global model is unchanged"
-            )
-            log(f"stopping after round {state.round}: {stopped}")
-            break
-        state = new_state
-        row = result.row()
-        row["client_steps"] = int(sum(m.get("steps", 0) for m in result.client_metrics.values()))
-        if attempts > 1:
-            row["retries"] = attempts - 1
-        rows.append(row)
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if result.eval is not None:
-            last_eval = result.eval
-        if ledger is not None:  # before the checkpoint, as in run_experiment
-            ledger.append_round(
-                state.round,
-                result.participants,
-                result.dropped,
-                result.update_hashes,
-                state.weights,
-                state.opt_state,
-                row.get("epsilon"),
-                started,
-                utc_now(),
-                attempts - 1,
-            )
-        meta = {
-            "seed": cfg.seed,
-            "config_hash": chash,
-            "clients": len(server.client_ids),
-            "privacy": privacy.state(),
-        }
-        save_checkpoint(
-            run_dir / "checkpoints",
-            Checkpoint(state.round, state.weights, state.opt_state, meta),
-            keep=cfg.federation.checkpoint_keep,
-        )
-        log(
+    def round_done(self, row: dict) -> None:
+        self.log(
             f"round {row['round']}: participants {len(row['participants'])}, "
             f"dropped {len(row['dropped'])}, train_loss {row['train_loss']}, "
             f"test_loss {row['test_loss']}, {row['seconds']:.2f} s"
         )
-    if last_eval is None or not rows or rows[-1].get("test_loss") is None:
-        last_eval = server.evaluate(state.weights, state.round)
-    prep.fm.load(state.weights)
-    save_model(prep.bundle, run_dir / "model")
-    if ledger is not None:
-        ledger.append_model(run_dir / "model", state.round, state.weights)
-    trainable, total = prep.bundle.counts()
-    ids = set(server.client_ids)
-    known = [c for c in prep.clients if c.client_id in ids]
-    summary = {
-        "run_name": run_dir.name,
-        "rounds": state.round,
-        "config_hash": chash,
-        "model": {
-            "name": prep.bundle.name,
-            "trainable_params": trainable,
-            "total_params": total,
-            "lora": prep.bundle.lora,
-        },
-        "dataset": dataset_stats(known) if known else {"num_clients": len(ids)},
-        "federated": {k: last_eval[k] for k in ("test_loss", "test_accuracy", "perplexity")},
-        "federated_per_client": last_eval["per_client"],
-        "baselines": None,
-        "stopped": stopped,
-        "privacy": None
-        if not privacy.active
-        else {
-            "mode": cfg.privacy.mode,
-            "epsilon": privacy.epsilon(),
-            "delta": cfg.privacy.delta,
-            "noise_multiplier": privacy.z,
-            "accountant": cfg.privacy.accountant,
-        },
-        **extra,
-    }
-    summary["federated_seconds"] = sum(r["seconds"] for r in rows)
-    summary["seconds"] = time.perf_counter() - t_start
-    summary["config_path"] = "config.toml"
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    from fedgpt.report import write_report
 
-    write_report(run_dir)
-    return summary
+
+def run_rounds(
+    cfg, prep, server, privacy, run_dir: Path, log: Log, extra: dict, resume: bool = False
+) -> dict:
+    """Rounds (with the ``runtime.min_replies`` quorum and retries), metrics, ledger,
+    checkpoints, model, summary and report in ``run_dir``, exactly as ``run_experiment``
+    writes them (:func:`fedgpt.drive.drive`), without baselines; ``resume`` continues
+    from the folder's last checkpoint. Returns the summary (``extra`` merged in)."""
+    from fedgpt.drive import drive
+
+    return drive(cfg, prep, server, privacy, run_dir, LogHooks(log), resume=resume, extra=extra)

@@ -13,6 +13,7 @@ run's log (``flwr log RUN_ID``); a failure makes the run's status ``finished:fai
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -119,7 +120,7 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
         for k, r in rt.send_and_receive({k: Message(SETUP, setup) for k in per_node}).items():
             if isinstance(r, Failure):
                 raise RunError(f"node {per_node[k]} did not take the run setup: {r.reason}")
-    run_dir = new_run_dir(cfg)
+    run_dir = Path(settings.resume) if settings.resume else new_run_dir(cfg)
     trainable, total = prep.bundle.counts()
     say(f"run folder: {run_dir}")
     say(
@@ -132,7 +133,7 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
             "nodes": {str(n): sorted(c for c in ids if node_of[c] == n) for n in nodes},
         }
     }
-    summary = run_rounds(cfg, prep, server, privacy, run_dir, say, extra)
+    summary = run_rounds(cfg, prep, server, privacy, run_dir, say, extra, bool(settings.resume))
     say(f"done: {summary['rounds']} rounds, test loss {summary['federated']['test_loss']}")
     return summary
 

@@ -8,7 +8,9 @@ Keys:
   (e.g. ``"federation.rounds=2; data.plays=['lear']"``);
 * ``min-nodes``: wait until this many SuperNodes are connected before starting;
 * ``node-wait``: how long to wait for them, seconds;
-* ``timeout``: how long one exchange (send to every node, collect every reply) may take.
+* ``timeout``: how long one exchange (send to every node, collect every reply) may take;
+* ``resume``: a run folder on the server machine to continue from its last checkpoint
+  (its ``config.toml`` plus ``overrides``); "" = a new run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "min-nodes": 1,
     "node-wait": 120.0,
     "timeout": 600.0,
+    "resume": "",
 }
 
 
@@ -73,6 +76,7 @@ class FlowerSettings:
     min_nodes: int = 1
     node_wait: float = 120.0
     timeout: float = 600.0
+    resume: str = ""
 
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any]) -> FlowerSettings:
@@ -90,6 +94,7 @@ class FlowerSettings:
                 min_nodes=int(v["min-nodes"]),
                 node_wait=float(v["node-wait"]),
                 timeout=float(v["timeout"]),
+                resume=str(v["resume"]),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"Flower run-config: {exc}") from None
@@ -100,7 +105,14 @@ class FlowerSettings:
         return s
 
     def fedgpt_config(self):
-        """The FedGPT run configuration: ``config-path`` plus ``overrides``."""
+        """The FedGPT run configuration: ``config-path`` (or, resuming, the run folder's
+        ``config.toml``) plus ``overrides``."""
         from fedgpt.config import load_config
 
+        if self.resume:
+            from pathlib import Path
+
+            from fedgpt.experiment import resume_config
+
+            return resume_config(Path(self.resume), list(self.overrides))
         return load_config(self.config_path or None, list(self.overrides))

@@ -13,13 +13,14 @@ Groups (one or more names on the command line; none = all):
   learned attention, FedAtt and FedMD (logits only; its own row reports the clients'
   own models too).
 * ``robust``: 20 % of the clients flip the sign of their update (×4), 10 clients per
-  round; clean FedAvg vs attacked FedAvg, median, trimmed mean (β = 0.2), Krum (f = 2).
+  round; clean FedAvg vs attacked FedAvg, median, trimmed mean (β = 0.2), Krum (f = 2),
+  Multi-Krum (f = 3, m = 7).
 
 Results: benchmarks/results/heterogeneity.jsonl (one line per run, appended) and
 benchmarks/results/heterogeneity.md (the latest run of each name).
 
-Usage: python benchmarks/heterogeneity.py [GROUP ...] [--rounds R]
-(R = 150 by default; about 1–3 minutes per run on 2 cores)
+Usage: python benchmarks/heterogeneity.py [GROUP or RUN NAME ...] [--rounds R]
+(R = 100 by default; about 1–3 minutes per run on 2 cores)
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ GROUPS: dict[str, dict[str, list[str]]] = {
             *ATTACK,
             'federation.aggregator="krum"',
             "federation.krum_byzantine=2",
+        ],
+        "robust/attacked-multi-krum": [
+            *ROBUST,
+            *ATTACK,
+            'federation.aggregator="multi_krum"',
+            "federation.krum_byzantine=3",
+            "federation.multi_krum_m=7",
         ],
     },
 }
@@ -142,20 +150,25 @@ def write_table(results: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("groups", nargs="*", help=f"groups to run: {', '.join(GROUPS)}")
-    ap.add_argument("--rounds", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=100)
     args = ap.parse_args()
-    unknown = [g for g in args.groups if g not in GROUPS]
+    names = {n: sets for g in GROUPS.values() for n, sets in g.items()}
+    unknown = [g for g in args.groups if g not in GROUPS and g not in names]
     if unknown:
-        ap.error(f"unknown group(s) {unknown}; expected {list(GROUPS)}")
+        ap.error(f"unknown group(s) {unknown}; expected {list(GROUPS)} or a run name")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "heterogeneity.jsonl"
-    for group in args.groups or list(GROUPS):
-        for name, sets in GROUPS[group].items():
-            r = run_one(name, sets, args.rounds)
-            print(json.dumps(r), flush=True)
-            with path.open("a") as fh:
-                fh.write(json.dumps(r) + "\n")
-            write_table([json.loads(x) for x in path.read_text().splitlines()])
+    todo = [
+        (name, sets)
+        for g in args.groups or list(GROUPS)
+        for name, sets in (GROUPS[g].items() if g in GROUPS else [(g, names[g])])
+    ]
+    for name, sets in todo:
+        r = run_one(name, sets, args.rounds)
+        print(json.dumps(r), flush=True)
+        with path.open("a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        write_table([json.loads(x) for x in path.read_text().splitlines()])
 
 
 if __name__ == "__main__":

@@ -11,13 +11,18 @@ are submitted together when the module starts, so their waits overlap.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("flwr")
+# Flower's console scripts sit beside this interpreter (a virtual environment need not be
+# activated for them to be found); its subprocesses find flwr-clientapp the same way
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 if shutil.which("flower-superlink") is None or shutil.which("flower-supernode") is None:
     pytest.skip("Flower's command-line tools are not installed", allow_module_level=True)
 

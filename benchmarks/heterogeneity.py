@@ -13,8 +13,8 @@ Groups (one or more names on the command line; none = all):
   learned attention, FedAtt and FedMD (logits only; its own row reports the clients'
   own models too).
 * ``robust``: 20 % of the clients flip the sign of their update (×4), 10 clients per
-  round; clean FedAvg vs attacked FedAvg, median, trimmed mean (β = 0.2), Krum (f = 2),
-  Multi-Krum (f = 3, m = 7).
+  round; clean FedAvg vs attacked FedAvg, median, trimmed mean (β = 0.2 and 0.3), Krum (f = 2),
+  Multi-Krum (f = 3, m = 7), norm bounding (M = 1).
 
 Results: benchmarks/results/heterogeneity.jsonl (one line per run, appended) and
 benchmarks/results/heterogeneity.md (the latest run of each name).
@@ -75,6 +75,18 @@ GROUPS: dict[str, dict[str, list[str]]] = {
             'federation.aggregator="trimmed_mean"',
             "federation.trim_fraction=0.2",
         ],
+        "robust/attacked-trimmed-0.3": [
+            *ROBUST,
+            *ATTACK,
+            'federation.aggregator="trimmed_mean"',
+            "federation.trim_fraction=0.3",
+        ],
+        "robust/attacked-norm-bound-1": [
+            *ROBUST,
+            *ATTACK,
+            'federation.aggregator="norm_bound"',
+            "federation.norm_bound=1.0",
+        ],
         "robust/attacked-krum": [
             *ROBUST,
             *ATTACK,
@@ -121,11 +133,16 @@ def write_table(results: list[dict]) -> None:
     latest: dict[str, dict] = {}
     for r in results:
         latest[r["name"]] = r
+    order = [n for g in GROUPS.values() for n in g]
+    latest = dict(
+        sorted(latest.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    )
     lines = [
         "# Heterogeneity benchmark (latest run of each configuration)",
         "",
         "Reproduce: `python benchmarks/heterogeneity.py [tiers|fusion|robust] --rounds R`.",
         "Ratios are against the first row of the group (same rounds, seed and clients).",
+        "Seconds are wall time on a 2-core machine shared with other work: noisy.",
         "",
         "| run | rounds | test accuracy | ratio | up / round | down / round | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- |",

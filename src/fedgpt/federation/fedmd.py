@@ -23,10 +23,11 @@ import time
 import torch
 
 from fedgpt.client.app import client_seed
-from fedgpt.client.trainer import Failure, evaluate_tokens, local_update
+from fedgpt.client.trainer import Failure as TrainFailure
+from fedgpt.client.trainer import evaluate_tokens, local_update
 from fedgpt.federation.distill import distill, logits_on, public_windows
 from fedgpt.models.params import FlatModel
-from fedgpt.runtime.messages import Message
+from fedgpt.runtime.messages import Failure, Message
 
 SEED, CONS = "fedmd.seed", "fedmd.consensus"
 
@@ -51,7 +52,7 @@ class FedMDClient:
                 self.cfg.batch_size, float(c["lr"]), float(c["temperature"]), gen,
             )  # fmt: skip
         up = local_update(self.fm, w, train, self.cfg, gen, cid, rnd)  # revisit
-        if isinstance(up, Failure):
+        if isinstance(up, TrainFailure):
             return Message("train/failure", {"round": rnd, "reason": up.reason})
         w = w + up.delta
         self.models[cid] = w
@@ -131,3 +132,48 @@ def fedmd_aggregate(server, state, good: dict[str, Message], rnd: int):
     )  # fmt: skip
     opt = {**state.opt_state, CONS: consensus, SEED: torch.tensor(seed, dtype=torch.int64)}
     return ServerState(rnd, w, opt)
+
+
+def fedmd_round(self, state, chosen: list[str], start: float):
+    """A logit-only round of FederatedServer ``self`` (federation.distill = "fedmd"): no
+    parameters cross the runtime. Returns (new state, RoundResult)."""
+    from fedgpt.federation.loop import RoundResult, ServerState
+
+    rnd = state.round + 1
+    msgs = fedmd_messages(self, state, chosen, rnd)
+    t0 = time.perf_counter()
+    replies, received, dropped = self._receive(msgs)
+    self._hash_updates(replies, "fedmd/logits")
+    client_seconds = time.perf_counter() - t0
+    f = self.cfg.federation
+    shape = (f.distill_windows, self.cfg.client.seq_len, self.vocab_size)
+    good = {}
+    for cid in chosen:
+        reason = validate_logits(received.get(cid, Failure("no reply")), rnd, shape)
+        if reason is None:
+            good[cid] = received[cid]
+        else:
+            dropped.append({"client": cid, "reason": reason})
+    quorum = self.cfg.runtime.min_replies
+    if quorum and len(good) < quorum:
+        why = f"{len(good)} valid logit replies, quorum {quorum}"
+        return state, self._no_quorum(rnd, why, dropped, start, client_seconds)
+    new_state = ServerState(rnd, state.weights, state.opt_state)
+    if good:
+        new_state = fedmd_aggregate(self, state, good, rnd)
+    metrics = {cid: m.config.get("metrics", {}) for cid, m in good.items()}
+    losses = [m["train_loss"] for m in metrics.values() if "train_loss" in m]
+    result = RoundResult(
+        round=rnd,
+        participants=list(good),
+        dropped=dropped,
+        train_loss=sum(losses) / len(losses) if losses else None,
+        bytes_up=sum(r.nbytes for r in replies.values() if isinstance(r, Message)),
+        bytes_down=sum(m.nbytes for m in msgs.values()),
+        seconds=0.0,
+        client_seconds=client_seconds,
+        update_norm_mean=None,
+        client_metrics=metrics,
+        update_hashes=dict(self.update_hashes),
+    )
+    return self._finish_round(new_state, result, start)

@@ -22,6 +22,11 @@ from fedgpt.aggregation.robust import robust_aggregate
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
 from fedgpt.federation.sampling import sample_clients
+from fedgpt.federation.validation import (  # noqa: F401  (validate_reply: public here too)
+    max_update_bytes,
+    undecodable,
+    validate_reply,
+)
 from fedgpt.privacy.ckks import CiphertextError, CkksServer, num_chunks
 from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.runtime.base import Runtime
@@ -90,99 +95,6 @@ class RoundResult:
             **({"attention": self.attention} if self.attention else {}),
             **({"personal_accuracy": ev["personal_accuracy"]} if own else {}),
         }
-
-
-def validate_reply(
-    reply: Reply,
-    rnd: int,
-    numel: int,
-    ckks_chunks: int = 0,
-    tier_sizes: dict | None = None,
-    *,
-    nonce: str | None = None,
-    max_norm: float = 0.0,
-    max_bytes: int = 0,
-) -> str | None:
-    """Why a training reply cannot be used, or ``None`` if it is a valid update.
-
-    Checked before anything touches the aggregate; the first failed check is the reason
-    (docs/ledger.md, "Validation"): a failure or wrong reply type; the round number; the
-    nonce of the message (``nonce``: the reply must echo it, so a reply replayed from an
-    earlier message is refused); ``num_examples``; the payload size (``max_bytes`` > 0:
-    more bytes than the expected update is oversized); with ``ckks_chunks`` > 0 that many
-    non-empty ciphertexts; otherwise a float32 update of the expected length (``numel``,
-    or its device tier's), finite, with L2 norm at most ``max_norm`` (0 = unbounded)."""
-    if isinstance(reply, Failure):
-        return reply.reason
-    if not isinstance(reply, Message):
-        return f"not a message ({type(reply).__name__})"
-    if reply.type == "train/failure":
-        return str(reply.config.get("reason", "client reported a failure"))
-    if reply.type != "train/result":
-        return f"unexpected reply type {reply.type!r}"
-    if reply.config.get("round") != rnd:
-        return f"update for round {reply.config.get('round')!r}, expected {rnd}"
-    if nonce is not None and reply.config.get("nonce") != nonce:
-        return "reply does not echo the nonce of this round's message (replayed or stale)"
-    n = reply.config.get("num_examples")
-    if not isinstance(n, int) or n <= 0:
-        return f"num_examples must be a positive integer, got {n!r}"
-    if max_bytes:
-        try:
-            size = reply.nbytes
-        except (AttributeError, TypeError):
-            return "payload does not decode (not tensors and bytes)"
-        if size > max_bytes:
-            return f"oversized payload: {size} bytes, at most {max_bytes} expected"
-    if ckks_chunks:
-        chunks = reply.blobs.get("delta_ckks")
-        if not isinstance(chunks, list) or len(chunks) != ckks_chunks:
-            return f"expected {ckks_chunks} CKKS ciphertexts"
-        if not all(isinstance(c, bytes) and c for c in chunks):
-            return "a CKKS ciphertext is empty or not bytes"
-        return None
-    delta = reply.tensors.get("delta")
-    if not isinstance(delta, torch.Tensor) or delta.dtype != torch.float32:
-        return "update is not a float32 tensor"
-    tier = reply.config.get("tier")
-    if tier is not None:
-        if not tier_sizes or tier not in tier_sizes:
-            return f"unknown device tier {tier!r}"
-        numel = tier_sizes[tier]
-    if delta.shape != (numel,):
-        return f"update has shape {tuple(delta.shape)}, expected ({numel},)"
-    if not bool(torch.isfinite(delta).all()):
-        return "update contains NaN or inf"
-    if max_norm > 0:
-        norm = float(torch.linalg.vector_norm(delta))
-        if norm > max_norm:
-            return f"update norm {norm:.4g} above federation.max_update_norm = {max_norm:g}"
-    return None
-
-
-def undecodable(reply: Reply) -> str | None:
-    """Why a reply's payloads are not named tensors and lists of byte strings (what a
-    wire decoder would refuse), or ``None``."""
-    if not isinstance(reply, Message):
-        return None
-    for name, t in reply.tensors.items():
-        if not isinstance(t, torch.Tensor):
-            return f"payload does not decode: {name!r} is not a tensor"
-    for name, chunks in reply.blobs.items():
-        if not isinstance(chunks, list) or not all(isinstance(c, bytes) for c in chunks):
-            return f"payload does not decode: {name!r} is not a list of byte strings"
-    return None
-
-
-def max_update_bytes(numel: int, ckks_chunks: int = 0) -> int:
-    """The most bytes a valid update may carry: its float32 values, or for CKKS that many
-    ciphertexts of at most 2 polynomials x N coefficients x moduli x 8 bytes (+ header)."""
-    if not ckks_chunks:
-        return 4 * numel
-    from fedgpt.privacy.ckks import CkksParams
-
-    p = CkksParams()
-    return ckks_chunks * (2 * p.poly_modulus_degree * len(p.coeff_mod_bit_sizes) * 8 + 4096)
 
 
 class FederatedServer:
@@ -490,47 +402,9 @@ class FederatedServer:
         return self._finish_round(new_state, result, start)
 
     def _fedmd_round(self, state: ServerState, chosen: list[str], start: float):
-        """A logit-only round (federation.fedmd): no parameters cross the runtime."""
-        from fedgpt.federation.fedmd import fedmd_aggregate, fedmd_messages, validate_logits
+        from fedgpt.federation.fedmd import fedmd_round
 
-        rnd = state.round + 1
-        msgs = fedmd_messages(self, state, chosen, rnd)
-        t0 = time.perf_counter()
-        replies, received, dropped = self._receive(msgs)
-        self._hash_updates(replies, "fedmd/logits")
-        client_seconds = time.perf_counter() - t0
-        f = self.cfg.federation
-        shape = (f.distill_windows, self.cfg.client.seq_len, self.vocab_size)
-        good = {}
-        for cid in chosen:
-            reason = validate_logits(received.get(cid, Failure("no reply")), rnd, shape)
-            if reason is None:
-                good[cid] = received[cid]
-            else:
-                dropped.append({"client": cid, "reason": reason})
-        quorum = self.cfg.runtime.min_replies
-        if quorum and len(good) < quorum:
-            why = f"{len(good)} valid logit replies, quorum {quorum}"
-            return state, self._no_quorum(rnd, why, dropped, start, client_seconds)
-        new_state = ServerState(rnd, state.weights, state.opt_state)
-        if good:
-            new_state = fedmd_aggregate(self, state, good, rnd)
-        metrics = {cid: m.config.get("metrics", {}) for cid, m in good.items()}
-        losses = [m["train_loss"] for m in metrics.values() if "train_loss" in m]
-        result = RoundResult(
-            round=rnd,
-            participants=list(good),
-            dropped=dropped,
-            train_loss=sum(losses) / len(losses) if losses else None,
-            bytes_up=sum(r.nbytes for r in replies.values() if isinstance(r, Message)),
-            bytes_down=sum(m.nbytes for m in msgs.values()),
-            seconds=0.0,
-            client_seconds=client_seconds,
-            update_norm_mean=None,
-            client_metrics=metrics,
-            update_hashes=dict(self.update_hashes),
-        )
-        return self._finish_round(new_state, result, start)
+        return fedmd_round(self, state, chosen, start)
 
     def _learned_attention(self, state, good, deltas, coverage):
         """α = softmax(MLP(meta)) with the MLP trained on the public validation objective

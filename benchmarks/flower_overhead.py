@@ -28,24 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "runtime"))
 RESULTS = Path(__file__).parent / "results" / "flower_overhead.json"
 
-TINY = [
-    'data.plays=["lear"]',
-    "data.min_chars=4000",
-    "data.max_clients=6",
-    "model.n_layer=2",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "model.context=64",
-    "client.local_steps=2",
-    "client.batch_size=4",
-    "client.seq_len=32",
-    "federation.fraction=0.1",
-    "federation.min_clients=2",
-    "federation.eval_every=1000",
-    "federation.eval_max_chars=400",
-    "baselines.enabled=false",
-    "runtime.threads=1",
-]
+from flower_harness import FLOWER_TINY  # noqa: E402
+
+TINY = [x for x in FLOWER_TINY if not x.startswith(("federation.rounds", "federation.eval_every"))]
+TINY.append("federation.eval_every=1000")
 NODES = 3
 
 

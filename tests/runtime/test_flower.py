@@ -27,7 +27,7 @@ if shutil.which("flower-superlink") is None or shutil.which("flower-supernode") 
     pytest.skip("Flower's command-line tools are not installed", allow_module_level=True)
 
 import torch  # noqa: E402
-from flower_harness import Deployment, make_node_key  # noqa: E402
+from flower_harness import FLOWER_TINY, Deployment, make_node_key  # noqa: E402
 
 import fedgpt.runtime.flower as flower_pkg  # noqa: E402
 from fedgpt.config import load_config  # noqa: E402
@@ -38,25 +38,7 @@ pytestmark = pytest.mark.timeout(900)
 
 APP = Path(flower_pkg.__file__).parent / "app"
 NODES = 3
-TINY = [
-    'data.plays=["lear"]',
-    "data.min_chars=4000",
-    "data.max_clients=6",
-    "model.n_layer=2",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "model.context=64",
-    "client.local_steps=2",
-    "client.batch_size=4",
-    "client.seq_len=32",
-    "federation.rounds=2",
-    "federation.fraction=0.1",
-    "federation.min_clients=2",
-    "federation.eval_every=2",
-    "federation.eval_max_chars=400",
-    "baselines.enabled=false",
-    "runtime.threads=1",
-]
+TINY = FLOWER_TINY
 # one round: a SecAgg round is four exchanges (the two-round case runs in test_flower_grid)
 SECAGG = [
     *TINY,

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch  # noqa: E402
+from flower_harness import FLOWER_TINY  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents  # noqa: E402
@@ -85,27 +86,6 @@ def task_identity(monkeypatch):
     client_app._CACHE.clear()
     yield
     client_app._CACHE.clear()
-
-
-FLOWER_TINY = [
-    'data.plays=["lear"]',
-    "data.min_chars=4000",
-    "data.max_clients=6",
-    "model.n_layer=2",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "model.context=64",
-    "client.local_steps=2",
-    "client.batch_size=4",
-    "client.seq_len=32",
-    "federation.rounds=2",
-    "federation.fraction=0.1",
-    "federation.min_clients=2",
-    "federation.eval_every=2",
-    "federation.eval_max_chars=400",
-    "baselines.enabled=false",
-    "runtime.threads=1",
-]
 
 
 def split_nodes(overrides: list[str], n: int = 3) -> dict[int, dict]:

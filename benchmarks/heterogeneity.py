@@ -14,7 +14,8 @@ Groups (one or more names on the command line; none = all):
   own models too).
 * ``robust``: 20 % of the clients flip the sign of their update (×4), 10 clients per
   round; clean FedAvg vs attacked FedAvg, median, trimmed mean (β = 0.2 and 0.3), Krum (f = 2),
-  Multi-Krum (f = 3, m = 7), norm bounding (M = 1).
+  Multi-Krum (f = 3, m = 7), norm bounding (M = 1), median after
+  bucketing in pairs; median without attack.
 
 Results: benchmarks/results/heterogeneity.jsonl (one line per run, appended) and
 benchmarks/results/heterogeneity.md (the latest run of each name).
@@ -67,8 +68,15 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     },
     "robust": {
         "robust/clean-fedavg": ROBUST,
+        "robust/clean-median": [*ROBUST, 'federation.aggregator="median"'],
         "robust/attacked-fedavg": [*ROBUST, *ATTACK],
         "robust/attacked-median": [*ROBUST, *ATTACK, 'federation.aggregator="median"'],
+        "robust/attacked-median-bucket-2": [
+            *ROBUST,
+            *ATTACK,
+            'federation.aggregator="median"',
+            "federation.bucket_size=2",
+        ],
         "robust/attacked-trimmed": [
             *ROBUST,
             *ATTACK,

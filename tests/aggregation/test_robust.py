@@ -124,3 +124,21 @@ def test_dissimilarity_by_hand():
     rel, cos = dissimilarity(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), agg)
     assert torch.allclose(rel, torch.tensor([0.0, 2**0.5, 2.0]))
     assert torch.allclose(cos, torch.tensor([1.0, 0.0, -1.0]))
+
+
+def test_bucketing_by_hand():
+    from fedgpt.aggregation.robust import bucket_means, robust_aggregate
+
+    deltas = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [7.0, 6.0], [100.0, 100.0]])
+    n = torch.tensor([1.0, 1.0, 2.0, 2.0, 1.0])
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(3))
+    means, w = bucket_means(deltas, n, 2, torch.Generator().manual_seed(3))
+    # buckets by position in the permutation: {perm[0], perm[1]}, {perm[2], perm[3]}, {perm[4]}
+    for b, members in enumerate([perm[:2], perm[2:4], perm[4:]]):
+        expect = (deltas[members] * n[members, None]).sum(0) / n[members].sum()
+        assert torch.allclose(means[b], expect)
+        assert float(w[b]) == float(n[members].sum())
+    # the rule runs on the bucket means; bucket = 1 is the plain rule
+    got = robust_aggregate("median", deltas, n, bucket=2, gen=torch.Generator().manual_seed(3))
+    assert torch.allclose(got, means.sort(dim=0).values[1])
+    assert torch.equal(robust_aggregate("median", deltas, n, bucket=1), deltas[2])

@@ -9,6 +9,11 @@
   averages the m lowest (weighted by n_k).
 * Norm bounding (Sun et al. 2019, "Can You Really Backdoor Federated Learning?", Sec. 4):
   each update scaled to L2 norm at most M, then the n_k-weighted mean.
+* Bucketing (Karimireddy, He & Jaggi 2022, "Byzantine-Robust Learning on Heterogeneous
+  Datasets via Bucketing", Algorithm 1): a seeded random permutation splits the K updates
+  into ⌈K/s⌉ buckets of s, each bucket is replaced by its mean, and the robust rule runs
+  on the bucket means — less heterogeneity among its inputs, at the cost of each bad
+  update contaminating one bucket.
 
 All are single tensor operations over the stack (sorts, a pairwise distance matrix), no
 loops over parameters.
@@ -64,6 +69,23 @@ def norm_bounded_mean(deltas: torch.Tensor, weights: torch.Tensor, bound: float)
     return weighted_average(deltas * torch.clamp(bound / (norms + 1e-12), max=1.0), weights)
 
 
+def bucket_means(
+    deltas: torch.Tensor, weights: torch.Tensor, s: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_k-weighted means of ⌈K/s⌉ random buckets of s updates, each bucket's Σ n_k):
+    Karimireddy et al. 2022, Algorithm 1, lines 2–3. One scatter, no loop."""
+    k = deltas.shape[0]
+    perm = torch.randperm(k, generator=gen)
+    bucket = torch.empty(k, dtype=torch.long)
+    bucket[perm] = torch.arange(k) // s
+    nb = int(bucket.max()) + 1
+    w = weights.to(torch.float64)
+    sums = torch.zeros(nb, deltas.shape[1], dtype=torch.float64)
+    sums.index_add_(0, bucket, deltas.double() * w[:, None])
+    wsum = torch.zeros(nb, dtype=torch.float64).index_add_(0, bucket, w)
+    return (sums / wsum[:, None]).to(deltas.dtype), wsum
+
+
 def robust_aggregate(
     rule: str,
     deltas: torch.Tensor,
@@ -73,8 +95,14 @@ def robust_aggregate(
     byzantine: int = 1,
     multi_krum_m: int = 1,
     bound: float = 1.0,
+    bucket: int = 1,
+    gen: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The aggregate of ``federation.aggregator`` = ``rule``."""
+    """The aggregate of ``federation.aggregator`` = ``rule`` (after bucketing when
+    ``bucket`` > 1)."""
+    if bucket > 1 and rule != "fedavg":
+        gen = gen if gen is not None else torch.Generator().manual_seed(0)
+        deltas, weights = bucket_means(deltas, weights, bucket, gen)
     if rule == "fedavg":
         return weighted_average(deltas, weights)
     if rule == "median":

@@ -151,6 +151,12 @@ class FederationConfig(_Section):
     krum_byzantine: int = Field(1, ge=0, description="krum/multi_krum: tolerated attackers f")
     multi_krum_m: int = Field(3, ge=1, description="multi_krum: updates averaged")
     norm_bound: float = Field(1.0, gt=0.0, description="norm_bound: L2 bound M per update")
+    bucket_size: int = Field(
+        1,
+        ge=1,
+        description="robust rules: average random buckets of this many updates first "
+        "(bucketing, Karimireddy et al. 2022); 1 = off",
+    )
     fedatt_step: float = Field(
         1.0, gt=0.0, description="fedatt: server step size epsilon (Ji et al. 2019)"
     )

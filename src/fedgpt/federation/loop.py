@@ -227,6 +227,8 @@ class FederatedServer:
                     byzantine=f.krum_byzantine,
                     multi_krum_m=f.multi_krum_m,
                     bound=f.norm_bound,
+                    bucket=f.bucket_size,
+                    gen=torch.Generator().manual_seed(client_seed(seed, rnd, "__bucket__")),
                 )
         heterogeneity: dict[str, dict] = {}
         private = self.privacy is not None and self.privacy.active

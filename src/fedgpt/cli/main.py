@@ -198,7 +198,7 @@ def generate(
 def verify(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -> None:
     """Check a run's signed ledger: hash chain, signatures, consecutive rounds, config hash,
     last checkpoint and saved model. Exit 0: intact; 1: problems listed; 2: not a run."""
-    from fedgpt.federation.ledger import verify_run
+    from fedgpt.federation.verify import verify_run
 
     v = verify_run(run_dir)
     if not v.ok:

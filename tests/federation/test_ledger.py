@@ -24,9 +24,9 @@ from fedgpt.federation.ledger import (
     payload_hash,
     sha256_hex,
     sign,
-    verify_run,
     weights_hash,
 )
+from fedgpt.federation.verify import verify_run
 from fedgpt.runtime import Message
 
 runner = CliRunner()
@@ -272,3 +272,19 @@ def test_lora_run_verifies(tiny_checkpoint, tmp_path):
     )
     problems = verify_run(tmp_path / "lora").problems
     assert "model: saved trainable weights differ from the ledger" in problems
+
+
+def test_verify_command_in_a_fresh_process(tmp_path):
+    """``fedgpt verify`` imports cleanly on its own (no import-order luck) and answers
+    a folder that is not a run with one line and exit code 2."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "fedgpt", "verify", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -13,8 +13,8 @@ from fedgpt.client.app import ClientApp, ClientData
 from fedgpt.config import load_config
 from fedgpt.errors import ConfigError
 from fedgpt.experiment import Hooks, run_experiment, run_round_with_retries
-from fedgpt.federation.ledger import verify_run
 from fedgpt.federation.loop import FederatedServer
+from fedgpt.federation.verify import verify_run
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
 from fedgpt.runtime import InProcessRuntime, Message

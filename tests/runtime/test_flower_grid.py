@@ -21,7 +21,7 @@ from fedgpt.config import load_config  # noqa: E402
 from fedgpt.errors import ConfigError  # noqa: E402
 from fedgpt.experiment import prepare, run_experiment  # noqa: E402
 from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
-from fedgpt.federation.ledger import verify_run  # noqa: E402
+from fedgpt.federation.verify import verify_run  # noqa: E402
 from fedgpt.runtime.flower import client_app, server_app  # noqa: E402
 from fedgpt.runtime.flower.settings import FlowerSettings  # noqa: E402
 

@@ -273,6 +273,8 @@ class Ledger:
             if rnd == 0:
                 return cls.start(run_dir, ledger_key, config_hash)
             raise RunError(f"--resume: the ledger '{path}' has no readable header")
+        from fedgpt.federation.verify import check_chain
+
         entries, problems = check_chain(keep, key.public_key())
         if problems:
             raise RunError(f"--resume: the ledger does not verify: {problems[0]}")
@@ -358,6 +360,3 @@ class Ledger:
 
 
 # --- verification --------------------------------------------------------------------
-
-
-from fedgpt.federation.verify import Verdict, check_chain, verify_run  # noqa: E402,F401

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+sys.path[:0] = [str(ROOT / "tests" / "runtime"), str(ROOT / "tests")]
 RESULTS = Path(__file__).parent / "results" / "flower_overhead.json"
 
 from flower_harness import FLOWER_TINY  # noqa: E402

@@ -67,7 +67,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     clients = load_clients(cfg)
-    bundle = build_model(cfg.model, (c.train for c in clients), cfg.seed)
+    return prepare_with(cfg, clients, build_model(cfg.model, (c.train for c in clients), cfg.seed))
+
+
+def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle) -> Prepared:
+    """Tokenise ``clients`` (and the public plays, ``data.public_plays``) with ``bundle``'s
+    codec: what ``prepare`` does once the clients and the model are known (a Flower node
+    holds only its own clients; the server none)."""
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
     fm = bind_flat(bundle.model)
     enc = bundle.codec.encode
     data = {
@@ -82,7 +90,7 @@ def prepare(cfg: RunConfig) -> Prepared:
 
         roles = shakespeare_clients(min_chars=1, plays=cfg.data.public_plays)
         public = torch.from_numpy(enc("\n".join(c.train + "\n" + c.test for c in roles)))
-    return Prepared(clients, bundle, fm, data, fm.flat.clone(), public)
+    return Prepared(list(clients), bundle, fm, data, fm.flat.clone(), public)
 
 
 def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:

@@ -22,23 +22,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import TINY  # tests/conftest.py: the shared tiny configuration
+
 # the tiny run every Flower test and the Flower overhead benchmark use (6 Lear roles)
 FLOWER_TINY = [
-    'data.plays=["lear"]',
-    "data.min_chars=4000",
+    *(x for x in TINY if not x.startswith(("federation.eval_every", "baselines."))),
     "data.max_clients=6",
-    "model.n_layer=2",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "model.context=64",
-    "client.local_steps=2",
-    "client.batch_size=4",
-    "client.seq_len=32",
-    "federation.rounds=2",
-    "federation.fraction=0.1",
-    "federation.min_clients=2",
     "federation.eval_every=2",
-    "federation.eval_max_chars=400",
     "baselines.enabled=false",
     "runtime.threads=1",
 ]

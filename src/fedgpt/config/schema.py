@@ -411,6 +411,13 @@ class RuntimeConfig(_Section):
     )
 
 
+def _refuse_clash(what: str, settings: list[tuple[str, bool]]) -> None:
+    """Raise ``what`` + the first of ``settings`` (name, on) that is on, if any."""
+    on = [name for name, active in settings if active]
+    if on:
+        raise ValueError(f"{what} {on[0]}")
+
+
 class RunConfig(_Section):
     """The whole run."""
 
@@ -459,53 +466,38 @@ class RunConfig(_Section):
                     else "central DP does not release (the teachers would leak un-noised updates)"
                 )
             )
+        private = [
+            (f'privacy.mode = "{p.mode}"', p.mode != "none"),
+            (f'secure_aggregation = "{p.secure_aggregation}"', p.secure_aggregation != "none"),
+        ]
         if f.distill == "fedmd":
-            clash = [
-                name
-                for name, on in (
-                    (f'privacy.mode = "{p.mode}"', p.mode != "none"),
-                    (
-                        f'secure_aggregation = "{p.secure_aggregation}"',
-                        p.secure_aggregation != "none",
-                    ),
+            _refuse_clash(
+                'federation.distill = "fedmd" exchanges logits, not updates: it does not '
+                "combine with",
+                [
+                    *private,
                     (f'federation.aggregator = "{agg}"', agg != "fedavg"),
                     ("federation.hybrid_lambda > 0", f.hybrid_lambda > 0),
                     ("model.lora", self.model.lora.enabled),
                     ("model.path", bool(self.model.path) and f.fedmd_client_layers > 0),
-                )
-                if on
-            ]
-            if clash:
-                raise ValueError(
-                    f'federation.distill = "fedmd" exchanges logits, not updates: it does not '
-                    f"combine with {clash[0]}"
-                )
+                ],
+            )
             if f.fedmd_client_layers > self.model.n_layer:
                 raise ValueError(
                     f"federation.fedmd_client_layers ({f.fedmd_client_layers}) must be <= "
                     f"model.n_layer ({self.model.n_layer})"
                 )
         d = self.devices
-        tiered = d.tier != "full" or any(t != "full" for t in [*d.tiers.values(), *d.mix])
-        if tiered:
-            clash = [
-                name
-                for name, on in (
-                    (f'privacy.mode = "{p.mode}"', p.mode != "none"),
-                    (
-                        f'secure_aggregation = "{p.secure_aggregation}"',
-                        p.secure_aggregation != "none",
-                    ),
+        if d.tier != "full" or any(t != "full" for t in [*d.tiers.values(), *d.mix]):
+            _refuse_clash(
+                "device tiers other than 'full' need per-parameter coverage counts over "
+                "individual slices; they do not combine with",
+                [
+                    *private,
                     (f'federation.aggregator = "{agg}"', agg not in ("fedavg", "attention")),
                     ('federation.distill = "fedmd"', f.distill == "fedmd"),
-                )
-                if on
-            ]
-            if clash:
-                raise ValueError(
-                    "device tiers other than 'full' need per-parameter coverage counts over "
-                    f"individual slices; they do not combine with {clash[0]}"
-                )
+                ],
+            )
         if f.max_update_norm and p.secure_aggregation != "none":
             raise ValueError(
                 "federation.max_update_norm needs to see each update, which "

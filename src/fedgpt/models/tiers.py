@@ -36,34 +36,30 @@ _EMBED = ("wte", "wpe", "embed_tokens", "embed_positions")
 _HEAD = ("lm_head", "ln_f", "model.norm", "final_layer_norm")
 
 
+def _sized(tier: str, kind: str, hi: int) -> int | None:
+    """k of ``"kind:k"`` when 1 <= k <= hi, else None."""
+    head, _, k = tier.partition(":")
+    return int(k) if head == kind and k.isdigit() and 1 <= int(k) <= hi else None
+
+
 def parse_tier(tier: str, n_layer: int, lora_r: int = 0) -> tuple[str, int]:
     """("full"|"top_blocks"|"embeddings"|"lora", k), or a ConfigError naming the tier.
 
     ``lora_r`` is the model's adapter rank (0 for a model without LoRA): a LoRA model has
     the tiers ``full`` and ``lora:r`` (1 ≤ r ≤ lora_r), a plain model the others."""
+    if tier == "full":
+        return "full", 0
     if lora_r:
-        if tier == "full":
-            return "full", 0
-        if tier.startswith("lora:"):
-            try:
-                r = int(tier.split(":", 1)[1])
-            except ValueError:
-                r = -1
-            if 1 <= r <= lora_r:
-                return "lora", r
+        if (r := _sized(tier, "lora", lora_r)) is not None:
+            return "lora", r
         raise ConfigError(
             f"device tier {tier!r}: a LoRA model of rank {lora_r} takes 'full' or 'lora:r' "
             f"with 1 <= r <= {lora_r}"
         )
-    if tier in ("full", "embeddings"):
+    if tier == "embeddings":
         return tier, 0
-    if tier.startswith("top_blocks:"):
-        try:
-            k = int(tier.split(":", 1)[1])
-        except ValueError:
-            k = -1
-        if 1 <= k <= n_layer:
-            return "top_blocks", k
+    if (k := _sized(tier, "top_blocks", n_layer)) is not None:
+        return "top_blocks", k
     raise ConfigError(
         f"device tier {tier!r}: expected 'full', 'embeddings' or 'top_blocks:k' with "
         f"1 <= k <= {n_layer}"

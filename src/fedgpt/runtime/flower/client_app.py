@@ -87,12 +87,9 @@ def prepare_local(cfg, node_config) -> Local:
     key = (config_hash(cfg), data_path, model_path, tuple(wanted))
     if key in _CACHE:
         return _CACHE[key]
-    import torch
 
-    from fedgpt.client.app import ClientData
-    from fedgpt.experiment import Prepared, prepare
+    from fedgpt.experiment import Prepared, prepare, prepare_with
     from fedgpt.models.build import build_model
-    from fedgpt.models.params import bind_flat
 
     if model_path:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
@@ -104,8 +101,6 @@ def prepare_local(cfg, node_config) -> Local:
                 "node-config data-path needs a shared checkpoint: set model.path in the run "
                 "configuration (or model-path in this node's --node-config)"
             )
-        if cfg.runtime.threads:
-            torch.set_num_threads(cfg.runtime.threads)
         clients = load_client_dir(data_path, train_fraction=cfg.data.train_fraction)
         if wanted:
             have = {c.client_id for c in clients}
@@ -113,16 +108,7 @@ def prepare_local(cfg, node_config) -> Local:
             if missing:
                 raise ConfigError(f"node-config client-id {missing} not found in '{data_path}'")
             clients = [c for c in clients if c.client_id in wanted]
-        bundle = build_model(cfg.model, [], cfg.seed)
-        fm = bind_flat(bundle.model)
-        enc = bundle.codec.encode
-        data = {
-            c.client_id: ClientData(
-                c.client_id, torch.from_numpy(enc(c.train)), torch.from_numpy(enc(c.test))
-            )
-            for c in clients
-        }
-        prep = Prepared(clients, bundle, fm, data, fm.flat.clone())
+        prep = prepare_with(cfg, clients, build_model(cfg.model, [], cfg.seed))
     else:
         if cfg.data.source != "shakespeare":
             raise ConfigError(

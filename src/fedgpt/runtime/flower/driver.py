@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from fedgpt.errors import ConfigError
 
 Log = Callable[[str], None]
@@ -52,7 +50,7 @@ def server_model(cfg):
     server has no client text, so the model must come from a shared checkpoint
     (``model.path``) that every node holds too.
     """
-    from fedgpt.experiment import Prepared, prepare
+    from fedgpt.experiment import prepare, prepare_with
 
     if cfg.data.source == "shakespeare":
         return prepare(cfg)
@@ -62,20 +60,8 @@ def server_model(cfg):
             "holds (the vocabulary cannot be built from text the server never sees)"
         )
     from fedgpt.models.build import build_model
-    from fedgpt.models.params import bind_flat
 
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    bundle = build_model(cfg.model, [], cfg.seed)
-    fm = bind_flat(bundle.model)
-    public = None
-    if cfg.data.public_plays:
-        from fedgpt.data import shakespeare_clients
-
-        roles = shakespeare_clients(min_chars=1, plays=cfg.data.public_plays)
-        text = "\n".join(c.train + "\n" + c.test for c in roles)
-        public = torch.from_numpy(bundle.codec.encode(text))
-    return Prepared([], bundle, fm, {}, fm.flat.clone(), public)
+    return prepare_with(cfg, [], build_model(cfg.model, [], cfg.seed))
 
 
 def build_server(cfg, prep, runtime, ids: list[str], log: Log):

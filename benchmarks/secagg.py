@@ -91,10 +91,9 @@ def protocol(n: int, d: int, k: int) -> dict:
 
 
 def workload(n: int) -> dict:
-    from fedgpt.client.app import ClientApp
+    from fedgpt.build import build_server, prepare
     from fedgpt.config import load_config
-    from fedgpt.experiment import prepare
-    from fedgpt.federation.loop import FederatedServer
+    from fedgpt.federation.client_app import ClientApp
 
     base = [
         "federation.rounds=1",
@@ -117,9 +116,8 @@ def workload(n: int) -> dict:
         cfg = load_config(None, base + extra)
         prep = prepare(cfg)
         ids = [c.client_id for c in prep.clients]
-        server = FederatedServer(
-            cfg, InProcessRuntime(ClientApp(prep.fm, prep.data, cfg.client)), ids
-        )
+        runtime = InProcessRuntime(ClientApp(prep.fm, prep.data, cfg.client))
+        server = build_server(cfg, prep, runtime, ids)[0]
         server.cfg = cfg.model_copy(
             update={"federation": cfg.federation.model_copy(update={"rounds": 10**6})}
         )  # no evaluation in the timed round

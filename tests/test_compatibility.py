@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from fedgpt.cli.main import app
 from fedgpt.config import load_config
 from fedgpt.errors import ConfigError
+from fedgpt.federation.compat import check
 
 AGGREGATORS = ["fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"]
 AGGREGATORS += ["fedatt", "attention"]
@@ -60,7 +61,7 @@ def test_matrix_exhaustively():
     wrong = []
     for combo in COMBOS:
         try:
-            load_config(None, sets(*combo))
+            check(load_config(None, sets(*combo)))
             got = False
         except ConfigError as exc:
             got = True

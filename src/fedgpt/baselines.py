@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fedgpt.client.app import ClientData, client_seed
-from fedgpt.client.trainer import evaluate_tokens, make_optimizer, train_steps
+from fedgpt.client.trainer import ClientData, evaluate_tokens, make_optimizer, train_steps
 from fedgpt.config import ClientConfig, RunConfig
 from fedgpt.models.params import FlatModel
+from fedgpt.seeding import client_seed
 
 
 def baseline_optimizer(cfg: RunConfig) -> ClientConfig:

@@ -21,10 +21,10 @@ from fedgpt.federation.checkpoint import (
     save_checkpoint,
 )
 from fedgpt.federation.ledger import Ledger, utc_now
-from fedgpt.federation.loop import FederatedServer, RoundResult, ServerState
+from fedgpt.federation.loop import FederatedServer
+from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.models.build import save_model
 from fedgpt.privacy.engine import ServerPrivacy
-from fedgpt.runtime.faults import FaultInjector
 
 
 class Hooks:
@@ -49,6 +49,25 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def new_run_dir(cfg: RunConfig) -> Path:
+    """``out_dir/name``, or ``name-2``, ``name-3``... if that already holds a run."""
+    base = Path(cfg.out_dir) / cfg.name
+    path, i = base, 1
+    while path.exists() and any(path.iterdir()):
+        i += 1
+        path = base.with_name(f"{cfg.name}-{i}")
+    return path
+
+
+def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise RunError(f"--resume: '{run_dir}' is not a run folder (no config.toml)")
+    from fedgpt.build import load_run_config
+
+    return load_run_config(cfg_path, overrides)
+
+
 def drive(
     cfg: RunConfig,
     prep,
@@ -58,7 +77,7 @@ def drive(
     hooks: Hooks,
     *,
     resume: bool = False,
-    faults: FaultInjector | None = None,
+    on_attempt: Callable[[int], None] | None = None,
     app=None,
     baselines: Callable[[list[dict], dict], dict] | None = None,
     extra: dict | None = None,
@@ -112,7 +131,7 @@ def drive(
             f"round {r}/{cfg.federation.rounds}: training", len(chosen)
         )
         started = utc_now()
-        new_state, result, attempts = run_round_with_retries(server, state, cfg, faults, hooks)
+        new_state, result, attempts = run_round_with_retries(server, state, cfg, on_attempt, hooks)
         if result.below_quorum is not None:
             stopped = (
                 f"quorum not reached in round {result.round} after {attempts} attempt(s) "
@@ -225,15 +244,15 @@ def run_round_with_retries(
     server: FederatedServer,
     state: ServerState,
     cfg: RunConfig,
-    faults: FaultInjector | None,
+    on_attempt: Callable[[int], None] | None,
     hooks: Hooks,
 ) -> tuple[ServerState, RoundResult, int]:
     """One round; below quorum (``runtime.min_replies``) the same round is tried again, up
     to ``runtime.round_retries`` more times. Returns (state, result, attempts made)."""
     attempt = 0
     while True:
-        if faults is not None:
-            faults.attempt = attempt  # a retry draws its faults afresh
+        if on_attempt is not None:
+            on_attempt(attempt)  # e.g. a fault injector: a retry draws its faults afresh
         new_state, result = server.run_round(state)
         if result.below_quorum is None or attempt >= cfg.runtime.round_retries:
             return new_state, result, attempt + 1

@@ -12,7 +12,7 @@ from fedgpt.aggregation import (
     make_server_optimizer,
     weighted_average,
 )
-from fedgpt.errors import FedGPTError
+from fedgpt.errors import ConfigError, FedGPTError
 
 X = torch.tensor([1.0, 2.0], dtype=torch.float64)
 D = torch.tensor([0.2, -0.4], dtype=torch.float64)
@@ -83,7 +83,14 @@ def test_yogi_second_moment_shrinks_when_v_exceeds_delta_squared():
 
 
 def test_factory_maps_names():
-    assert isinstance(make_server_optimizer("fedavg", 1), FedAvg)
-    assert make_server_optimizer("fedavgm", 1, momentum=0.5).momentum == 0.5
-    adam = make_server_optimizer("fedadam", 0.05, momentum=0.5, beta1=0.8, beta2=0.95, tau=1e-4)
+    from fedgpt.config import FederationConfig
+
+    def make(**kw):
+        return make_server_optimizer(FederationConfig(**kw))
+
+    assert isinstance(make(server_optimizer="fedavg", server_lr=1), FedAvg)
+    assert make(server_optimizer="fedavgm", server_momentum=0.5).momentum == 0.5
+    adam = make(server_optimizer="fedadam", server_lr=0.05, beta1=0.8, beta2=0.95, tau=1e-4)
     assert (adam.lr, adam.beta1, adam.beta2, adam.tau) == (0.05, 0.8, 0.95, 1e-4)
+    with pytest.raises(ConfigError, match="unknown server optimiser 'sgd'"):
+        make(server_optimizer="sgd")

@@ -20,7 +20,7 @@ runner = CliRunner()
         (["run", "--set", "federation.fraction=1.5"], "config key 'federation.fraction'"),
         (
             ["run", "--set", 'federation.server_optimizer="sgd"'],
-            "config key 'federation.server_optimizer'",
+            "federation.server_optimizer: unknown server optimiser",
         ),
         (["run", "--set", "model.n_head=3"], "model.n_embd (64) must be divisible"),
         (["run", "--set", "client.seq_len=500"], "client.seq_len (500) must be <= model.context"),

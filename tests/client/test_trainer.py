@@ -2,13 +2,14 @@
 
 import torch
 
-from fedgpt.client.app import ClientApp, ClientData, client_seed
 from fedgpt.client.batches import eval_windows, sample_windows
-from fedgpt.client.trainer import Failure, Update, evaluate_tokens, local_update
+from fedgpt.client.trainer import ClientData, Failure, Update, evaluate_tokens, local_update
 from fedgpt.config import ClientConfig, ModelConfig
+from fedgpt.federation.client_app import ClientApp
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
 from fedgpt.runtime import Message
+from fedgpt.seeding import client_seed
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
 

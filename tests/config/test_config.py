@@ -27,6 +27,29 @@ def test_every_option_is_documented_and_docs_match():
             assert lines[i - 1].startswith("#"), f"undocumented key: {line}"
 
 
+def test_every_aggregator_setting_is_documented():
+    from fedgpt.build import aggregator_reference
+
+    assert aggregator_reference() in DOCS.read_text()
+
+
+def test_aggregator_settings_are_validated_beside_the_rule():
+    from fedgpt.build import load_run_config
+
+    cfg = load_run_config(None, ['federation.aggregator={kind = "krum", f = 2}'])
+    assert cfg.federation.aggregator.kind == "krum" and cfg.federation.aggregator.params == {"f": 2}
+    assert (
+        load_config(None, ['federation.aggregator="median"']).federation.aggregator.kind == "median"
+    )
+    for bad, msg in [
+        ('{kind = "krum", f = -1}', "federation.aggregator.f"),
+        ('{kind = "krum", trim = 0.2}', "unknown config key 'federation.aggregator.trim'"),
+        ('"no_such_rule"', "unknown aggregator 'no_such_rule'"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            load_run_config(None, [f"federation.aggregator={bad}"])
+
+
 def test_overrides_parse_toml_values_and_nest(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('name = "x"\n[client]\nlr = 0.5\n')

@@ -9,8 +9,8 @@ import torch
 from fedgpt.config import load_config
 from fedgpt.experiment import prepare, run_experiment
 from fedgpt.federation.distill import feddf_step, kd_loss, logits_on, public_windows
+from fedgpt.messages import Message
 from fedgpt.runtime.inprocess import InProcessRuntime
-from fedgpt.runtime.messages import Message
 
 PUBLIC = 'data.public_plays=["macbeth"]'
 

@@ -2,10 +2,10 @@
 
 import torch
 
-from fedgpt.client.app import client_seed
 from fedgpt.client.trainer import make_optimizer, train_steps
 from fedgpt.config import load_config
 from fedgpt.experiment import prepare, run_experiment
+from fedgpt.seeding import client_seed
 
 
 def test_hybrid_formula(tiny_overrides, tmp_path):

@@ -3,14 +3,16 @@ excluded with reasons, sampling seeded, evaluation token-weighted."""
 
 import torch
 
-from fedgpt.client.app import ClientApp, ClientData, client_seed
-from fedgpt.client.trainer import local_update
+from fedgpt.build import server_for
+from fedgpt.client.trainer import ClientData, local_update
 from fedgpt.config import load_config
-from fedgpt.federation.loop import FederatedServer, validate_reply
+from fedgpt.federation.client_app import ClientApp
 from fedgpt.federation.sampling import clients_per_round, sample_clients
+from fedgpt.federation.validation import validate_reply
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
 from fedgpt.runtime import Failure, InProcessRuntime, Message
+from fedgpt.seeding import client_seed
 
 TEXT = "Blow, winds, and crack your cheeks! rage! blow!\nYou cataracts and hurricanoes, spout\n"
 POISON = "#"
@@ -48,7 +50,7 @@ def setup(overrides=()):
         "b": ClientData("b", enc(TEXT[::-1] * 6), enc(TEXT[:40])),
         "bad": ClientData("bad", enc(POISON * 200), enc(TEXT)),
     }
-    server = FederatedServer(cfg, InProcessRuntime(ClientApp(fm, data, cfg.client)), list(data))
+    server = server_for(cfg, InProcessRuntime(ClientApp(fm, data, cfg.client)), list(data), fm)
     return cfg, fm, data, server
 
 

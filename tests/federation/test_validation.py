@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import TINY
 
-from fedgpt.client.app import ClientApp, ClientData
+from fedgpt.build import server_for
+from fedgpt.client.trainer import ClientData
 from fedgpt.config import load_config
 from fedgpt.errors import ConfigError
 from fedgpt.experiment import Hooks, run_experiment, run_round_with_retries
-from fedgpt.federation.loop import FederatedServer
+from fedgpt.federation.client_app import ClientApp
 from fedgpt.federation.verify import verify_run
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
@@ -24,7 +25,7 @@ TEXT = "Blow, winds, and crack your cheeks! rage! blow!\nYou cataracts and hurri
 IDS = ["a", "b", "c", "d"]
 
 
-def setup(*overrides, tamper=None, faults=None, drop=None):
+def setup(*overrides, tamper=None, faults=None, drop=None, ckks_public=None):
     cfg = load_config(
         None,
         [
@@ -58,7 +59,7 @@ def setup(*overrides, tamper=None, faults=None, drop=None):
         timeout=cfg.runtime.round_timeout or None,
         tamper=tamper,
     )
-    return FederatedServer(cfg, runtime, IDS), fm.flat.clone()
+    return server_for(cfg, runtime, IDS, fm, ckks_public=ckks_public), fm.flat.clone()
 
 
 def on(client, fn):
@@ -205,15 +206,17 @@ def test_undecodable_secagg_masked_input_is_dropped():
 
 def test_undecodable_ckks_ciphertext_is_dropped():
     pytest.importorskip("tenseal")
-    from fedgpt.privacy.ckks import CkksClient, CkksServer, make_keys
+    from fedgpt.privacy.ckks import CkksClient, make_keys
 
     def garble(r):
         chunks = [bytes(b ^ 0x5A for b in c) for c in r.blobs["delta_ckks"]]
         return [("a", Message(r.type, r.config, {}, {"delta_ckks": chunks}))]
 
     secret, public = make_keys()
-    server, w0 = setup(tamper=on("a", garble))
-    server.runtime.handler.ckks, server.ckks = CkksClient(secret), CkksServer(public)
+    server, w0 = setup(
+        'privacy.secure_aggregation="ckks"', tamper=on("a", garble), ckks_public=public
+    )
+    server.runtime.handler.ckks = CkksClient(secret)
     _, result = server.run_round(server.init_state(w0))
     assert result.participants == ["b", "c", "d"]
     assert result.dropped[0]["client"] == "a" and "unreadable" in result.dropped[0]["reason"]
@@ -286,7 +289,7 @@ def test_below_quorum_the_round_is_retried():
     )
     s0 = server.init_state(w0)
     state, result, attempts = run_round_with_retries(
-        server, s0, server.cfg, server.runtime.faults, Hooks()
+        server, s0, server.cfg, server.runtime.faults.set_attempt, Hooks()
     )
     assert attempts == 2 and result.below_quorum is None and result.participants == IDS
     assert state.round == 1 and not torch.equal(state.weights, w0)

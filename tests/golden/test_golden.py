@@ -42,7 +42,7 @@ def check(case: str, w: torch.Tensor) -> None:
     assert w.numel() == g["numel"]
     if case in APPROXIMATE:
         diff = (w.contiguous()[::STRIDE] - sample_of(g)).abs().max().item()
-        assert diff <= 1e-4, f"{case}: max |Δ| {diff:.3g} on the recorded sample"
+        assert diff <= 1e-3, f"{case}: max |Δ| {diff:.3g} on the recorded sample"
     else:
         assert fingerprint(w)["sha256"] == g["sha256"], f"{case}: final weights moved"
 

@@ -149,8 +149,9 @@ def test_heterogeneous_lora_ranks_federate(tiny_overrides, tmp_path):
     assert row["bytes_up"] == 4 * int(m1.sum()) * 2
 
     # one client at rank 1, the other at full rank 4: hand-check the coverage average
-    from fedgpt.client.app import ClientApp, client_seed
-    from fedgpt.runtime.messages import Message
+    from fedgpt.federation.client_app import ClientApp
+    from fedgpt.messages import Message
+    from fedgpt.seeding import client_seed
 
     ids = row["participants"]
     app = ClientApp(prep.fm, prep.data, cfg.client)

@@ -72,7 +72,7 @@ def test_ckks_run_matches_plaintext_run(tiny_overrides, tmp_path):
 
 
 def test_truncated_ciphertext_drops_only_its_sender(tiny_overrides, tmp_path, monkeypatch):
-    from fedgpt.client.app import ClientApp
+    from fedgpt.federation.client_app import ClientApp
 
     orig = ClientApp._encrypt
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from fedgpt.client.app import ClientApp, ClientData
-from fedgpt.client.trainer import lm_loss
+from fedgpt.client.trainer import ClientData, lm_loss
 from fedgpt.config import ClientConfig, ModelConfig, PrivacyConfig, load_config
 from fedgpt.experiment import run_experiment
+from fedgpt.federation.client_app import ClientApp
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
 from fedgpt.privacy.accountant import epsilon

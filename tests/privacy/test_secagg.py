@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedgpt.client.app import ClientApp, ClientData
+from fedgpt.client.trainer import ClientData
 from fedgpt.config import ClientConfig, ModelConfig, load_config
 from fedgpt.errors import ConfigError
 from fedgpt.experiment import run_experiment
+from fedgpt.federation.client_app import ClientApp
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
 from fedgpt.privacy.secagg import shamir

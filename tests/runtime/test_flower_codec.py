@@ -132,8 +132,9 @@ TEXT = "Friends, Romans, countrymen, lend me your ears;\nI come to bury Caesar.\
 def test_client_state_survives_a_fresh_process_per_message(post_quantum):
     """SecAgg over a runtime that rebuilds the ClientApp for every message from the saved
     state (as Flower does) gives exactly the sum of the in-memory run."""
-    from fedgpt.client.app import ClientApp, ClientData
+    from fedgpt.client.trainer import ClientData
     from fedgpt.config import ClientConfig, ModelConfig
+    from fedgpt.federation.client_app import ClientApp
     from fedgpt.models.build import build_char_gpt2
     from fedgpt.models.params import bind_flat
     from fedgpt.privacy.secagg.quantize import bits_for

@@ -32,9 +32,19 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 
+from fedgpt.aggregation.base import (
+    AGGREGATORS,
+    Aggregate,
+    Aggregator,
+    AggregatorConfig,
+    ServerContext,
+    Updates,
+)
 from fedgpt.client.trainer import lm_loss
 from fedgpt.models.params import FlatModel
+from fedgpt.seeding import generator
 
 META = ("log_n", "loss_first", "loss_last", "log_update_norm", "coverage", "staleness")
 PREFIX = "attention."
@@ -111,3 +121,38 @@ def fit_attention(
     with torch.no_grad():
         alpha = attention_weights(params, meta)
     return alpha, {k: v.detach() for k, v in params.items()}, losses
+
+
+@AGGREGATORS.register("attention")
+class LearnedAttention(Aggregator):
+    """α = softmax(MLP(meta)) trained on the public validation objective above; θ is
+    the aggregator's state (checkpointed, warm-started each round)."""
+
+    coverage = True
+
+    class Config(AggregatorConfig):
+        steps: int = Field(5, ge=1, description="MLP optimiser steps per round on the public set")
+        lr: float = Field(0.05, gt=0.0, description="MLP learning rate (Adam)")
+        hidden: int = Field(16, ge=1, description="MLP hidden width")
+        windows: int = Field(16, ge=1, description="public validation windows (fixed for the run)")
+
+    needs_public = True
+
+    def __init__(self, cfg, ctx: ServerContext):
+        super().__init__(cfg, ctx)
+        from fedgpt.client.batches import sample_windows
+
+        gen = generator(ctx.seed, 0, "__attention_val__")
+        self.val = sample_windows(ctx.public, cfg.windows, ctx.seq_len, gen)
+
+    def aggregate(self, state, updates: Updates, gen: torch.Generator) -> Aggregate:
+        theta = {k: v for k, v in state.items() if k.startswith(PREFIX)}
+        if not theta:
+            theta = init_mlp(self.cfg.hidden, generator(self.ctx.seed, 0, "__attention__"))
+        meta = client_meta(updates.configs, updates.coverage)
+        alpha, theta, _ = fit_attention(
+            self.ctx.fm, theta, meta, updates.base, updates.deltas, self.val,
+            self.cfg.steps, self.cfg.lr,
+        )  # fmt: skip
+        weights = {cid: float(a) for cid, a in zip(updates.ids, alpha, strict=True)}
+        return Aggregate(alpha.to(updates.deltas.dtype) @ updates.deltas, theta, weights)

@@ -13,7 +13,9 @@ element's layer id, one softmax over clients, one gather back to elements.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from fedgpt.aggregation.base import AGGREGATORS, Aggregate, Aggregator, AggregatorConfig, Updates
 from fedgpt.models.params import ParamSpec
 
 
@@ -34,3 +36,21 @@ def fedatt(deltas: torch.Tensor, ids: torch.Tensor, n_layers: int, step: float):
     """(ε Σ_k α_k^l Δ_k^l as a flat delta, α (K, L))."""
     alpha = fedatt_weights(deltas, ids, n_layers)
     return step * (alpha[:, ids].to(deltas.dtype) * deltas).sum(0), alpha
+
+
+@AGGREGATORS.register("fedatt")
+class FedAtt(Aggregator):
+    """Layer-wise attention; reports each client's mean α over layers."""
+
+    class Config(AggregatorConfig):
+        step: float = Field(1.0, gt=0.0, description="server step size epsilon (Ji et al. 2019)")
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.ids = layer_ids(ctx.fm.spec)
+        self.n_layers = int(self.ids[-1]) + 1
+
+    def aggregate(self, state, updates: Updates, gen: torch.Generator) -> Aggregate:
+        delta, alpha = fedatt(updates.deltas, self.ids, self.n_layers, self.cfg.step)
+        weights = {c: float(a) for c, a in zip(updates.ids, alpha.mean(1), strict=True)}
+        return Aggregate(delta, state, weights)

@@ -22,7 +22,9 @@ loops over parameters.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from fedgpt.aggregation.base import AGGREGATORS, Aggregate, Aggregator, AggregatorConfig, Updates
 from fedgpt.aggregation.fedavg import weighted_average
 from fedgpt.errors import FedGPTError
 
@@ -86,33 +88,65 @@ def bucket_means(
     return (sums / wsum[:, None]).to(deltas.dtype), wsum
 
 
-def robust_aggregate(
-    rule: str,
-    deltas: torch.Tensor,
-    weights: torch.Tensor,
-    *,
-    trim: float = 0.1,
-    byzantine: int = 1,
-    multi_krum_m: int = 1,
-    bound: float = 1.0,
-    bucket: int = 1,
-    gen: torch.Generator | None = None,
-) -> torch.Tensor:
-    """The aggregate of ``federation.aggregator`` = ``rule`` (after bucketing when
-    ``bucket`` > 1)."""
-    if bucket > 1 and rule != "fedavg":
-        gen = gen if gen is not None else torch.Generator().manual_seed(0)
-        deltas, weights = bucket_means(deltas, weights, bucket, gen)
-    if rule == "fedavg":
-        return weighted_average(deltas, weights)
-    if rule == "median":
+class _Robust(Aggregator):
+    """A rule over the stacked individual updates, after optional bucketing."""
+
+    class Config(AggregatorConfig):
+        bucket: int = Field(
+            1, ge=1, description="average random buckets of this many updates first "
+            "(bucketing, Karimireddy et al. 2022); 1 = off",
+        )  # fmt: skip
+
+    def aggregate(self, state, updates: Updates, gen: torch.Generator) -> Aggregate:
+        deltas, weights = updates.deltas, updates.weights
+        if self.cfg.bucket > 1:
+            deltas, weights = bucket_means(deltas, weights, self.cfg.bucket, gen)
+        return Aggregate(self.rule(deltas, weights), state)
+
+    def rule(self, deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@AGGREGATORS.register("median")
+class Median(_Robust):
+    def rule(self, deltas, weights):
         return coordinate_median(deltas)
-    if rule == "trimmed_mean":
-        return trimmed_mean(deltas, trim)
-    if rule == "krum":
-        return multi_krum(deltas, weights, byzantine, 1)[0]
-    if rule == "multi_krum":
-        return multi_krum(deltas, weights, byzantine, min(multi_krum_m, deltas.shape[0]))[0]
-    if rule == "norm_bound":
-        return norm_bounded_mean(deltas, weights, bound)
-    raise FedGPTError(f"unknown aggregator {rule!r}")
+
+
+@AGGREGATORS.register("trimmed_mean")
+class TrimmedMean(_Robust):
+    class Config(_Robust.Config):
+        trim: float = Field(
+            0.1, ge=0.0, lt=0.5, description="share dropped at each end per coordinate (beta)"
+        )
+
+    def rule(self, deltas, weights):
+        return trimmed_mean(deltas, self.cfg.trim)
+
+
+@AGGREGATORS.register("krum")
+class Krum(_Robust):
+    class Config(_Robust.Config):
+        f: int = Field(1, ge=0, description="tolerated attackers f")
+
+    def rule(self, deltas, weights):
+        return multi_krum(deltas, weights, self.cfg.f, 1)[0]
+
+
+@AGGREGATORS.register("multi_krum")
+class MultiKrum(_Robust):
+    class Config(_Robust.Config):
+        f: int = Field(1, ge=0, description="tolerated attackers f")
+        m: int = Field(3, ge=1, description="updates averaged")
+
+    def rule(self, deltas, weights):
+        return multi_krum(deltas, weights, self.cfg.f, min(self.cfg.m, deltas.shape[0]))[0]
+
+
+@AGGREGATORS.register("norm_bound")
+class NormBound(_Robust):
+    class Config(_Robust.Config):
+        bound: float = Field(1.0, gt=0.0, description="L2 bound M per update")
+
+    def rule(self, deltas, weights):
+        return norm_bounded_mean(deltas, weights, self.cfg.bound)

@@ -23,12 +23,22 @@ from dataclasses import dataclass
 
 import torch
 
+from fedgpt.registry import Registry
+
 State = dict[str, torch.Tensor]
 
+SERVER_OPTIMIZERS: Registry[type] = Registry("server optimiser", "federation.server_optimizer")
 
+
+@SERVER_OPTIMIZERS.register("fedavg")
 @dataclass(frozen=True)
 class FedAvg:
     lr: float = 1.0
+
+    @classmethod
+    def from_config(cls, f) -> FedAvg:
+        """Built from the ``[federation]`` section (``server_lr``)."""
+        return cls(lr=f.server_lr)
 
     def init(self, params: torch.Tensor) -> State:
         return {}
@@ -37,10 +47,15 @@ class FedAvg:
         return params + self.lr * delta, state
 
 
+@SERVER_OPTIMIZERS.register("fedavgm")
 @dataclass(frozen=True)
 class FedAvgM:
     lr: float = 1.0
     momentum: float = 0.9
+
+    @classmethod
+    def from_config(cls, f) -> FedAvgM:
+        return cls(lr=f.server_lr, momentum=f.server_momentum)
 
     def init(self, params: torch.Tensor) -> State:
         return {"v": torch.zeros_like(params)}
@@ -57,6 +72,10 @@ class _Adaptive:
     beta2: float = 0.99
     tau: float = 1e-3
 
+    @classmethod
+    def from_config(cls, f):
+        return cls(lr=f.server_lr, beta1=f.beta1, beta2=f.beta2, tau=f.tau)
+
     def init(self, params: torch.Tensor) -> State:
         return {
             "m": torch.zeros_like(params),
@@ -72,36 +91,28 @@ class _Adaptive:
         return params + self.lr * m / (v.sqrt() + self.tau), {"m": m, "v": v}
 
 
+@SERVER_OPTIMIZERS.register("fedadagrad")
 @dataclass(frozen=True)
 class FedAdagrad(_Adaptive):
     def second_moment(self, v, d2):
         return v + d2
 
 
+@SERVER_OPTIMIZERS.register("fedadam")
 @dataclass(frozen=True)
 class FedAdam(_Adaptive):
     def second_moment(self, v, d2):
         return self.beta2 * v + (1 - self.beta2) * d2
 
 
+@SERVER_OPTIMIZERS.register("fedyogi")
 @dataclass(frozen=True)
 class FedYogi(_Adaptive):
     def second_moment(self, v, d2):
         return v - (1 - self.beta2) * d2 * torch.sign(v - d2)
 
 
-def make_server_optimizer(
-    name: str,
-    lr: float,
-    momentum: float = 0.9,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    tau: float = 1e-3,
-):
-    """The server optimiser named in ``federation.server_optimizer``."""
-    if name == "fedavg":
-        return FedAvg(lr=lr)
-    if name == "fedavgm":
-        return FedAvgM(lr=lr, momentum=momentum)
-    cls = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[name]
-    return cls(lr=lr, beta1=beta1, beta2=beta2, tau=tau)
+def make_server_optimizer(f):
+    """The server optimiser named in ``federation.server_optimizer`` (``f``: the
+    ``[federation]`` section)."""
+    return SERVER_OPTIMIZERS.get(f.server_optimizer).from_config(f)

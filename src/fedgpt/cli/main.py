@@ -71,8 +71,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="log lines, no bars")] = False,
 ) -> None:
     """Run a federated fine-tuning (default: LEAF Shakespeare, one client per role)."""
+    from fedgpt.build import load_run_config
     from fedgpt.cli.progress import QuietHooks, RichHooks
-    from fedgpt.config import load_config
     from fedgpt.experiment import new_run_dir, resume_config, run_experiment
 
     overrides = list(set_ or [])
@@ -86,7 +86,7 @@ def run(
         cfg = resume_config(resume, overrides)
         run_dir = resume
     else:
-        cfg = load_config(config, overrides)
+        cfg = load_run_config(config, overrides)
         run_dir = out or new_run_dir(cfg)
     hooks = QuietHooks() if quiet else RichHooks()
     with hooks:
@@ -134,9 +134,10 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
 @user_errors
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the configuration (defaults, or resolved from -c/--set) as documented TOML."""
-    from fedgpt.config import load_config, to_toml
+    from fedgpt.build import load_run_config
+    from fedgpt.config import to_toml
 
-    typer.echo(to_toml(load_config(config, list(set_ or [])), comments=True), nl=False)
+    typer.echo(to_toml(load_run_config(config, list(set_ or [])), comments=True), nl=False)
 
 
 @data_app.command("stats")

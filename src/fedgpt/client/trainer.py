@@ -26,6 +26,15 @@ from fedgpt.models.params import FlatModel
 
 
 @dataclass(frozen=True)
+class ClientData:
+    """One client's tokenised text."""
+
+    client_id: str
+    train: torch.Tensor
+    test: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Update:
     """One client's contribution to a round."""
 

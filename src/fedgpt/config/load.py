@@ -121,6 +121,8 @@ def _emit(section: BaseModel, path: list[str], lines: list[str]) -> None:
             lines.append(f"{name} = {{{items}}}" if items else f"{name} = {{}}")
         else:
             lines.append(tomli_w.dumps({name: value}).strip())
+    for name, value in (section.__pydantic_extra__ or {}).items():  # a component's own keys
+        lines.append(tomli_w.dumps({name: value}).strip())
     for name, value in subsections:
         doc = (type(value).__doc__ or "").strip().splitlines()[0]
         lines.append("")

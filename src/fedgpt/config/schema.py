@@ -112,6 +112,31 @@ class ClientConfig(_Section):
     )
 
 
+class AggregatorSpec(BaseModel):
+    """How client deltas combine; the aggregator's own settings sit beside `kind`.
+
+    E.g. ``{kind = "krum", f = 2}``; every aggregator's settings are listed in
+    docs/configuration.md, "Aggregator settings"."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str = Field(
+        "fedavg",
+        min_length=1,
+        description="the aggregator: fedavg (n_k-weighted mean), a robust rule, fedatt, "
+        "attention, or a registered one; all but fedavg need individual updates",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"kind": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict:
+        """The aggregator's own settings (everything but ``kind``)."""
+        return dict(self.__pydantic_extra__ or {})
+
+
 class FederationConfig(_Section):
     """Rounds, client sampling, server optimiser and evaluation."""
 
@@ -120,53 +145,19 @@ class FederationConfig(_Section):
         0.01, gt=0.0, le=1.0, description="share of clients sampled per round (seeded)"
     )
     min_clients: int = Field(2, ge=1, description="sample at least this many clients per round")
-    server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = Field(
+    server_optimizer: str = Field(
         "fedavgm",
-        description="server update rule (FedAvgM: Hsu et al. 2019; adaptive: Reddi et al. 2021)",
+        description="server update rule: fedavg, fedavgm (Hsu et al. 2019), fedadam, fedyogi, "
+        "fedadagrad (Reddi et al. 2021), or one registered by your code",
     )
     server_lr: float = Field(1.0, gt=0, description="server learning rate eta")
     server_momentum: float = Field(0.5, ge=0.0, lt=1.0, description="FedAvgM server momentum")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi/FedAdagrad first moment")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
     tau: float = Field(1e-3, gt=0, description="FedAdam/FedYogi/FedAdagrad adaptivity tau")
-    aggregator: Literal[
-        "fedavg",
-        "median",
-        "trimmed_mean",
-        "krum",
-        "multi_krum",
-        "norm_bound",
-        "fedatt",
-        "attention",
-    ] = Field(
-        "fedavg",
-        description="how client deltas combine: n_k-weighted mean, a robust rule against "
-        "poisoned updates, fedatt (layer-wise attention) or attention (alpha = "
-        "softmax(MLP(client meta)), the MLP trained on public validation text); all but "
-        "fedavg need to see individual updates (docs/aggregation.md)",
-    )
-    trim_fraction: float = Field(
-        0.1, ge=0.0, lt=0.5, description="trimmed_mean: share dropped at each end per coordinate"
-    )
-    krum_byzantine: int = Field(1, ge=0, description="krum/multi_krum: tolerated attackers f")
-    multi_krum_m: int = Field(3, ge=1, description="multi_krum: updates averaged")
-    norm_bound: float = Field(1.0, gt=0.0, description="norm_bound: L2 bound M per update")
-    bucket_size: int = Field(
-        1,
-        ge=1,
-        description="robust rules: average random buckets of this many updates first "
-        "(bucketing, Karimireddy et al. 2022); 1 = off",
-    )
-    fedatt_step: float = Field(
-        1.0, gt=0.0, description="fedatt: server step size epsilon (Ji et al. 2019)"
-    )
-    attention_steps: int = Field(
-        5, ge=1, description="attention: MLP optimiser steps per round on the public validation set"
-    )
-    attention_lr: float = Field(0.05, gt=0.0, description="attention: MLP learning rate (Adam)")
-    attention_hidden: int = Field(16, ge=1, description="attention: MLP hidden width")
-    attention_windows: int = Field(
-        16, ge=1, description="attention: public validation windows (fixed for the run)"
+    aggregator: AggregatorSpec = Field(
+        default_factory=AggregatorSpec,
+        description="how client deltas combine (docs/aggregation.md)",
     )
     distill: Literal["none", "feddf", "fedmd"] = Field(
         "none",
@@ -411,13 +402,6 @@ class RuntimeConfig(_Section):
     )
 
 
-def _refuse_clash(what: str, settings: list[tuple[str, bool]]) -> None:
-    """Raise ``what`` + the first of ``settings`` (name, on) that is on, if any."""
-    on = [name for name, active in settings if active]
-    if on:
-        raise ValueError(f"{what} {on[0]}")
-
-
 class RunConfig(_Section):
     """The whole run."""
 
@@ -444,74 +428,17 @@ class RunConfig(_Section):
                 "privacy.noise_multiplier is 0: set it, or set privacy.target_epsilon to "
                 "calibrate it"
             )
-        if p.secure_aggregation != "none" and p.mode == "central_dp":
-            raise ValueError(
-                'privacy.mode = "central_dp" clips each update on the server, which cannot see '
-                f'updates under secure_aggregation = "{p.secure_aggregation}"; use "local_dp" '
-                'or "dp_sgd"'
-            )
         if self.federation.hybrid_lambda > 0 and not self.data.public_plays:
             raise ValueError("federation.hybrid_lambda > 0 needs data.public_plays (server data)")
         f = self.federation
-        agg = f.aggregator
+        agg = f.aggregator.kind
         if (agg == "attention" or f.distill != "none") and not self.data.public_plays:
             what = 'aggregator = "attention"' if agg == "attention" else f'distill = "{f.distill}"'
             raise ValueError(f"federation.{what} needs data.public_plays (public text)")
-        if f.distill == "feddf" and (p.secure_aggregation != "none" or p.mode == "central_dp"):
+        if f.distill == "fedmd" and f.fedmd_client_layers > self.model.n_layer:
             raise ValueError(
-                'federation.distill = "feddf" needs each client\'s model, which '
-                + (
-                    f'secure_aggregation = "{p.secure_aggregation}" hides'
-                    if p.secure_aggregation != "none"
-                    else "central DP does not release (the teachers would leak un-noised updates)"
-                )
-            )
-        private = [
-            (f'privacy.mode = "{p.mode}"', p.mode != "none"),
-            (f'secure_aggregation = "{p.secure_aggregation}"', p.secure_aggregation != "none"),
-        ]
-        if f.distill == "fedmd":
-            _refuse_clash(
-                'federation.distill = "fedmd" exchanges logits, not updates: it does not '
-                "combine with",
-                [
-                    *private,
-                    (f'federation.aggregator = "{agg}"', agg != "fedavg"),
-                    ("federation.hybrid_lambda > 0", f.hybrid_lambda > 0),
-                    ("model.lora", self.model.lora.enabled),
-                    ("model.path", bool(self.model.path) and f.fedmd_client_layers > 0),
-                ],
-            )
-            if f.fedmd_client_layers > self.model.n_layer:
-                raise ValueError(
-                    f"federation.fedmd_client_layers ({f.fedmd_client_layers}) must be <= "
-                    f"model.n_layer ({self.model.n_layer})"
-                )
-        d = self.devices
-        if d.tier != "full" or any(t != "full" for t in [*d.tiers.values(), *d.mix]):
-            _refuse_clash(
-                "device tiers other than 'full' need per-parameter coverage counts over "
-                "individual slices; they do not combine with",
-                [
-                    *private,
-                    (f'federation.aggregator = "{agg}"', agg not in ("fedavg", "attention")),
-                    ('federation.distill = "fedmd"', f.distill == "fedmd"),
-                ],
-            )
-        if f.max_update_norm and p.secure_aggregation != "none":
-            raise ValueError(
-                "federation.max_update_norm needs to see each update, which "
-                f'secure_aggregation = "{p.secure_aggregation}" hides'
-            )
-        if agg != "fedavg" and p.secure_aggregation != "none":
-            raise ValueError(
-                f'federation.aggregator = "{agg}" needs individual updates, which '
-                f'secure_aggregation = "{p.secure_aggregation}" hides; use "fedavg"'
-            )
-        if agg != "fedavg" and p.mode == "central_dp":
-            raise ValueError(
-                f'federation.aggregator = "{agg}" cannot replace DP-FedAvg\'s clipped noisy sum '
-                '(privacy.mode = "central_dp"); use "fedavg"'
+                f"federation.fedmd_client_layers ({f.fedmd_client_layers}) must be <= "
+                f"model.n_layer ({self.model.n_layer})"
             )
         if p.post_quantum and p.secure_aggregation != "secagg":
             raise ValueError(

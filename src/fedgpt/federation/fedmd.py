@@ -22,12 +22,16 @@ import time
 
 import torch
 
-from fedgpt.client.app import client_seed
+from fedgpt.aggregation.base import ServerContext
 from fedgpt.client.trainer import Failure as TrainFailure
 from fedgpt.client.trainer import evaluate_tokens, local_update
 from fedgpt.federation.distill import distill, logits_on, public_windows
+from fedgpt.federation.exchange import Exchange
+from fedgpt.federation.state import RoundResult, ServerState
+from fedgpt.federation.strategy import STRATEGIES, FedAvgFamily, Strategy, below_quorum
+from fedgpt.messages import Message
 from fedgpt.models.params import FlatModel
-from fedgpt.runtime.messages import Failure, Message
+from fedgpt.seeding import client_seed
 
 SEED, CONS = "fedmd.seed", "fedmd.consensus"
 
@@ -75,28 +79,79 @@ class FedMDClient:
         )
 
 
-def fedmd_messages(server, state, chosen: list[str], rnd: int) -> dict[str, Message]:
-    """The round's ``fedmd/train`` messages: no weights, only public-set logits."""
-    cfg = server.cfg
-    f = cfg.federation
-    base = {
-        "round": rnd,
-        "windows": f.distill_windows,
-        "seq_len": cfg.client.seq_len,
-        "steps": f.distill_steps,
-        "lr": f.distill_lr,
-        "temperature": f.distill_temperature,
-        "public_seed": client_seed(cfg.seed, rnd, "__fedmd__"),
-        "max_tokens": f.eval_max_chars,
-    }
-    tensors = {}
-    if CONS in state.opt_state:
-        base["consensus_seed"] = int(state.opt_state[SEED])
-        tensors = {"consensus": state.opt_state[CONS]}
-    return {
-        cid: Message("fedmd/train", {**base, "seed": client_seed(cfg.seed, rnd, cid)}, tensors)
-        for cid in chosen
-    }
+@STRATEGIES.register("fedmd")
+class FedMDStrategy(Strategy):
+    """The server side of FedMD: consensus logits down, logits up, the server's model
+    distils the new consensus (``ctx``: the server's model and public text)."""
+
+    def __init__(self, cfg, ctx: ServerContext, quorum: int = 0):
+        self.cfg, self.ctx, self.quorum = cfg, ctx, quorum
+
+    def init(self, weights: torch.Tensor) -> ServerState:
+        return ServerState(0, weights.clone(), {})
+
+    def round(self, state, cohort, ex: Exchange):
+        rnd = state.round + 1
+        received = ex.send(self.messages(state, cohort, rnd), hash_type="fedmd/logits")
+        f = self.cfg.federation
+        shape = (f.distill_windows, self.cfg.client.seq_len, self.ctx.vocab_size)
+        good = {}
+        for cid in cohort:
+            reason = validate_logits(received[cid], rnd, shape)
+            if reason is None:
+                good[cid] = received[cid]
+            else:
+                ex.drop(cid, reason)
+        if self.quorum and len(good) < self.quorum:
+            return state, below_quorum(
+                rnd, f"{len(good)} valid logit replies, quorum {self.quorum}", ex
+            )
+        new_state = (
+            self.aggregate(state, good, rnd)
+            if good
+            else ServerState(rnd, state.weights, state.opt_state)
+        )
+        result = RoundResult(rnd, list(good), ex.dropped)
+        result.client_metrics = {cid: m.config.get("metrics", {}) for cid, m in good.items()}
+        result.tally({cid: float(m.config.get("num_examples", 1)) for cid, m in good.items()})
+        return new_state, FedAvgFamily._report(result, ex)
+
+    def messages(self, state, chosen: list[str], rnd: int) -> dict[str, Message]:
+        """The round's ``fedmd/train`` messages: no weights, only public-set logits."""
+        cfg = self.cfg
+        f = cfg.federation
+        base = {
+            "round": rnd,
+            "windows": f.distill_windows,
+            "seq_len": cfg.client.seq_len,
+            "steps": f.distill_steps,
+            "lr": f.distill_lr,
+            "temperature": f.distill_temperature,
+            "public_seed": client_seed(cfg.seed, rnd, "__fedmd__"),
+            "max_tokens": f.eval_max_chars,
+        }
+        tensors = {}
+        if CONS in state.opt_state:
+            base["consensus_seed"] = int(state.opt_state[SEED])
+            tensors = {"consensus": state.opt_state[CONS]}
+        return {
+            cid: Message("fedmd/train", {**base, "seed": client_seed(cfg.seed, rnd, cid)}, tensors)
+            for cid in chosen
+        }
+
+    def aggregate(self, state, good: dict[str, Message], rnd: int) -> ServerState:
+        """Consensus f̃ = mean of the clients' logits; the server's model digests it."""
+        cfg, f = self.cfg, self.cfg.federation
+        consensus = torch.stack([m.tensors["logits"] for m in good.values()]).mean(0)
+        seed = client_seed(cfg.seed, rnd, "__fedmd__")
+        inputs = public_windows(self.ctx.public, f.distill_windows, cfg.client.seq_len, seed)
+        gen = torch.Generator().manual_seed(seed + 1)
+        w = distill(
+            self.ctx.fm, state.weights, inputs, consensus, f.distill_steps, cfg.client.batch_size,
+            f.distill_lr, f.distill_temperature, gen,
+        )  # fmt: skip
+        opt = {**state.opt_state, CONS: consensus, SEED: torch.tensor(seed, dtype=torch.int64)}
+        return ServerState(rnd, w, opt)
 
 
 def validate_logits(reply, rnd: int, shape: tuple[int, ...]) -> str | None:
@@ -114,66 +169,3 @@ def validate_logits(reply, rnd: int, shape: tuple[int, ...]) -> str | None:
     if not bool(torch.isfinite(x).all()):
         return "logits contain NaN or inf"
     return None
-
-
-def fedmd_aggregate(server, state, good: dict[str, Message], rnd: int):
-    """Consensus f̃ = mean of the clients' logits; the server's model digests it.
-    Returns the new server state."""
-    from fedgpt.federation.loop import ServerState
-
-    cfg, f = server.cfg, server.cfg.federation
-    consensus = torch.stack([m.tensors["logits"] for m in good.values()]).mean(0)
-    seed = client_seed(cfg.seed, rnd, "__fedmd__")
-    inputs = public_windows(server.public, f.distill_windows, cfg.client.seq_len, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    w = distill(
-        server.fm, state.weights, inputs, consensus, f.distill_steps, cfg.client.batch_size,
-        f.distill_lr, f.distill_temperature, gen,
-    )  # fmt: skip
-    opt = {**state.opt_state, CONS: consensus, SEED: torch.tensor(seed, dtype=torch.int64)}
-    return ServerState(rnd, w, opt)
-
-
-def fedmd_round(self, state, chosen: list[str], start: float):
-    """A logit-only round of FederatedServer ``self`` (federation.distill = "fedmd"): no
-    parameters cross the runtime. Returns (new state, RoundResult)."""
-    from fedgpt.federation.loop import RoundResult, ServerState
-
-    rnd = state.round + 1
-    msgs = fedmd_messages(self, state, chosen, rnd)
-    t0 = time.perf_counter()
-    replies, received, dropped = self._receive(msgs)
-    self._hash_updates(replies, "fedmd/logits")
-    client_seconds = time.perf_counter() - t0
-    f = self.cfg.federation
-    shape = (f.distill_windows, self.cfg.client.seq_len, self.vocab_size)
-    good = {}
-    for cid in chosen:
-        reason = validate_logits(received.get(cid, Failure("no reply")), rnd, shape)
-        if reason is None:
-            good[cid] = received[cid]
-        else:
-            dropped.append({"client": cid, "reason": reason})
-    quorum = self.cfg.runtime.min_replies
-    if quorum and len(good) < quorum:
-        why = f"{len(good)} valid logit replies, quorum {quorum}"
-        return state, self._no_quorum(rnd, why, dropped, start, client_seconds)
-    new_state = ServerState(rnd, state.weights, state.opt_state)
-    if good:
-        new_state = fedmd_aggregate(self, state, good, rnd)
-    metrics = {cid: m.config.get("metrics", {}) for cid, m in good.items()}
-    losses = [m["train_loss"] for m in metrics.values() if "train_loss" in m]
-    result = RoundResult(
-        round=rnd,
-        participants=list(good),
-        dropped=dropped,
-        train_loss=sum(losses) / len(losses) if losses else None,
-        bytes_up=sum(r.nbytes for r in replies.values() if isinstance(r, Message)),
-        bytes_down=sum(m.nbytes for m in msgs.values()),
-        seconds=0.0,
-        client_seconds=client_seconds,
-        update_norm_mean=None,
-        client_metrics=metrics,
-        update_hashes=dict(self.update_hashes),
-    )
-    return self._finish_round(new_state, result, start)

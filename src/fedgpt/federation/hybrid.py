@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import torch
 
-from fedgpt.client.app import client_seed
 from fedgpt.client.trainer import make_optimizer, train_steps
 from fedgpt.config import RunConfig
 from fedgpt.models.params import FlatModel
+from fedgpt.seeding import client_seed
 
 
 def public_step(

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from fedgpt.errors import RunError
-from fedgpt.runtime.messages import Message
+from fedgpt.messages import Message
 
 GENESIS = "0" * 64
 VERSION = 1
@@ -273,8 +273,6 @@ class Ledger:
             if rnd == 0:
                 return cls.start(run_dir, ledger_key, config_hash)
             raise RunError(f"--resume: the ledger '{path}' has no readable header")
-        from fedgpt.federation.verify import check_chain
-
         entries, problems = check_chain(keep, key.public_key())
         if problems:
             raise RunError(f"--resume: the ledger does not verify: {problems[0]}")
@@ -360,3 +358,73 @@ class Ledger:
 
 
 # --- verification --------------------------------------------------------------------
+
+
+def check_chain(lines: Sequence[bytes], public_key) -> tuple[list[dict | None], list[str]]:
+    """Check the lines of a ledger on their own: canonical form, signature, ``prev`` link,
+    entry kinds and order, rounds 1, 2, 3, ... each under the configuration in force.
+    Returns the parsed entries (``None`` where unreadable) and the problems found, each
+    naming its entry (1-based line)."""
+    problems: list[str] = []
+    entries: list[dict | None] = []
+    pub_hex = public_raw_hex(public_key)
+    current_config: str | None = None
+    last_round = 0
+    for i, raw in enumerate(lines, 1):
+        where = f"entry {i}"
+        expected_prev = GENESIS if i == 1 else sha256_hex(lines[i - 2])
+        try:
+            entry = json.loads(raw)
+            if not isinstance(entry, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            problems.append(f"{where}: unreadable ({str(exc).splitlines()[0][:80]})")
+            entries.append(None)
+            continue
+        entries.append(entry)
+        try:
+            same = canonical(entry) == raw
+        except ValueError:
+            same = False
+        if not same:
+            problems.append(f"{where}: not in canonical form (altered)")
+        body = {k: v for k, v in entry.items() if k != "sig"}
+        try:
+            public_key.verify(bytes.fromhex(str(entry.get("sig", ""))), canonical(body))
+        except Exception:  # noqa: BLE001 - InvalidSignature, bad hex, NaN...
+            problems.append(f"{where}: signature does not verify")
+        if entry.get("prev") != expected_prev:
+            problems.append(
+                f"{where}: prev is not the genesis value"
+                if i == 1
+                else f"{where}: prev does not match the hash of entry {i - 1} "
+                "(an entry was altered, deleted, inserted or reordered)"
+            )
+        kind = entry.get("kind")
+        if i == 1 and kind != "header":
+            problems.append(f"{where}: the first entry must be the header, found {kind!r}")
+        if kind == "header":
+            if i != 1:
+                problems.append(f"{where}: a second header")
+            if entry.get("public_key") != pub_hex:
+                problems.append(f"{where}: header public key differs from {PUBLIC_KEY}")
+            current_config = entry.get("config_hash")
+        elif kind == "config":
+            current_config = entry.get("config_hash")
+        elif kind == "round":
+            r = entry.get("round")
+            if r != last_round + 1:
+                problems.append(f"{where}: round {r!r}, expected {last_round + 1}")
+            last_round = r if isinstance(r, int) else last_round + 1
+            if entry.get("config_hash") != current_config:
+                problems.append(f"{where}: config hash differs from the configuration in force")
+        elif kind == "model":
+            if i != len(lines):
+                problems.append(f"{where}: a model entry before the end of the ledger")
+            if entry.get("round") != last_round:
+                problems.append(
+                    f"{where}: model of round {entry.get('round')!r}, last round is {last_round}"
+                )
+        else:
+            problems.append(f"{where}: unknown kind {kind!r}")
+    return entries, problems

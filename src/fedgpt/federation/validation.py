@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fedgpt.runtime.messages import Failure, Message, Reply
+from fedgpt.messages import Failure, Message, Reply
 
 
 def validate_reply(

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedgpt.config import RunConfig
 from fedgpt.errors import ConfigError
-from fedgpt.runtime.messages import Failure, Message
+from fedgpt.messages import Failure, Message
 
 # SecAgg stages in order, keyed by the message that starts each one
 SECAGG_STAGES = {"secagg/train": 0, "secagg/share": 1, "secagg/masked": 2, "secagg/unmask": 3}
@@ -35,6 +35,10 @@ class FaultInjector:
     straggle_delay: float = 60.0
     drop_after_stage: str = ""
     attempt: int = 0  # the experiment sets it before each attempt of a round
+
+    def set_attempt(self, attempt: int) -> None:
+        """Called before each attempt of a round: a retry draws its faults afresh."""
+        self.attempt = attempt
 
     @classmethod
     def from_config(cls, cfg: RunConfig, client_ids: list[str]) -> FaultInjector | None:

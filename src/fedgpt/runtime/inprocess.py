@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from fedgpt.runtime.messages import Failure, Message, Reply
+from fedgpt.messages import Failure, Message, Reply
 
 log = logging.getLogger(__name__)
 

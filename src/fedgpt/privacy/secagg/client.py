@@ -164,7 +164,7 @@ def handle(store: dict, cid: str, msg):
     """The message steps after training, for a client whose round state lives in
     ``store[cid]``: ``secagg/share``, ``secagg/masked``, ``secagg/unmask``.
     (``secagg/train`` is the caller's: it trains, encodes and calls ``advertise``.)"""
-    from fedgpt.runtime.messages import Message
+    from fedgpt.messages import Message
 
     c, rnd = msg.config, int(msg.config["round"])
     st = store.get(cid)
@@ -189,7 +189,7 @@ def handle(store: dict, cid: str, msg):
 
 def keys_message(st: RoundState, num_examples: int, metrics: dict):
     """The reply to ``secagg/train``: the public keys (and the client's n_k, metrics)."""
-    from fedgpt.runtime.messages import Message
+    from fedgpt.messages import Message
 
     return Message(
         "secagg/keys",

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedgpt.messages import Failure, Message
 from fedgpt.privacy.secagg import crypto, shamir
 from fedgpt.privacy.secagg.client import MASK_INFO, salt
 from fedgpt.privacy.secagg.quantize import decode
-from fedgpt.runtime.messages import Failure, Message
 
 
 @dataclass
@@ -30,6 +30,7 @@ class SecAggOutcome:
     survivors: list[str] = field(default_factory=list)
     dropped: list[dict[str, str]] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)
+    num_examples: dict[str, int] = field(default_factory=dict)  # n_k as each client sent it
     bytes_up: int = 0
     bytes_down: int = 0
     failure: str | None = None
@@ -217,4 +218,5 @@ def run_round(
     out.weighted_sum, out.weight = decode(total, len(u3), value_range, bits)
     out.survivors = u3
     out.metrics = {u: keys[u].config.get("metrics", {}) for u in u3}
+    out.num_examples = {u: keys[u].config.get("num_examples", 1) for u in u3}
     return out

@@ -31,9 +31,9 @@ from flwr.app import Message as FlowerMessage
 from flwr.clientapp import ClientApp as FlowerClientApp
 
 from fedgpt.errors import ConfigError
+from fedgpt.messages import Failure, Message, Reply
 from fedgpt.runtime.flower.codec import decode_batch, encode_batch
 from fedgpt.runtime.flower.settings import config_from_toml
-from fedgpt.runtime.messages import Failure, Message, Reply
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def prepare_local(cfg, node_config) -> Local:
     if key in _CACHE:
         return _CACHE[key]
 
-    from fedgpt.experiment import Prepared, prepare, prepare_with
+    from fedgpt.build import Prepared, prepare, prepare_with
     from fedgpt.models.build import build_model
 
     if model_path:
@@ -135,7 +135,7 @@ def prepare_local(cfg, node_config) -> Local:
 def fedgpt_client(cfg, local: Local, setup: dict, node_config):
     """FedGPT's ``ClientApp`` for this node's clients, wired as ``run_experiment`` wires
     it (attack simulation, device tiers, CKKS secret context)."""
-    from fedgpt.client.app import ClientApp
+    from fedgpt.federation.client_app import ClientApp
 
     prep = local.prep
     client = ClientApp(prep.fm, prep.data, cfg.client, cfg.privacy, float(setup.get("z", 0.0)))
@@ -146,7 +146,7 @@ def fedgpt_client(cfg, local: Local, setup: dict, node_config):
         client.malicious = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
         client.attack = cfg.attack
     if setup.get("tiers"):
-        from fedgpt.experiment import device_tiers
+        from fedgpt.build import device_tiers
 
         client.tiers = device_tiers(cfg, prep, all_ids)
     if cfg.privacy.secure_aggregation == "ckks":

@@ -14,7 +14,7 @@ holds
 * ``"i.blobs"``: a ConfigRecord, one ``list[bytes]`` per blob name.
 
 A reply item may instead say ``failure`` (the client raised, or the node does not serve
-that client): it decodes to :class:`~fedgpt.runtime.messages.Failure`. Flower-level
+that client): it decodes to :class:`~fedgpt.messages.Failure`. Flower-level
 problems (an error reply, no reply in time) become ``Failure`` in the runtime.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedgpt.runtime.messages import Failure, Message, Reply
+from fedgpt.messages import Failure, Message, Reply
 
 BATCH = "fedgpt.batch"  # ConfigRecord: {"version": 1, "size": n}
 VERSION = 1

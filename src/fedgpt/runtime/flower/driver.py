@@ -50,7 +50,7 @@ def server_model(cfg):
     server has no client text, so the model must come from a shared checkpoint
     (``model.path``) that every node holds too.
     """
-    from fedgpt.experiment import prepare, prepare_with
+    from fedgpt.build import prepare, prepare_with
 
     if cfg.data.source == "shakespeare":
         return prepare(cfg)
@@ -65,17 +65,13 @@ def server_model(cfg):
 
 
 def build_server(cfg, prep, runtime, ids: list[str], log: Log):
-    """The FederatedServer over ``runtime``, wired as ``run_experiment`` wires it on the
-    server side (:func:`fedgpt.experiment.wire_server`). Returns (server, privacy, tiers)."""
-    from fedgpt.experiment import device_tiers, make_privacy, wire_server
-    from fedgpt.federation.loop import FederatedServer
+    """The FederatedServer over ``runtime``, from the same builder as in-process runs
+    (:func:`fedgpt.build.build_server`). Returns (server, privacy, tiers)."""
+    from fedgpt.build import build_server as build
 
-    privacy = make_privacy(cfg, len(ids))
-    tiers = device_tiers(cfg, prep, ids)
-    server = FederatedServer(cfg, runtime, ids, privacy)
-    wire_server(cfg, prep, server, tiers)
+    public = None
     if cfg.privacy.secure_aggregation == "ckks":
-        from fedgpt.privacy.ckks import CkksServer, read_context
+        from fedgpt.privacy.ckks import read_context
 
         if not cfg.privacy.ckks_keys:
             raise ConfigError(
@@ -83,7 +79,8 @@ def build_server(cfg, prep, runtime, ids: list[str], log: Log):
                 "server reads public_context.bin there, each node its secret_context.bin"
             )
         path = Path(cfg.privacy.ckks_keys) / "public_context.bin"
-        server.ckks = CkksServer(read_context(path, "privacy.ckks_keys public context"))
+        public = read_context(path, "privacy.ckks_keys public context")
+    server, privacy, tiers = build(cfg, prep, runtime, ids, public)
     if privacy.active:
         log(f"privacy: {cfg.privacy.mode}, noise multiplier {privacy.z:.4g}")
     return server, privacy, tiers

@@ -13,8 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from fedgpt.messages import Failure, Message, Reply
 from fedgpt.runtime.flower.codec import CodecError, decode_batch, encode_batch
-from fedgpt.runtime.messages import Failure, Message, Reply
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedgpt.errors import ConfigError, RunError
+from fedgpt.messages import Failure, Message
 from fedgpt.runtime.flower.client_app import HELLO, SETUP
 from fedgpt.runtime.flower.runtime import FlowerRuntime
 from fedgpt.runtime.flower.settings import FlowerSettings
-from fedgpt.runtime.messages import Failure, Message
 
 app = ServerApp()
 _T0 = time.monotonic()
@@ -98,7 +98,7 @@ def order_clients(prep, node_of: dict[str, int]) -> list[str]:
 
 def run(grid: Grid, settings: FlowerSettings) -> dict:
     """A whole FedGPT run over ``grid`` (what ``main`` does); returns the summary."""
-    from fedgpt.experiment import new_run_dir
+    from fedgpt.drive import new_run_dir
     from fedgpt.runtime.flower.client_app import model_fingerprint
     from fedgpt.runtime.flower.driver import build_server, check_supported, run_rounds, server_model
 

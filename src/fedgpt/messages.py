@@ -1,4 +1,5 @@
-"""Messages between server and clients, shaped like Flower's message API.
+"""Messages between server and clients, shaped like Flower's message API, and the
+runtime seam that carries them.
 
 A :class:`Message` has a type (``"train"``, ``"evaluate"``, ...), a small JSON-able config
 dict, named tensor payloads and named byte payloads (e.g. ciphertexts). A
@@ -8,8 +9,9 @@ crashed, timed out or sent garbage).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -35,3 +37,20 @@ class Failure:
 
 
 Reply = Message | Failure
+
+
+class Runtime(Protocol):
+    """Carries messages to clients and brings their replies back: the one way the server
+    talks to clients.
+
+    ``send_and_receive`` delivers each message to its client and returns one reply per
+    client: a :class:`Message` or a :class:`Failure`. ``on_reply`` (optional) is called as
+    each reply arrives, for progress display.
+    """
+
+    def send_and_receive(
+        self,
+        messages: Mapping[str, Message],
+        timeout: float | None = None,
+        on_reply: Callable[[str, Reply], None] | None = None,
+    ) -> dict[str, Reply]: ...

@@ -8,31 +8,13 @@ the reply.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from fedgpt.client.trainer import Failure, evaluate_tokens, local_update
+from fedgpt.client.trainer import ClientData, Failure, evaluate_tokens, local_update
 from fedgpt.config import ClientConfig, PrivacyConfig
+from fedgpt.messages import Message
 from fedgpt.models.params import FlatModel
-from fedgpt.runtime.messages import Message
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's tokenised text."""
-
-    client_id: str
-    train: torch.Tensor
-    test: torch.Tensor
-
-
-def client_seed(run_seed: int, round: int, client_id: str) -> int:
-    """A 63-bit seed for (run, round, client), independent of sampling order."""
-    key = np.frombuffer(client_id.encode("utf-8"), dtype=np.uint8).astype(np.uint32)
-    ss = np.random.SeedSequence([run_seed, round, *key.tolist()])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class ClientApp:

@@ -1,0 +1,327 @@
+"""One builder for every runtime: configuration → data, model, strategy and server.
+
+``run_experiment`` (in-process), the Flower ServerApp and the Flower ClientApp all call
+these, so a configuration means the same thing wherever it runs:
+
+* :func:`prepare` / :func:`prepare_with` — the clients' text, the model and its
+  tokenised data (:class:`Prepared`);
+* :func:`build_strategy` — the round's components from their registries (secure sum,
+  aggregator wrapped by the privacy mechanism, server optimiser, post-steps, or FedMD),
+  after :func:`fedgpt.federation.compat.check` has refused what does not combine;
+* :func:`build_server` — the :class:`~fedgpt.federation.loop.FederatedServer`, complete
+  when constructed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fedgpt.aggregation  # noqa: F401  (registers the built-in aggregators)
+from fedgpt.aggregation.base import AGGREGATORS, Aggregator, ServerContext
+from fedgpt.aggregation.server_opt import make_server_optimizer
+from fedgpt.client.trainer import ClientData
+from fedgpt.config import RunConfig
+from fedgpt.data import ClientText
+from fedgpt.errors import ConfigError
+from fedgpt.federation import compat
+from fedgpt.federation.loop import FederatedServer
+from fedgpt.federation.sampling import clients_per_round
+from fedgpt.federation.secure_sum import SECURE_SUMS, CkksSum
+from fedgpt.federation.strategy import FedAvgFamily, Strategy
+from fedgpt.messages import Runtime
+from fedgpt.models.build import ModelBundle, build_model
+from fedgpt.models.params import FlatModel, bind_flat
+from fedgpt.privacy.engine import ServerPrivacy
+from fedgpt.privacy.mechanism import PRIVACY
+
+
+def load_clients(cfg: RunConfig) -> list[ClientText]:
+    """The clients of the run, as configured (a seeded sample if ``data.max_clients``)."""
+    d = cfg.data
+    if d.source == "dir":
+        from fedgpt.data import load_client_dir
+
+        clients = load_client_dir(d.path, train_fraction=d.train_fraction)
+    else:
+        from fedgpt.data import shakespeare_clients
+
+        clients = shakespeare_clients(
+            min_chars=d.min_chars,
+            train_fraction=d.train_fraction,
+            plays=d.plays or None,
+            exclude_plays=[*d.exclude_plays, *d.public_plays],
+        )
+    if d.max_clients and len(clients) > d.max_clients:
+        rng = np.random.default_rng([cfg.seed, 0xDA7A])
+        keep = np.sort(rng.choice(len(clients), size=d.max_clients, replace=False))
+        clients = [clients[i] for i in keep]
+    return clients
+
+
+@dataclass
+class Prepared:
+    clients: list[ClientText]
+    bundle: ModelBundle
+    fm: FlatModel
+    data: dict[str, ClientData]
+    init: torch.Tensor
+    public: torch.Tensor | None = None  # server-side public tokens (hybrid aggregation)
+
+    def context(self, cfg: RunConfig) -> ServerContext:
+        """What server-side components may use: the model, public text, seed, lengths."""
+        return ServerContext(
+            self.fm, self.public, cfg.seed, cfg.client.seq_len, self.bundle.codec.vocab_size
+        )
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load the clients, build the model and tokenise every client's text."""
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    clients = load_clients(cfg)
+    return prepare_with(cfg, clients, build_model(cfg.model, (c.train for c in clients), cfg.seed))
+
+
+def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle) -> Prepared:
+    """Tokenise ``clients`` (and the public plays, ``data.public_plays``) with ``bundle``'s
+    codec: what ``prepare`` does once the clients and the model are known (a Flower node
+    holds only its own clients; the server none)."""
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    fm = bind_flat(bundle.model)
+    enc = bundle.codec.encode
+    data = {
+        c.client_id: ClientData(
+            c.client_id, torch.from_numpy(enc(c.train)), torch.from_numpy(enc(c.test))
+        )
+        for c in clients
+    }
+    public = None
+    if cfg.data.public_plays:
+        from fedgpt.data import shakespeare_clients
+
+        roles = shakespeare_clients(min_chars=1, plays=cfg.data.public_plays)
+        public = torch.from_numpy(enc("\n".join(c.train + "\n" + c.test for c in roles)))
+    return Prepared(list(clients), bundle, fm, data, fm.flat.clone(), public)
+
+
+def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
+    """client -> (tier, trainable per parameter, flat mask) for clients not on "full"."""
+    from fedgpt.models.tiers import assign_tiers, choose_tier, tier_mask, tier_params
+
+    d, mc = cfg.devices, prep.bundle.model.config
+    n_layer = getattr(mc, "n_layer", None) or getattr(mc, "num_hidden_layers", 1)
+    n_embd = getattr(mc, "n_embd", None) or getattr(mc, "hidden_size", 1)
+    spec, c = prep.fm.spec, cfg.client
+    lora_r = cfg.model.lora.r if prep.bundle.lora else 0
+    frozen = prep.bundle.counts()[1] - spec.numel
+
+    def choose(mb: float) -> str:
+        return choose_tier(
+            spec, mb, n_layer, n_embd, prep.bundle.codec.vocab_size, c.batch_size, c.seq_len,
+            lora_r, frozen,
+        )  # fmt: skip
+
+    assigned = assign_tiers(d, ids, cfg.seed, choose)
+    partial = {cid: t for cid, t in assigned.items() if t != "full"}
+    if not partial:
+        return {}
+    compat.check(cfg, tiers=True)  # memory budgets may pick tiers the config did not name
+    cache = {
+        t: (tier_params(spec, t, n_layer, lora_r), tier_mask(spec, t, n_layer, lora_r))
+        for t in set(partial.values())
+    }
+    return {cid: (t, *cache[t]) for cid, t in partial.items()}
+
+
+def make_privacy(cfg: RunConfig, num_clients: int) -> ServerPrivacy:
+    """The run's privacy accounting (checks the privacy settings before anything runs)."""
+    f = cfg.federation
+    per_round = clients_per_round(num_clients, f.fraction, f.min_clients)
+    if cfg.privacy.secure_aggregation == "secagg" and per_round < 3:
+        raise ConfigError(
+            f'privacy.secure_aggregation = "secagg" needs at least 3 clients per round, the '
+            f"federation samples {per_round} (raise federation.min_clients or fraction)"
+        )
+    return ServerPrivacy(cfg.privacy, num_clients, per_round, f.rounds)
+
+
+def ckks_keys(cfg: RunConfig) -> tuple[bytes, bytes] | None:
+    """(secret, public) CKKS contexts when ``secure_aggregation = "ckks"``: read from
+    ``privacy.ckks_keys`` or made fresh for this run."""
+    p = cfg.privacy
+    if p.secure_aggregation != "ckks":
+        return None
+    from fedgpt.privacy.ckks import make_keys, read_context
+
+    if not p.ckks_keys:
+        return make_keys()
+    d = Path(p.ckks_keys)
+    return (
+        read_context(d / "secret_context.bin", "privacy.ckks_keys secret context"),
+        read_context(d / "public_context.bin", "privacy.ckks_keys public context"),
+    )
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """Refuse (one line) what the configuration's components cannot do together, an
+    unknown component name, or a component setting out of range; returns ``cfg``."""
+    make_server_optimizer(cfg.federation)
+    spec = cfg.federation.aggregator
+    validate_section(AGGREGATORS.get(spec.kind).Config, spec.model_dump(), "federation.aggregator")
+    compat.check(cfg)
+    return cfg
+
+
+def load_run_config(path=None, overrides: list[str] | None = None) -> RunConfig:
+    """:func:`fedgpt.config.load_config`, then :func:`check_config`."""
+    from fedgpt.config import load_config
+
+    return check_config(load_config(path, overrides))
+
+
+def aggregator_reference() -> str:
+    """Markdown: every registered aggregator's settings, defaults and meanings (the
+    "Aggregator settings" section of docs/configuration.md)."""
+    lines = ["| aggregator | setting | default | meaning |", "| --- | --- | --- | --- |"]
+    for name in AGGREGATORS:
+        fields = {k: v for k, v in AGGREGATORS.get(name).Config.model_fields.items() if k != "kind"}
+        if not fields:
+            lines.append(f"| `{name}` | | | (no settings) |")
+        for key, fld in fields.items():
+            lines.append(f"| `{name}` | `{key}` | `{fld.default!r}` | {fld.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_aggregator(cfg: RunConfig, ctx: ServerContext, privacy: ServerPrivacy) -> Aggregator:
+    """``federation.aggregator`` from its registry, its settings validated, wrapped by the
+    privacy mechanism (central DP replaces the mean by DP-FedAvg's noised sum)."""
+    spec = cfg.federation.aggregator
+    cls = AGGREGATORS.get(spec.kind)
+    agg = cls(validate_section(cls.Config, spec.model_dump(), "federation.aggregator"), ctx)
+    return PRIVACY.get(cfg.privacy.mode)().wrap(agg, privacy)
+
+
+def validate_section(model, data: dict, key: str):
+    """``model.model_validate(data)``, or a one-line ConfigError naming ``key.field``."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join([key, *(str(p) for p in err["loc"])])
+        if err["type"] == "extra_forbidden":
+            return _raise(f"unknown config key '{where}'")
+        return _raise(f"config key '{where}': {err['msg'].lower()}, got {err.get('input')!r}")
+
+
+def _raise(msg: str):
+    raise ConfigError(msg)
+
+
+def build_strategy(
+    cfg: RunConfig, ctx: ServerContext, privacy: ServerPrivacy, tiers: dict, ckks_server=None
+) -> Strategy:
+    """The round's strategy, composed from the registries (``ctx``: the server's model
+    and public text, :meth:`Prepared.context`)."""
+    compat.check(cfg, tiers=bool(tiers))
+    f, quorum = cfg.federation, cfg.runtime.min_replies
+    if f.distill == "fedmd":
+        from fedgpt.federation.fedmd import FedMDStrategy
+
+        return FedMDStrategy(cfg, ctx, quorum)
+    masks = {t: m for t, _, m in tiers.values()}
+    kind = cfg.privacy.secure_aggregation
+    if kind == "ckks":
+        secure_sum = CkksSum(cfg, masks, server=ckks_server)
+    else:
+        secure_sum = SECURE_SUMS.get(kind)(cfg, masks)
+    return FedAvgFamily(
+        secure_sum,
+        build_aggregator(cfg, ctx, privacy),
+        make_server_optimizer(f),
+        seed=cfg.seed,
+        quorum=quorum,
+        post_steps=post_steps(cfg, ctx),
+        log_heterogeneity=not privacy.active,
+    )
+
+
+def post_steps(cfg: RunConfig, ctx: ServerContext) -> tuple:
+    """Hybrid aggregation's public step, then FedDF's ensemble distillation."""
+    f, steps = cfg.federation, []
+    if f.hybrid_lambda > 0:
+        from fedgpt.federation.hybrid import public_step
+
+        hybrid = public_step(ctx.fm, ctx.public, cfg)
+        steps.append(lambda w, rnd, base, updates: hybrid(w, rnd))
+    if f.distill == "feddf":
+        from fedgpt.federation.distill import feddf_step
+
+        feddf = feddf_step(ctx.fm, ctx.public, cfg)
+        steps.append(
+            lambda w, rnd, base, updates: (
+                w if updates is None else feddf(w, base, updates.deltas, rnd)
+            )
+        )
+    return tuple(steps)
+
+
+def build_server(
+    cfg: RunConfig,
+    prep: Prepared,
+    runtime: Runtime,
+    ids: list[str],
+    ckks_public: bytes | None = None,
+) -> tuple[FederatedServer, ServerPrivacy, dict]:
+    """The server over ``runtime`` for clients ``ids``, complete: (server, privacy, tiers)."""
+    privacy = make_privacy(cfg, len(ids))
+    tiers = device_tiers(cfg, prep, ids)
+    ckks = None
+    if ckks_public is not None:
+        from fedgpt.privacy.ckks import CkksServer
+
+        ckks = CkksServer(ckks_public)  # the server holds only the public context
+    strategy = build_strategy(cfg, prep.context(cfg), privacy, tiers, ckks)
+    return FederatedServer(cfg, runtime, ids, strategy, privacy), privacy, tiers
+
+
+def server_for(
+    cfg: RunConfig,
+    runtime: Runtime,
+    ids: list[str],
+    fm: FlatModel,
+    *,
+    public: torch.Tensor | None = None,
+    vocab_size: int = 0,
+    ckks_public: bytes | None = None,
+) -> FederatedServer:
+    """The server for a model you already hold (``fm``, a bound flat view), without
+    device tiers: what :func:`build_server` makes from a :class:`Prepared`."""
+    ctx = ServerContext(fm, public, cfg.seed, cfg.client.seq_len, vocab_size)
+    privacy = make_privacy(cfg, len(ids))
+    ckks = None
+    if ckks_public is not None:
+        from fedgpt.privacy.ckks import CkksServer
+
+        ckks = CkksServer(ckks_public)
+    return FederatedServer(cfg, runtime, ids, build_strategy(cfg, ctx, privacy, {}, ckks), privacy)
+
+
+def fedmd_client(cfg: RunConfig, prep: Prepared):
+    """FedMD's client side: the clients' own models (``fedmd_client_layers`` blocks, or
+    the server's architecture) and the public text."""
+    from fedgpt.federation.fedmd import FedMDClient
+
+    f = cfg.federation
+    fm, init = prep.fm, prep.init
+    if f.fedmd_client_layers and f.fedmd_client_layers != cfg.model.n_layer:
+        small = cfg.model.model_copy(update={"n_layer": f.fedmd_client_layers})
+        fm = bind_flat(build_model(small, (c.train for c in prep.clients), cfg.seed).model)
+        init = fm.flat.clone()
+    return FedMDClient(fm, init, prep.public, cfg.client)

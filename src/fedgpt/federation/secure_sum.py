@@ -1,0 +1,228 @@
+"""The ``SecureSum`` component: how the cohort's training replies become either the
+individual updates or only their weighted sum.
+
+* ``none`` (:class:`PlainSum`): each client sends Δ_k in the clear; every reply is
+  validated on its own and the aggregator sees them all;
+* ``secagg`` (:class:`SecAggSum`): pairwise-masked secure aggregation (Bonawitz et al.
+  2017; Bell et al. 2020 for SecAgg+) as four exchanges over the runtime; the server
+  obtains Σ w_k Δ_k only (:mod:`fedgpt.privacy.secagg.server`);
+* ``ckks`` (:class:`CkksSum`): clients send CKKS ciphertexts of n_k Δ_k (Cheon et al.
+  2017), the server adds them without the secret key and one key-holding participant
+  decrypts only the sum (:mod:`fedgpt.privacy.ckks`).
+
+Capabilities: ``reveals_individual`` (an aggregator that needs individual updates, a
+norm bound, FedDF's teachers, central DP's server-side clipping all need it) and
+``coverage`` (device tiers' per-parameter counts travel).
+
+``collect(state, cohort, ex)`` returns a :class:`Collected`: the individual
+:class:`~fedgpt.aggregation.base.Updates`, or the already averaged sum.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from fedgpt.aggregation.base import Updates
+from fedgpt.federation.exchange import Exchange
+from fedgpt.federation.ledger import payload_hash
+from fedgpt.federation.state import ServerState
+from fedgpt.federation.validation import max_update_bytes, validate_reply
+from fedgpt.messages import Failure, Message
+from fedgpt.registry import Registry
+from fedgpt.seeding import client_seed
+
+
+@dataclass
+class Collected:
+    """A round's training outcome: ``updates`` (individual) or ``average`` (only the sum
+    was revealed); ``weights`` n_k and ``metrics`` per participant."""
+
+    participants: list[str]
+    updates: Updates | None = None
+    average: torch.Tensor | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    failure: str | None = None  # the protocol failed as a whole (nothing aggregated)
+
+
+class SecureSum:
+    name: ClassVar[str] = ""
+    reveals_individual: ClassVar[bool] = True
+    coverage: ClassVar[bool] = True
+
+    def __init__(self, cfg, tier_masks: dict[str, torch.Tensor] | None = None):
+        self.cfg = cfg  # the RunConfig
+        self.tier_masks = tier_masks or {}
+
+    def collect(self, state: ServerState, cohort: list[str], ex: Exchange) -> Collected:
+        raise NotImplementedError
+
+
+SECURE_SUMS: Registry[type[SecureSum]] = Registry(
+    "secure aggregation", "privacy.secure_aggregation"
+)
+
+
+@SECURE_SUMS.register("none")
+class PlainSum(SecureSum):
+    """Updates in the clear, each validated before it may touch the aggregate."""
+
+    chunks = 0  # CKKS ciphertexts per update (0: a float32 vector)
+    train_config: ClassVar[dict] = {}
+
+    def collect(self, state: ServerState, cohort: list[str], ex: Exchange) -> Collected:
+        rnd, w = state.round + 1, state.weights
+        seed = self.cfg.seed
+        nonces = {cid: secrets.token_hex(16) for cid in cohort}  # echoed: replays refused
+        msgs = {
+            cid: Message(
+                "train",
+                {
+                    "round": rnd,
+                    **self.train_config,
+                    "seed": client_seed(seed, rnd, cid),
+                    "nonce": nonces[cid],
+                },
+                {"weights": w},
+            )  # fmt: skip
+            for cid in cohort
+        }
+        received = ex.send(msgs, hash_type="train/result")
+        sizes = {t: int(m.sum()) for t, m in self.tier_masks.items()}
+        norm = 0.0 if self.chunks else self.cfg.federation.max_update_norm
+        good: dict[str, Message] = {}
+        for cid in cohort:
+            reason = validate_reply(
+                received[cid], rnd, w.numel(), self.chunks, sizes, nonce=nonces[cid],
+                max_norm=norm, max_bytes=max_update_bytes(w.numel(), self.chunks),
+            )  # fmt: skip
+            if reason is None:
+                good[cid] = received[cid]
+            else:
+                ex.drop(cid, reason)
+        return self.combine(good, state, ex)
+
+    def combine(self, good: dict[str, Message], state: ServerState, ex: Exchange) -> Collected:
+        n = {c: float(m.config["num_examples"]) for c, m in good.items()}
+        metrics = {c: m.config.get("metrics", {}) for c, m in good.items()}
+        if not good:
+            return Collected([], weights=n, metrics=metrics)
+        deltas, masks = self._stack(good, state.weights.numel())
+        updates = Updates(
+            list(good), deltas, torch.tensor(list(n.values()), dtype=torch.float64), masks,
+            [m.config for m in good.values()], state.weights, state.round + 1,
+        )  # fmt: skip
+        return Collected(list(good), updates, weights=n, metrics=metrics)
+
+    def _stack(self, good: dict[str, Message], numel: int):
+        """(deltas (K, P), masks or None): slices of device tiers expanded to full length
+        with zeros outside each client's slice."""
+        if not any("tier" in m.config for m in good.values()):
+            return torch.stack([m.tensors["delta"] for m in good.values()]), None
+        full = torch.ones(numel, dtype=torch.bool)
+        masks = torch.stack(
+            [self.tier_masks.get(m.config.get("tier"), full) for m in good.values()]
+        )
+        deltas = torch.zeros(masks.shape, dtype=torch.float32)
+        deltas[masks] = torch.cat([m.tensors["delta"] for m in good.values()])
+        return deltas, masks
+
+
+@SECURE_SUMS.register("ckks")
+class CkksSum(PlainSum):
+    """CKKS ciphertexts of n_k Δ_k, summed without the secret key; one key holder
+    decrypts the sum. An unreadable ciphertext drops its sender and the sum is redone."""
+
+    reveals_individual = False
+    coverage = False
+    train_config: ClassVar[dict] = {"secure_aggregation": "ckks"}
+
+    def __init__(self, cfg, tier_masks=None, server=None):
+        from fedgpt.privacy.ckks import num_chunks
+
+        super().__init__(cfg, tier_masks)
+        self.server = server  # a CkksServer holding the public context only
+        self._num_chunks = num_chunks
+
+    def collect(self, state, cohort, ex):
+        self.chunks = self._num_chunks(state.weights.numel())
+        return super().collect(state, cohort, ex)
+
+    def combine(self, good, state, ex):
+        from fedgpt.privacy.ckks import CiphertextError
+
+        while good:
+            try:
+                agg = self.server.sum([good[c].blobs["delta_ckks"] for c in good])
+                break
+            except CiphertextError as exc:
+                bad = list(good)[exc.index]
+                ex.drop(bad, f"CKKS: {exc}")
+                del good[bad]
+        n = {c: float(m.config["num_examples"]) for c, m in good.items()}
+        metrics = {c: m.config.get("metrics", {}) for c, m in good.items()}
+        if not good:
+            return Collected([], weights=n, metrics=metrics)
+        avg = self._decrypt(agg, list(good), state, ex)
+        if avg is None:
+            return Collected([], weights=n, metrics=metrics)
+        return Collected(list(good), average=avg / sum(n.values()), weights=n, metrics=metrics)
+
+    def _decrypt(self, agg, holders: list[str], state, ex: Exchange) -> torch.Tensor | None:
+        """The first participant able to decrypt the sum does it."""
+        numel, rnd = state.weights.numel(), state.round + 1
+        for cid in holders:
+            msg = Message("ckks/decrypt", {"round": rnd, "numel": numel}, {}, {"aggregate": agg})
+            reply = ex.send({cid: msg}).get(cid, Failure("no reply"))
+            out = reply.tensors.get("aggregate") if isinstance(reply, Message) else None
+            if (
+                isinstance(out, torch.Tensor)
+                and out.shape == (numel,)
+                and out.dtype.is_floating_point
+            ):
+                if bool(torch.isfinite(out).all()):
+                    return out
+        return None
+
+
+@SECURE_SUMS.register("secagg")
+class SecAggSum(SecureSum):
+    """SecAgg / SecAgg+ over the runtime; the server learns Σ w_k Δ_k of the survivors."""
+
+    reveals_individual = False
+    coverage = False
+
+    def collect(self, state, cohort, ex):
+        from fedgpt.privacy.secagg.quantize import bits_for
+        from fedgpt.privacy.secagg.server import run_round as secagg
+
+        rnd, p, w = state.round + 1, self.cfg.privacy, state.weights
+
+        def arrival(cid, reply):
+            if isinstance(reply, Message) and reply.type == "secagg/masked_input":
+                ex.hashes[cid] = payload_hash(reply)
+            if ex.on_reply:
+                ex.on_reply(cid, reply)
+
+        out = secagg(
+            ex.runtime, cohort, rnd, {c: client_seed(self.cfg.seed, rnd, c) for c in cohort},
+            w, w.numel(), value_range=p.secagg_range, bits=bits_for(len(cohort)),
+            weight_cap=p.secagg_weight_cap, threshold_fraction=p.secagg_threshold,
+            k=p.secagg_neighbours, graph_seed=self.cfg.seed, post_quantum=p.post_quantum,
+            on_reply=arrival,
+        )  # fmt: skip
+        ex.dropped.extend(out.dropped)
+        ex.bytes_up, ex.bytes_down = ex.bytes_up + out.bytes_up, ex.bytes_down + out.bytes_down
+        if out.failure is not None:
+            return Collected([], failure=out.failure)
+        n = {c: float(out.num_examples.get(c, 1)) for c in out.survivors}
+        avg = (
+            out.weighted_sum / out.weight
+            if out.weighted_sum is not None and out.weight > 0
+            else None
+        )
+        return Collected(list(out.survivors), average=avg, weights=n, metrics=out.metrics)

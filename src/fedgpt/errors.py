@@ -26,3 +26,8 @@ class ModelError(FedGPTError):
 
 class RunError(FedGPTError):
     """A run folder is missing, incomplete or inconsistent (e.g. on resume)."""
+
+
+class RunFailed(Exception):
+    """The run itself failed (e.g. every client failed in every round): the run folder
+    holds what happened, and the CLI exits with code 1 and this one-line reason."""

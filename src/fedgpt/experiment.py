@@ -24,18 +24,16 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
     prepare,
     prepare_with,
 )
+from fedgpt.callbacks import Hooks
 from fedgpt.config import RunConfig
-from fedgpt.drive import (  # noqa: F401  (re-exported)
-    Hooks,
-    drive,
+from fedgpt.federation.client_app import ClientApp
+from fedgpt.federation.loop import FederatedServer
+from fedgpt.runner import (  # noqa: F401  (re-exported)
+    Runner,
     new_run_dir,
-    open_ledger,
-    read_rows,
     resume_config,
     run_round_with_retries,
 )
-from fedgpt.federation.client_app import ClientApp
-from fedgpt.federation.loop import FederatedServer
 from fedgpt.runtime import InProcessRuntime
 from fedgpt.runtime.faults import FaultInjector
 
@@ -87,19 +85,14 @@ def run_experiment(
         def baselines(rows: list[dict], last_eval: dict) -> dict:
             return run_baselines(cfg, prep, server, rows, last_eval, hooks)
 
-    return drive(
-        cfg,
-        prep,
-        server,
-        privacy,
-        run_dir,
-        hooks,
-        resume=resume,
+    def restore_clients(meta: dict) -> None:  # in-process: the clients' local-DP counts
+        app.releases = dict(meta.get("privacy", {}).get("participation", {}))
+
+    return Runner(
+        cfg, prep, server, privacy, run_dir, hooks, resume=resume,
         on_attempt=faults.set_attempt if faults is not None else None,
-        app=app,
-        baselines=baselines,
-        t_start=t_start,
-    )
+        restore_clients=restore_clients, baselines=baselines, t_start=t_start,
+    ).run()  # fmt: skip
 
 
 def run_baselines(

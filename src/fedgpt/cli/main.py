@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from fedgpt.errors import ConfigError, FedGPTError
+from fedgpt.errors import ConfigError, FedGPTError, RunFailed
 
 app = typer.Typer(
     name="fedgpt",
@@ -34,7 +34,8 @@ app.add_typer(privacy_app, name="privacy")
 
 
 def user_errors(fn):
-    """Turn FedGPTError into one line on stderr and exit code 2."""
+    """Turn FedGPTError into one line on stderr and exit code 2 (a user mistake), and
+    RunFailed into one line and exit code 1 (the run failed)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,6 +44,9 @@ def user_errors(fn):
         except FedGPTError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except RunFailed as exc:  # the run itself failed; its folder holds what happened
+            print(f"run failed: {exc}", file=sys.stderr)
+            raise typer.Exit(1) from None
 
     return wrapper
 

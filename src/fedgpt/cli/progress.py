@@ -14,7 +14,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fedgpt.experiment import Hooks
+from fedgpt.callbacks import Hooks
 
 
 def _fmt(v, spec: str) -> str:

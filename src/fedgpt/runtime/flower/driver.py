@@ -1,8 +1,8 @@
 """The server side of a FedGPT run over Flower, given a runtime and the client ids.
 
 It wires the same :class:`~fedgpt.federation.loop.FederatedServer` as
-:func:`fedgpt.experiment.run_experiment` (:func:`fedgpt.experiment.wire_server`) and
-drives it with the same :func:`fedgpt.drive.drive` into the same run folder
+:func:`fedgpt.experiment.run_experiment` (:func:`fedgpt.build.build_server`) and
+drives it with the same :class:`fedgpt.runner.Runner` into the same run folder
 (``config.toml``, ``metrics.jsonl``, ledger, ``checkpoints/``, ``model/``,
 ``summary.json``, report; ``resume`` continues from the last checkpoint), with two
 differences that follow from the server not holding the clients' data:
@@ -87,7 +87,7 @@ def build_server(cfg, prep, runtime, ids: list[str], log: Log):
 
 
 class LogHooks:
-    """:class:`fedgpt.drive.Hooks` that print log lines (the ServerApp's output) and one
+    """:class:`fedgpt.callbacks.Hooks` that print log lines (the ServerApp's output) and one
     line per round."""
 
     def __init__(self, log: Log):
@@ -110,8 +110,10 @@ def run_rounds(
 ) -> dict:
     """Rounds (with the ``runtime.min_replies`` quorum and retries), metrics, ledger,
     checkpoints, model, summary and report in ``run_dir``, exactly as ``run_experiment``
-    writes them (:func:`fedgpt.drive.drive`), without baselines; ``resume`` continues
+    writes them (:class:`fedgpt.runner.Runner`), without baselines; ``resume`` continues
     from the folder's last checkpoint. Returns the summary (``extra`` merged in)."""
-    from fedgpt.drive import drive
+    from fedgpt.runner import Runner
 
-    return drive(cfg, prep, server, privacy, run_dir, LogHooks(log), resume=resume, extra=extra)
+    return Runner(
+        cfg, prep, server, privacy, run_dir, LogHooks(log), resume=resume, extra=extra
+    ).run()

@@ -98,7 +98,7 @@ def order_clients(prep, node_of: dict[str, int]) -> list[str]:
 
 def run(grid: Grid, settings: FlowerSettings) -> dict:
     """A whole FedGPT run over ``grid`` (what ``main`` does); returns the summary."""
-    from fedgpt.drive import new_run_dir
+    from fedgpt.runner import new_run_dir
     from fedgpt.runtime.flower.client_app import model_fingerprint
     from fedgpt.runtime.flower.driver import build_server, check_supported, run_rounds, server_model
 

@@ -112,7 +112,7 @@ class FlowerSettings:
         if self.resume:
             from pathlib import Path
 
-            from fedgpt.drive import resume_config
+            from fedgpt.runner import resume_config
 
             return resume_config(Path(self.resume), list(self.overrides))
         return load_config(self.config_path or None, list(self.overrides))

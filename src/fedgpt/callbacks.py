@@ -1,0 +1,150 @@
+"""What a run writes, each a callback of the :class:`~fedgpt.runner.Runner`:
+
+* :class:`MetricsFile` — ``metrics.jsonl``, one line per round;
+* :class:`LedgerWriter` — the signed, hash-chained ``ledger.jsonl`` (before the
+  checkpoint: a resume cuts entries past it);
+* :class:`Checkpoints` — ``checkpoints/round_*`` (weights, server state, privacy state);
+* :class:`TensorBoard` — scalars for ``tensorboard --logdir RUN_DIR/tensorboard``;
+* :class:`Progress` — the :class:`Hooks` a CLI draws progress bars with.
+
+A callback sees ``on_start(run)``, ``on_round(run, result, row, attempts)`` and
+``on_end(run, summary)``; ``run`` is the runner (its ``cfg``, ``state``, ``run_dir``...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedgpt.federation.checkpoint import Checkpoint, save_checkpoint
+from fedgpt.federation.ledger import Ledger, utc_now
+from fedgpt.federation.state import RoundResult
+
+
+class Hooks:
+    """Progress callbacks; the CLI draws progress bars with them. All optional."""
+
+    def rounds(self, total: int, done: int) -> None: ...
+    def stage(self, name: str, total: int | None) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def round_done(self, row: dict) -> None: ...
+    def log(self, msg: str) -> None: ...
+
+
+class Callback:
+    def on_start(self, run) -> None: ...
+    def on_round(self, run, result: RoundResult, row: dict, attempts: int) -> None: ...
+    def on_end(self, run, summary: dict) -> None: ...
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsFile(Callback):
+    """``metrics.jsonl``: rewritten up to the resumed round at the start, then appended."""
+
+    def on_start(self, run) -> None:
+        path = run.run_dir / "metrics.jsonl"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in run.rows))
+        tmp.replace(path)
+
+    def on_round(self, run, result, row, attempts) -> None:
+        with (run.run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+class LedgerWriter(Callback):
+    """The run's ledger (``runtime.ledger``): a new one, or on resume the old one cut back
+    to the checkpoint's round and checked against its weights (federation.ledger)."""
+
+    def __init__(self):
+        self.ledger: Ledger | None = None
+        self.started = ""
+
+    def on_start(self, run) -> None:
+        r = run.cfg.runtime
+        if not r.ledger:
+            return
+        if not run.resumed:
+            self.ledger = Ledger.start(run.run_dir, r.ledger_key, run.config_hash)
+            return
+        state = run.state
+        self.ledger = Ledger.resume(
+            run.run_dir, r.ledger_key, run.config_hash, state.round, state.weights
+        )
+        if self.ledger is None:
+            run.hooks.log("no ledger.jsonl to continue: the rest of this run keeps none")
+
+    def on_round_start(self) -> None:
+        self.started = utc_now()
+
+    def on_round(self, run, result, row, attempts) -> None:
+        if self.ledger is None:
+            return
+        s = run.state
+        self.ledger.append_round(
+            s.round, result.participants, result.dropped, result.update_hashes, s.weights,
+            s.opt_state, row.get("epsilon"), self.started, utc_now(), attempts - 1,
+        )  # fmt: skip
+
+    def on_end(self, run, summary) -> None:
+        if self.ledger is not None:
+            self.ledger.append_model(run.run_dir / "model", run.state.round, run.state.weights)
+
+
+class Checkpoints(Callback):
+    def on_round(self, run, result, row, attempts) -> None:
+        s, cfg = run.state, run.cfg
+        meta = {
+            "seed": cfg.seed,
+            "config_hash": run.config_hash,
+            "clients": len(run.server.client_ids),
+            "privacy": run.privacy.state(),
+        }
+        ckpt = Checkpoint(s.round, s.weights, s.opt_state, meta)
+        save_checkpoint(run.run_dir / "checkpoints", ckpt, keep=cfg.federation.checkpoint_keep)
+
+
+SCALARS = ("train_loss", "test_loss", "test_accuracy", "perplexity", "epsilon", "bytes_up")
+
+
+class TensorBoard(Callback):
+    """Scalars of every round under ``RUN_DIR/tensorboard`` (``torch.utils.tensorboard``;
+    needs the ``tensorboard`` package, else a one-line notice and nothing written)."""
+
+    def __init__(self):
+        self.writer = None
+
+    def on_start(self, run) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            run.hooks.log("tensorboard is not installed: no TensorBoard curves")
+            return
+        self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
+
+    def on_round(self, run, result, row, attempts) -> None:
+        if self.writer is None:
+            return
+        for key in SCALARS:
+            if isinstance(row.get(key), int | float):
+                self.writer.add_scalar(key, row[key], row["round"])
+        self.writer.add_scalar("participants", len(row["participants"]), row["round"])
+
+    def on_end(self, run, summary) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress(Callback):
+    def on_round(self, run, result, row, attempts) -> None:
+        run.hooks.round_done(row)
+
+
+def default_callbacks() -> list[Callback]:
+    """What every run writes, in order: ledger, metrics, checkpoint, curves, progress."""
+    return [LedgerWriter(), MetricsFile(), Checkpoints(), TensorBoard(), Progress()]

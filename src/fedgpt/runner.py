@@ -1,0 +1,249 @@
+"""The :class:`Runner`: a federation's rounds into its run folder, the same for every
+runtime (``run_experiment`` in-process, the Flower ServerApp over Flower's Grid).
+
+    runner = Runner(cfg, prep, server, privacy, run_dir, hooks)
+    summary = runner.run()
+
+Rounds run with quorum retries until ``federation.rounds``, the privacy budget, or a
+round without quorum; what is written is the callbacks' (:mod:`fedgpt.callbacks`:
+metrics, ledger, checkpoints, TensorBoard, progress); at the end the model, the summary
+and the report. ``resume`` continues from the last checkpoint to exactly the weights of
+an uninterrupted run. A run in which no client ever took part raises
+:class:`~fedgpt.errors.RunFailed` after writing what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from fedgpt.callbacks import Callback, Hooks, LedgerWriter, default_callbacks, read_rows
+from fedgpt.config import RunConfig, config_hash, to_toml
+from fedgpt.data import dataset_stats
+from fedgpt.errors import RunError, RunFailed
+from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
+from fedgpt.federation.loop import FederatedServer
+from fedgpt.federation.state import RoundResult, ServerState
+from fedgpt.models.build import save_model
+
+EMPTY_ROUNDS = 3  # consecutive rounds in which every client failed: the run stops
+
+
+class Runner:
+    """See the module docstring. ``on_attempt(k)`` is called before attempt k of a round
+    (a fault injector redraws); ``restore_clients(meta)`` receives a resumed checkpoint's
+    metadata (in-process: the clients' local-DP release counts); ``baselines(rows,
+    last_eval)`` adds the baselines; ``extra`` is merged into the summary."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        prep,
+        server: FederatedServer,
+        privacy,
+        run_dir: Path,
+        hooks: Hooks | None = None,
+        *,
+        callbacks: list[Callback] | None = None,
+        resume: bool = False,
+        on_attempt: Callable[[int], None] | None = None,
+        restore_clients: Callable[[dict], None] | None = None,
+        baselines: Callable[[list[dict], dict], dict] | None = None,
+        extra: dict | None = None,
+        t_start: float | None = None,
+    ):
+        self.cfg, self.prep, self.server, self.privacy = cfg, prep, server, privacy
+        self.run_dir, self.hooks = Path(run_dir), hooks or Hooks()
+        self.callbacks = default_callbacks() if callbacks is None else callbacks
+        self.resumed, self.on_attempt, self.restore_clients = resume, on_attempt, restore_clients
+        self.baselines, self.extra = baselines, extra or {}
+        self.t_start = time.perf_counter() if t_start is None else t_start
+        self.config_hash = config_hash(cfg)
+        self.state: ServerState = server.init_state(prep.init)
+        self.rows: list[dict] = []
+        self.last_eval: dict | None = None
+        self.stopped: str | None = None
+
+    def run(self) -> dict:
+        self._start()
+        empty = 0
+        while self.state.round < self.cfg.federation.rounds and self.stopped is None:
+            result = self._round()
+            if result is not None:
+                empty = empty + 1 if not result.participants else 0
+                if empty >= EMPTY_ROUNDS:
+                    self.stopped = _all_failed(self.rows[-EMPTY_ROUNDS:])
+        summary = self._finish()
+        if self.rows and not any(r["participants"] for r in self.rows):
+            raise RunFailed(self.stopped or _all_failed(self.rows))
+        return summary
+
+    def _start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(to_toml(self.cfg))
+        hooks = self.hooks
+        self.server.on_reply = lambda cid, reply: hooks.advance()
+        self.server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
+        total = self.cfg.federation.rounds
+        self.server.on_round_start = lambda r, cohort: hooks.stage(
+            f"round {r}/{total}: training", len(cohort)
+        )
+        if self.resumed:
+            self._restore()
+        for cb in self.callbacks:
+            cb.on_start(self)
+        hooks.rounds(total, self.state.round)
+
+    def _restore(self) -> None:
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is not None:
+            ck = load_checkpoint(latest)
+            if ck.weights.shape != self.prep.init.shape:
+                raise RunError(f"--resume: checkpoint '{latest}' does not fit this model")
+            self.state = ServerState(ck.round, ck.weights, ck.server_state)
+            self.privacy.load_state(ck.meta.get("privacy", {}))
+            if self.restore_clients is not None:
+                self.restore_clients(ck.meta)
+            self.hooks.log(f"resuming after round {ck.round} from {latest}")
+        rows = read_rows(self.run_dir / "metrics.jsonl")
+        self.rows = [r for r in rows if r["round"] <= self.state.round]
+
+    def _round(self) -> RoundResult | None:
+        """One round with its retries; None when the run stops before or after it."""
+        if self.privacy.would_exceed():
+            eps = self.privacy.epsilon()
+            return self._stop(
+                f"privacy budget: one more round would exceed epsilon "
+                f"{self.cfg.privacy.target_epsilon} (spent {eps:.4f})"
+            )
+        for cb in self.callbacks:
+            if isinstance(cb, LedgerWriter):
+                cb.on_round_start()
+        new_state, result, attempts = run_round_with_retries(
+            self.server, self.state, self.cfg, self.on_attempt, self.hooks
+        )
+        if result.below_quorum is not None:
+            return self._stop(
+                f"quorum not reached in round {result.round} after {attempts} attempt(s) "
+                f"({result.below_quorum}); the global model is unchanged"
+            )
+        self.state = new_state
+        row = result.row()
+        row["client_steps"] = int(sum(m.get("steps", 0) for m in result.client_metrics.values()))
+        if attempts > 1:
+            row["retries"] = attempts - 1
+        self.rows.append(row)
+        if result.eval is not None:
+            self.last_eval = result.eval
+        for cb in self.callbacks:
+            cb.on_round(self, result, row, attempts)
+        return result
+
+    def _stop(self, why: str) -> None:
+        self.stopped = why
+        self.hooks.log(f"stopping after round {self.state.round}: {why}")
+        return None
+
+    def _finish(self) -> dict:
+        rows, state = self.rows, self.state
+        if self.last_eval is None or not rows or rows[-1].get("test_loss") is None:
+            self.last_eval = self.server.evaluate(state.weights, state.round)
+        self.prep.fm.load(state.weights)
+        save_model(self.prep.bundle, self.run_dir / "model")
+        summary = self._summary()
+        for cb in self.callbacks:
+            cb.on_end(self, summary)
+        if self.baselines is not None:
+            summary["baselines"] = self.baselines(rows, self.last_eval)
+            self.prep.fm.load(state.weights)
+        summary.update(self.extra)
+        summary["federated_seconds"] = sum(r["seconds"] for r in rows)
+        summary["seconds"] = time.perf_counter() - self.t_start
+        summary["config_path"] = "config.toml"
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        from fedgpt.report import write_report
+
+        write_report(self.run_dir)
+        return summary
+
+    def _summary(self) -> dict:
+        prep, privacy, cfg, ev = self.prep, self.privacy, self.cfg, self.last_eval
+        trainable, total = prep.bundle.counts()
+        ids = set(self.server.client_ids)
+        known = [c for c in prep.clients if c.client_id in ids]
+        return {
+            "run_name": self.run_dir.name,
+            "rounds": self.state.round,
+            "config_hash": self.config_hash,
+            "model": {
+                "name": prep.bundle.name,
+                "trainable_params": trainable,
+                "total_params": total,
+                "lora": prep.bundle.lora,
+            },
+            "dataset": dataset_stats(known) if known else {"num_clients": len(ids)},
+            "federated": {k: ev[k] for k in ("test_loss", "test_accuracy", "perplexity")},
+            "federated_per_client": ev["per_client"],
+            "baselines": None,
+            "stopped": self.stopped,
+            "privacy": None if not privacy.active else {
+                "mode": cfg.privacy.mode,
+                "epsilon": privacy.epsilon(),
+                "delta": cfg.privacy.delta,
+                "noise_multiplier": privacy.z,
+                "accountant": cfg.privacy.accountant,
+            },
+        }  # fmt: skip
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    """``out_dir/name``, or ``name-2``, ``name-3``... if that already holds a run."""
+    base = Path(cfg.out_dir) / cfg.name
+    path, i = base, 1
+    while path.exists() and any(path.iterdir()):
+        i += 1
+        path = base.with_name(f"{cfg.name}-{i}")
+    return path
+
+
+def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise RunError(f"--resume: '{run_dir}' is not a run folder (no config.toml)")
+    from fedgpt.build import load_run_config
+
+    return load_run_config(cfg_path, overrides)
+
+
+def _all_failed(rows: list[dict]) -> str:
+    """One line: every client failed in these rounds, with the commonest reasons."""
+    reasons = Counter(d["reason"] for r in rows for d in r["dropped"])
+    top = "; ".join(f"{why} (x{n})" for why, n in reasons.most_common(3)) or "no replies"
+    span = f"{rows[0]['round']}-{rows[-1]['round']}" if len(rows) > 1 else f"{rows[0]['round']}"
+    return f"every client failed in rounds {span}: {top}"
+
+
+def run_round_with_retries(
+    server: FederatedServer,
+    state: ServerState,
+    cfg: RunConfig,
+    on_attempt: Callable[[int], None] | None,
+    hooks: Hooks,
+) -> tuple[ServerState, RoundResult, int]:
+    """One round; below quorum (``runtime.min_replies``) the same round is tried again, up
+    to ``runtime.round_retries`` more times. Returns (state, result, attempts made)."""
+    attempt = 0
+    while True:
+        if on_attempt is not None:
+            on_attempt(attempt)  # e.g. a fault injector: a retry draws its faults afresh
+        new_state, result = server.run_round(state)
+        if result.below_quorum is None or attempt >= cfg.runtime.round_retries:
+            return new_state, result, attempt + 1
+        attempt += 1
+        hooks.log(
+            f"round {result.round}: {result.below_quorum}; "
+            f"retry {attempt} of {cfg.runtime.round_retries}"
+        )

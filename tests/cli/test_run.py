@@ -153,3 +153,35 @@ def test_data_stats_reports_clients():
     res = runner.invoke(app, ["data", "stats", "--set", 'data.plays=["lear"]'])
     assert res.exit_code == 0, res.output
     assert re.search(r"clients\s+│\s+\d+", res.output)
+
+
+def test_a_run_in_which_every_client_fails_exits_1_with_the_reasons(tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    over = [*tiny_overrides, "federation.rounds=5", "runtime.fail_fraction=1.0"]
+    res = runner.invoke(app, ["run", "--quiet", "--no-baselines", "--out", str(out), *sets(over)])
+    assert res.exit_code == 1, res.output
+    failed = [x for x in res.stderr.splitlines() if x.startswith("run failed:")]
+    assert len(failed) == 1 and failed[0].startswith(
+        "run failed: every client failed in rounds 1-3"
+    )
+    assert "client crashed (fault injection)" in failed[0]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]  # stopped early, what happened is kept
+    assert all(not r["participants"] for r in rows)
+    assert "every client failed" in json.loads((out / "summary.json").read_text())["stopped"]
+
+
+def test_tensorboard_curves_are_written(tiny_overrides, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app, ["run", "--quiet", "--no-baselines", "--out", str(out), *sets(tiny_overrides)]
+    )
+    assert res.exit_code == 0, res.output
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train_loss")]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
+    assert [e.step for e in acc.Scalars("test_accuracy")] == [1, 2]

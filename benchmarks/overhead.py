@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fedgpt.client.batches import sample_windows
+from fedgpt.tasks.windows import sample_windows
 from fedgpt.client.trainer import local_update
 from fedgpt.config import load_config
 from fedgpt.experiment import Hooks, prepare, run_experiment

@@ -37,6 +37,7 @@ from fedgpt.models.build import ModelBundle, build_model
 from fedgpt.models.params import FlatModel, bind_flat
 from fedgpt.privacy.engine import ServerPrivacy
 from fedgpt.privacy.mechanism import PRIVACY
+from fedgpt.tasks import TASKS, Task
 
 
 def load_clients(cfg: RunConfig) -> list[ClientText]:
@@ -167,10 +168,18 @@ def ckks_keys(cfg: RunConfig) -> tuple[bytes, bytes] | None:
     )
 
 
+def build_task(cfg: RunConfig) -> Task:
+    """``task.kind`` from its registry, with its settings (``task`` table) if it has any."""
+    cls = TASKS.get(cfg.task.kind)
+    params = dict(cfg.task.__pydantic_extra__ or {})
+    return cls(**params) if params else cls()
+
+
 def check_config(cfg: RunConfig) -> RunConfig:
     """Refuse (one line) what the configuration's components cannot do together, an
     unknown component name, or a component setting out of range; returns ``cfg``."""
     make_server_optimizer(cfg.federation)
+    TASKS.get(cfg.task.kind)
     spec = cfg.federation.aggregator
     validate_section(AGGREGATORS.get(spec.kind).Config, spec.model_dump(), "federation.aggregator")
     compat.check(cfg)
@@ -278,10 +287,14 @@ def build_server(
     runtime: Runtime,
     ids: list[str],
     ckks_public: bytes | None = None,
+    *,
+    privacy: ServerPrivacy | None = None,
+    tiers: dict | None = None,
 ) -> tuple[FederatedServer, ServerPrivacy, dict]:
-    """The server over ``runtime`` for clients ``ids``, complete: (server, privacy, tiers)."""
-    privacy = make_privacy(cfg, len(ids))
-    tiers = device_tiers(cfg, prep, ids)
+    """The server over ``runtime`` for clients ``ids``, complete: (server, privacy, tiers)
+    (``privacy`` and ``tiers`` are made here unless given)."""
+    privacy = privacy if privacy is not None else make_privacy(cfg, len(ids))
+    tiers = tiers if tiers is not None else device_tiers(cfg, prep, ids)
     ckks = None
     if ckks_public is not None:
         from fedgpt.privacy.ckks import CkksServer
@@ -311,6 +324,40 @@ def server_for(
 
         ckks = CkksServer(ckks_public)
     return FederatedServer(cfg, runtime, ids, build_strategy(cfg, ctx, privacy, {}, ckks), privacy)
+
+
+def build_client_app(
+    cfg: RunConfig,
+    prep: Prepared,
+    all_ids: list[str],
+    noise_multiplier: float = 0.0,
+    tiers: dict | None = None,
+    ckks_secret: bytes | None = None,
+):
+    """The client side for the clients whose data ``prep`` holds, the same on every
+    runtime: the task, local training with its client steps (device tier slice, attack
+    simulation, local DP / DP-SGD with ``noise_multiplier``, CKKS encryption with
+    ``ckks_secret``) and FedMD's own models. ``all_ids`` are the federation's clients
+    (the seeded choice of simulated attackers is over all of them)."""
+    from fedgpt.federation.client_app import ClientApp
+
+    app = ClientApp(
+        prep.fm, prep.data, cfg.client, cfg.privacy, noise_multiplier, task=build_task(cfg)
+    )
+    if cfg.attack.fraction > 0:
+        from fedgpt.client.attack import malicious_clients
+
+        app.malicious = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
+        app.attack = cfg.attack
+    if tiers:
+        app.tiers = tiers
+    if ckks_secret is not None:
+        from fedgpt.privacy.ckks import CkksClient
+
+        app.ckks = CkksClient(ckks_secret)  # the clients hold the secret context
+    if cfg.federation.distill == "fedmd":
+        app.fedmd = fedmd_client(cfg, prep)
+    return app
 
 
 def fedmd_client(cfg: RunConfig, prep: Prepared):

@@ -15,6 +15,7 @@ import numpy as np
 from fedgpt.baselines import sample_local_clients, train_centralized, train_local_only
 from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry points)
     Prepared,
+    build_client_app,
     build_server,
     ckks_keys,
     device_tiers,
@@ -26,7 +27,6 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
 )
 from fedgpt.callbacks import Hooks
 from fedgpt.config import RunConfig
-from fedgpt.federation.client_app import ClientApp
 from fedgpt.federation.loop import FederatedServer
 from fedgpt.runner import (  # noqa: F401  (re-exported)
     Runner,
@@ -49,10 +49,12 @@ def run_experiment(
     ids = [c.client_id for c in prep.clients]
     keys = ckks_keys(cfg)
     faults = FaultInjector.from_config(cfg, ids)
-    app = ClientApp(prep.fm, prep.data, cfg.client, cfg.privacy)
+    privacy, tiers = make_privacy(cfg, len(ids)), device_tiers(cfg, prep, ids)
+    app = build_client_app(cfg, prep, ids, privacy.z, tiers, keys[0] if keys else None)
     runtime = InProcessRuntime(app, faults=faults, timeout=cfg.runtime.round_timeout or None)
-    server, privacy, tiers = build_server(cfg, prep, runtime, ids, keys[1] if keys else None)
-    app.local_z = privacy.z
+    server, privacy, tiers = build_server(
+        cfg, prep, runtime, ids, keys[1] if keys else None, privacy=privacy, tiers=tiers
+    )
     hooks.log(f"run folder: {run_dir}")
     trainable, total = prep.bundle.counts()
     hooks.log(
@@ -61,24 +63,13 @@ def run_experiment(
     )
     if privacy.active:
         hooks.log(f"privacy: {cfg.privacy.mode}, noise multiplier {privacy.z:.4g}")
-    if cfg.attack.fraction > 0:
-        from fedgpt.client.attack import malicious_clients
-
-        app.malicious = frozenset(malicious_clients(ids, cfg.attack.fraction, cfg.seed))
-        app.attack = cfg.attack
+    if app.malicious:
         hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
-    if cfg.federation.distill == "fedmd":
-        app.fedmd = fedmd_client(cfg, prep)
     if tiers:
-        app.tiers = tiers
         counts: dict[str, int] = {}
         for t, _, _ in tiers.values():
             counts[t] = counts.get(t, 0) + 1
         hooks.log("device tiers: " + ", ".join(f"{t} x{n}" for t, n in sorted(counts.items())))
-    if keys is not None:
-        from fedgpt.privacy.ckks import CkksClient
-
-        app.ckks = CkksClient(keys[0])  # the clients hold the secret context
     baselines = None
     if cfg.baselines.enabled:
 

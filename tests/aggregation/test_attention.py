@@ -28,7 +28,7 @@ def test_meta_is_standardised_and_uniform_at_start():
 def test_attention_learns_to_down_weigh_a_harmful_update(tiny_overrides):
     cfg = load_config(None, [*tiny_overrides, 'data.public_plays=["macbeth"]'])
     prep = prepare(cfg)
-    from fedgpt.client.batches import sample_windows
+    from fedgpt.tasks.windows import sample_windows
     from fedgpt.client.trainer import local_update
 
     gen = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 
 import torch
 
-from fedgpt.client.batches import eval_windows, sample_windows
+from fedgpt.tasks.windows import eval_windows, sample_windows
 from fedgpt.client.trainer import ClientData, Failure, Update, evaluate_tokens, local_update
 from fedgpt.config import ClientConfig, ModelConfig
 from fedgpt.federation.client_app import ClientApp

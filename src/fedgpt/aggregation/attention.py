@@ -140,7 +140,7 @@ class LearnedAttention(Aggregator):
 
     def __init__(self, cfg, ctx: ServerContext):
         super().__init__(cfg, ctx)
-        from fedgpt.client.batches import sample_windows
+        from fedgpt.tasks.windows import sample_windows
 
         gen = generator(ctx.seed, 0, "__attention_val__")
         self.val = sample_windows(ctx.public, cfg.windows, ctx.seq_len, gen)

@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from fedgpt.client.batches import eval_windows, sample_windows
 from fedgpt.config import ClientConfig
 from fedgpt.models.params import FlatModel
+from fedgpt.tasks import CausalLM, Task, evaluate_tokens, lm_loss  # noqa: F401  (re-exported)
+
+CAUSAL_LM = CausalLM()
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,6 @@ class NonFiniteLoss(RuntimeError):
     """Raised by :func:`train_steps` when the loss stops being finite."""
 
 
-def lm_loss(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``windows`` (inputs ``[:, :-1]``, targets ``[:, 1:]``).
-
-    Position ids are passed per sample, which per-sample-gradient engines need.
-    """
-    inputs, targets = windows[:, :-1], windows[:, 1:]
-    pos = torch.arange(inputs.shape[1]).expand_as(inputs)
-    logits = model(input_ids=inputs, position_ids=pos).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
 def make_optimizer(
     fm: FlatModel, cfg: ClientConfig, trainable: torch.Tensor | None = None
 ) -> torch.optim.Optimizer:
@@ -99,8 +89,9 @@ def train_steps(
     steps: int,
     gen: torch.Generator,
     anchor: torch.Tensor | None = None,
+    task: Task = CAUSAL_LM,
 ) -> torch.Tensor:
-    """Run ``steps`` optimiser steps; returns the per-step losses.
+    """Run ``steps`` optimiser steps of ``task``'s loss; returns the per-step losses.
 
     ``anchor`` is w_t for the FedProx term. Gradients live in ``fm.grad``, so the proximal
     term and clipping are single operations on the flat gradient.
@@ -109,9 +100,9 @@ def train_steps(
     model.train()
     losses = torch.empty(steps)
     for step in range(steps):
-        batch = sample_windows(tokens, cfg.batch_size, cfg.seq_len, gen)
+        batch = task.batch(tokens, cfg.batch_size, cfg.seq_len, gen)
         fm.zero_grad()
-        loss = lm_loss(model, batch)
+        loss = task.loss(model, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite training loss at local step {step + 1}")
         loss.backward()
@@ -136,6 +127,7 @@ def local_update(
     round: int,
     opt_memory: dict | None = None,
     trainable: torch.Tensor | None = None,
+    task: Task = CAUSAL_LM,
 ) -> Update | Failure:
     """Train from ``global_weights`` on ``tokens``; return Δ_k = w_k − w_t or a Failure.
 
@@ -158,7 +150,7 @@ def local_update(
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
         try:
-            losses = train_steps(fm, opt, tokens, cfg, steps, gen, anchor=global_weights)
+            losses = train_steps(fm, opt, tokens, cfg, steps, gen, global_weights, task)
         except NonFiniteLoss as exc:
             return Failure(client_id, round, str(exc))
         finally:
@@ -176,7 +168,7 @@ def local_update(
         client_id=client_id,
         round=round,
         delta=delta,
-        num_examples=int(tokens.numel() - 1),
+        num_examples=task.num_examples(tokens),
         metrics={
             "train_loss": float(losses.mean()),
             "loss_first": float(losses[0]),
@@ -187,24 +179,3 @@ def local_update(
             "tokens_per_s": steps * cfg.batch_size * cfg.seq_len / max(seconds, 1e-9),
         },
     )
-
-
-@torch.no_grad()
-def evaluate_tokens(
-    model: torch.nn.Module, tokens: torch.Tensor, seq_len: int, max_tokens: int = 0
-) -> tuple[float, int, int]:
-    """(sum of next-token losses, correct predictions, predicted tokens) on ``tokens``."""
-    if max_tokens and tokens.numel() > max_tokens:
-        tokens = tokens[:max_tokens]
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for windows in eval_windows(tokens, seq_len):
-        for chunk in windows.split(64):
-            inputs, targets = chunk[:, :-1], chunk[:, 1:]
-            pos = torch.arange(inputs.shape[1]).expand_as(inputs)
-            logits = model(input_ids=inputs, position_ids=pos).logits
-            flat_logits = logits.reshape(-1, logits.shape[-1])
-            loss_sum += float(F.cross_entropy(flat_logits, targets.reshape(-1), reduction="sum"))
-            correct += int((flat_logits.argmax(-1) == targets.reshape(-1)).sum())
-            count += targets.numel()
-    return loss_sum, correct, count

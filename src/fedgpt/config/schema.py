@@ -137,6 +137,23 @@ class AggregatorSpec(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
+class TaskSpec(BaseModel):
+    """What a client's data means to the model: a registered task and its settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str = Field(
+        "causal_lm",
+        min_length=1,
+        description="causal_lm (next-token prediction and next-token accuracy), or a task "
+        "registered by your code (docs/architecture.md)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"kind": value} if isinstance(value, str) else value
+
+
 class FederationConfig(_Section):
     """Rounds, client sampling, server optimiser and evaluation."""
 
@@ -410,6 +427,7 @@ class RunConfig(_Section):
     out_dir: str = Field("runs", description="parent folder of run folders")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskSpec = Field(default_factory=TaskSpec)
     client: ClientConfig = Field(default_factory=ClientConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 
 import torch
 
-from fedgpt.client.trainer import ClientData, Failure, evaluate_tokens, local_update
+from fedgpt.client.trainer import ClientData, Failure, local_update
 from fedgpt.config import ClientConfig, PrivacyConfig
 from fedgpt.messages import Message
 from fedgpt.models.params import FlatModel
+from fedgpt.tasks import CausalLM, Task
 
 
 class ClientApp:
@@ -27,7 +28,9 @@ class ClientApp:
         cfg: ClientConfig,
         privacy: PrivacyConfig | None = None,
         local_noise_multiplier: float = 0.0,
+        task: Task | None = None,
     ):
+        self.task = task if task is not None else CausalLM()
         self.fm = fm
         self.data = data
         self.cfg = cfg
@@ -134,6 +137,7 @@ class ClientApp:
             rnd,
             opt_memory=memory,
             trainable=tier[1] if tier else None,
+            task=self.task,
         )
         if isinstance(result, Failure):
             return Message("train/failure", {"round": rnd, "reason": result.reason})
@@ -197,7 +201,7 @@ class ClientApp:
 
     def evaluate(self, client_id: str, msg: Message) -> Message:
         self.fm.load(msg.tensors["weights"])
-        loss_sum, correct, count = evaluate_tokens(
+        loss_sum, correct, count = self.task.metric_sums(
             self.fm.model,
             self.data[client_id].test,
             int(msg.config.get("seq_len", self.cfg.seq_len)),

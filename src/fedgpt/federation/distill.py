@@ -26,10 +26,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fedgpt.client.batches import sample_windows
 from fedgpt.config import RunConfig
 from fedgpt.models.params import FlatModel
 from fedgpt.seeding import client_seed
+from fedgpt.tasks.windows import sample_windows
 
 
 def public_windows(public: torch.Tensor, n: int, seq_len: int, seed: int) -> torch.Tensor:

@@ -135,24 +135,14 @@ def prepare_local(cfg, node_config) -> Local:
 def fedgpt_client(cfg, local: Local, setup: dict, node_config):
     """FedGPT's ``ClientApp`` for this node's clients, wired as ``run_experiment`` wires
     it (attack simulation, device tiers, CKKS secret context)."""
-    from fedgpt.federation.client_app import ClientApp
+    from fedgpt.build import build_client_app, device_tiers
 
-    prep = local.prep
-    client = ClientApp(prep.fm, prep.data, cfg.client, cfg.privacy, float(setup.get("z", 0.0)))
+    prep, secret = local.prep, None
     all_ids = list(setup.get("clients", []))
-    if cfg.attack.fraction > 0:
-        from fedgpt.client.attack import malicious_clients
-
-        client.malicious = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
-        client.attack = cfg.attack
-    if setup.get("tiers"):
-        from fedgpt.build import device_tiers
-
-        client.tiers = device_tiers(cfg, prep, all_ids)
     if cfg.privacy.secure_aggregation == "ckks":
         from pathlib import Path
 
-        from fedgpt.privacy.ckks import CkksClient, read_context
+        from fedgpt.privacy.ckks import read_context
 
         keys = str(node_config.get("ckks-keys", "") or cfg.privacy.ckks_keys)
         if not keys:
@@ -160,10 +150,9 @@ def fedgpt_client(cfg, local: Local, setup: dict, node_config):
                 'privacy.secure_aggregation = "ckks" over Flower needs the secret context on '
                 "each node: set privacy.ckks_keys or node-config ckks-keys"
             )
-        client.ckks = CkksClient(
-            read_context(Path(keys) / "secret_context.bin", "CKKS secret context")
-        )
-    return client
+        secret = read_context(Path(keys) / "secret_context.bin", "CKKS secret context")
+    tiers = device_tiers(cfg, prep, all_ids) if setup.get("tiers") else None
+    return build_client_app(cfg, prep, all_ids, float(setup.get("z", 0.0)), tiers, secret)
 
 
 def _session(context: Context) -> tuple[object, dict]:

@@ -26,6 +26,7 @@ from fedgpt.client.app import client_seed
 from fedgpt.client.trainer import Failure as TrainFailure
 from fedgpt.client.trainer import evaluate_tokens, local_update
 from fedgpt.federation.distill import distill, logits_on, public_windows
+from fedgpt.federation.schemas import Expect, check_reply
 from fedgpt.models.params import FlatModel
 from fedgpt.runtime.messages import Failure, Message
 
@@ -100,20 +101,9 @@ def fedmd_messages(server, state, chosen: list[str], rnd: int) -> dict[str, Mess
 
 
 def validate_logits(reply, rnd: int, shape: tuple[int, ...]) -> str | None:
-    if not isinstance(reply, Message):
-        return reply.reason
-    if reply.type != "fedmd/logits":
-        return reply.config.get("reason", f"unexpected reply {reply.type!r}")
-    if reply.config.get("round") != rnd:
-        return "reply for another round"
-    if set(reply.tensors) != {"logits"}:
-        return f"fedmd reply must carry logits only, got {sorted(reply.tensors)}"
-    x = reply.tensors["logits"]
-    if x.dtype != torch.float32 or tuple(x.shape) != shape:
-        return f"logits of shape {tuple(x.shape)}, expected {shape}"
-    if not bool(torch.isfinite(x).all()):
-        return "logits contain NaN or inf"
-    return None
+    """Why a FedMD reply cannot be used (federation.schemas: config, metrics, float32
+    finite logits of ``shape`` and nothing else), or ``None``."""
+    return check_reply(reply, Expect("fedmd/logits", rnd, shape=shape))
 
 
 def fedmd_aggregate(server, state, good: dict[str, Message], rnd: int):

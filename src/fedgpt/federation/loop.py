@@ -22,6 +22,7 @@ from fedgpt.aggregation.robust import robust_aggregate
 from fedgpt.client.app import client_seed
 from fedgpt.config import RunConfig
 from fedgpt.federation.sampling import sample_clients
+from fedgpt.federation.schemas import Expect, check_reply, nbytes, parse_reply
 from fedgpt.federation.validation import (  # noqa: F401  (validate_reply: public here too)
     max_update_bytes,
     undecodable,
@@ -470,15 +471,9 @@ class FederatedServer:
             msg = Message("ckks/decrypt", {"round": rnd, "numel": numel}, {}, {"aggregate": agg})
             reply = self.runtime.send_and_receive({cid: msg}).get(cid, Failure("no reply"))
             down += msg.nbytes
-            if isinstance(reply, Message):
-                up += reply.nbytes
-                out = reply.tensors.get("aggregate")
-                if (
-                    isinstance(out, torch.Tensor)
-                    and out.shape == (numel,)
-                    and bool(torch.isfinite(out).all())
-                ):
-                    return out / total, down, up
+            up += nbytes(reply)
+            if check_reply(reply, Expect("ckks/aggregate", rnd, numel)) is None:
+                return reply.tensors["aggregate"] / total, down, up
         return None, down, up
 
     def _noise_gen(self, rnd: int) -> torch.Generator | None:
@@ -505,15 +500,15 @@ class FederatedServer:
         per_client: dict[str, dict] = {}
         loss_sum = correct = count = 0.0
         for cid, r in replies.items():
-            if isinstance(r, Message) and r.type == "evaluate/result" and r.config["count"] > 0:
-                c = r.config
-                loss_sum += c["loss_sum"]
-                correct += c["correct"]
-                count += c["count"]
+            c, _ = parse_reply(r, Expect("evaluate/result", rnd)) if cid in msgs else (None, "")
+            if c is not None and c.count > 0:  # a malformed reply is skipped
+                loss_sum += c.loss_sum
+                correct += c.correct
+                count += c.count
                 per_client[cid] = {
-                    "loss": c["loss_sum"] / c["count"],
-                    "accuracy": c["correct"] / c["count"],
-                    "count": c["count"],
+                    "loss": c.loss_sum / c.count,
+                    "accuracy": c.correct / c.count,
+                    "count": c.count,
                 }
         if count == 0:
             return {

@@ -499,9 +499,12 @@ class FederatedServer:
         replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
         per_client: dict[str, dict] = {}
         loss_sum = correct = count = 0.0
+        refused: list[dict[str, str]] = []  # malformed replies: skipped, with their reason
         for cid, r in replies.items():
-            c, _ = parse_reply(r, Expect("evaluate/result", rnd)) if cid in msgs else (None, "")
-            if c is not None and c.count > 0:  # a malformed reply is skipped
+            c, why = parse_reply(r, Expect("evaluate/result", rnd)) if cid in msgs else (None, "")
+            if why and isinstance(r, Message):
+                refused.append({"client": cid, "reason": why})
+            if c is not None and c.count > 0:
                 loss_sum += c.loss_sum
                 correct += c.correct
                 count += c.count
@@ -517,6 +520,7 @@ class FederatedServer:
                 "perplexity": None,
                 "per_client": per_client,
                 "bytes_down": 0,
+                **({"dropped": refused} if refused else {}),
             }
         loss = loss_sum / count
         return {
@@ -526,4 +530,5 @@ class FederatedServer:
             "per_client": per_client,
             "tokens": int(count),
             "bytes_down": sum(m.nbytes for m in msgs.values()),
+            **({"dropped": refused} if refused else {}),
         }

@@ -213,13 +213,21 @@ def run_round(
         if len(b_sh[u]) < t:
             out.failure = f"only {len(b_sh[u])} shares of {u}'s self mask, need {t}"
             return out
-        b = shamir.reconstruct(dict(list(b_sh[u].items())[:t]))
+        try:  # a false share (valid in form) gives no secret: the round fails cleanly
+            b = shamir.reconstruct(dict(list(b_sh[u].items())[:t]))
+        except ValueError as exc:
+            out.failure = f"{u}'s self mask: {exc}"
+            return out
         total -= crypto.prg(b, numel + 1)
     for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u
         if len(s_sh[u]) < t:
             out.failure = f"only {len(s_sh[u])} shares of {u}'s mask key, need {t}"
             return out
-        s_sk = shamir.reconstruct(dict(list(s_sh[u].items())[:t]))
+        try:
+            s_sk = shamir.reconstruct(dict(list(s_sh[u].items())[:t]))
+        except ValueError as exc:
+            out.failure = f"{u}'s mask key: {exc}"
+            return out
         for v in graph[u]:
             if v in u3:
                 if post_quantum and (u, v) not in pq_part:

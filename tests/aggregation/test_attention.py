@@ -28,8 +28,8 @@ def test_meta_is_standardised_and_uniform_at_start():
 def test_attention_learns_to_down_weigh_a_harmful_update(tiny_overrides):
     cfg = load_config(None, [*tiny_overrides, 'data.public_plays=["macbeth"]'])
     prep = prepare(cfg)
-    from fedgpt.tasks.windows import sample_windows
     from fedgpt.client.trainer import local_update
+    from fedgpt.tasks.windows import sample_windows
 
     gen = torch.Generator().manual_seed(0)
     val = sample_windows(prep.public, 8, 32, gen)

@@ -2,7 +2,6 @@
 
 import torch
 
-from fedgpt.tasks.windows import eval_windows, sample_windows
 from fedgpt.client.trainer import ClientData, Failure, Update, evaluate_tokens, local_update
 from fedgpt.config import ClientConfig, ModelConfig
 from fedgpt.federation.client_app import ClientApp
@@ -10,6 +9,7 @@ from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
 from fedgpt.runtime import Message
 from fedgpt.seeding import client_seed
+from fedgpt.tasks.windows import eval_windows, sample_windows
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
 

@@ -31,6 +31,7 @@ from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.federation.strategy import STRATEGIES, FedAvgFamily, Strategy, below_quorum
 from fedgpt.messages import Message
 from fedgpt.models.params import FlatModel
+from fedgpt.schemas import Expect, check_reply
 from fedgpt.seeding import client_seed
 
 SEED, CONS = "fedmd.seed", "fedmd.consensus"
@@ -155,17 +156,6 @@ class FedMDStrategy(Strategy):
 
 
 def validate_logits(reply, rnd: int, shape: tuple[int, ...]) -> str | None:
-    if not isinstance(reply, Message):
-        return reply.reason
-    if reply.type != "fedmd/logits":
-        return reply.config.get("reason", f"unexpected reply {reply.type!r}")
-    if reply.config.get("round") != rnd:
-        return "reply for another round"
-    if set(reply.tensors) != {"logits"}:
-        return f"fedmd reply must carry logits only, got {sorted(reply.tensors)}"
-    x = reply.tensors["logits"]
-    if x.dtype != torch.float32 or tuple(x.shape) != shape:
-        return f"logits of shape {tuple(x.shape)}, expected {shape}"
-    if not bool(torch.isfinite(x).all()):
-        return "logits contain NaN or inf"
-    return None
+    """Why a FedMD reply cannot be used (fedgpt.schemas: config, metrics, float32
+    finite logits of ``shape`` and nothing else), or ``None``."""
+    return check_reply(reply, Expect("fedmd/logits", rnd, shape=shape))

@@ -68,7 +68,10 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 
 
 def _hash_tensors(h, tensors: Mapping[str, object]) -> None:
-    for name in sorted(tensors):
+    if not isinstance(tensors, Mapping):
+        _field(h, b"not a mapping: " + type(tensors).__name__.encode())
+        return
+    for name in sorted(tensors, key=str):
         t = tensors[name]
         _field(h, b"tensor:" + str(name).encode())
         if not isinstance(t, torch.Tensor):
@@ -85,8 +88,9 @@ def payload_hash(msg: Message) -> str:
     arrived). Malformed payloads hash too (they are hashed before validation)."""
     h = hashlib.sha256(b"fedgpt/payload/v1")
     _hash_tensors(h, msg.tensors)
-    for name in sorted(msg.blobs):
-        chunks = msg.blobs[name]
+    blobs = msg.blobs if isinstance(msg.blobs, Mapping) else {}
+    for name in sorted(blobs, key=str):
+        chunks = blobs[name]
         chunks = chunks if isinstance(chunks, list | tuple) else [chunks]
         _field(h, b"blobs:" + str(name).encode())
         h.update(len(chunks).to_bytes(8, "big"))

@@ -21,6 +21,7 @@ from fedgpt.federation.sampling import sample_clients
 from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.federation.strategy import Strategy
 from fedgpt.messages import Message, Reply, Runtime
+from fedgpt.schemas import Expect, parse_reply
 
 __all__ = ["FederatedServer", "RoundResult", "ServerState"]
 
@@ -90,16 +91,19 @@ class FederatedServer:
         replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
         per_client: dict[str, dict] = {}
         loss_sum = correct = count = 0.0
+        refused: list[dict[str, str]] = []  # malformed replies: skipped, with their reason
         for cid, r in replies.items():
-            if isinstance(r, Message) and r.type == "evaluate/result" and r.config["count"] > 0:
-                c = r.config
-                loss_sum += c["loss_sum"]
-                correct += c["correct"]
-                count += c["count"]
+            c, why = parse_reply(r, Expect("evaluate/result", rnd)) if cid in msgs else (None, "")
+            if why and isinstance(r, Message):
+                refused.append({"client": cid, "reason": why})
+            if c is not None and c.count > 0:
+                loss_sum += c.loss_sum
+                correct += c.correct
+                count += c.count
                 per_client[cid] = {
-                    "loss": c["loss_sum"] / c["count"],
-                    "accuracy": c["correct"] / c["count"],
-                    "count": c["count"],
+                    "loss": c.loss_sum / c.count,
+                    "accuracy": c.correct / c.count,
+                    "count": c.count,
                 }
         if count == 0:
             return {
@@ -108,6 +112,7 @@ class FederatedServer:
                 "perplexity": None,
                 "per_client": per_client,
                 "bytes_down": 0,
+                **({"dropped": refused} if refused else {}),
             }
         loss = loss_sum / count
         return {
@@ -117,4 +122,5 @@ class FederatedServer:
             "per_client": per_client,
             "tokens": int(count),
             "bytes_down": sum(m.nbytes for m in msgs.values()),
+            **({"dropped": refused} if refused else {}),
         }

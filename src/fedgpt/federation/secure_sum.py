@@ -33,6 +33,7 @@ from fedgpt.federation.state import ServerState
 from fedgpt.federation.validation import max_update_bytes, validate_reply
 from fedgpt.messages import Failure, Message
 from fedgpt.registry import Registry
+from fedgpt.schemas import Expect, check_reply
 from fedgpt.seeding import client_seed
 
 
@@ -178,14 +179,8 @@ class CkksSum(PlainSum):
         for cid in holders:
             msg = Message("ckks/decrypt", {"round": rnd, "numel": numel}, {}, {"aggregate": agg})
             reply = ex.send({cid: msg}).get(cid, Failure("no reply"))
-            out = reply.tensors.get("aggregate") if isinstance(reply, Message) else None
-            if (
-                isinstance(out, torch.Tensor)
-                and out.shape == (numel,)
-                and out.dtype.is_floating_point
-            ):
-                if bool(torch.isfinite(out).all()):
-                    return out
+            if check_reply(reply, Expect("ckks/aggregate", rnd, numel)) is None:
+                return reply.tensors["aggregate"]
         return None
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from fedgpt.messages import Failure, Message, Reply
+from fedgpt.messages import Message, Reply
+from fedgpt.schemas import Expect, check_config, check_payload, envelope
 
 
 def validate_reply(
@@ -28,27 +29,18 @@ def validate_reply(
     earlier message is refused); ``num_examples``; the payload size (``max_bytes`` > 0:
     more bytes than the expected update is oversized); with ``ckks_chunks`` > 0 that many
     non-empty ciphertexts; otherwise a float32 update of the expected length (``numel``,
-    or its device tier's), finite, with L2 norm at most ``max_norm`` (0 = unbounded)."""
-    if isinstance(reply, Failure):
-        return reply.reason
-    if not isinstance(reply, Message):
-        return f"not a message ({type(reply).__name__})"
-    if reply.type == "train/failure":
-        return str(reply.config.get("reason", "client reported a failure"))
-    if reply.type != "train/result":
-        return f"unexpected reply type {reply.type!r}"
-    if reply.config.get("round") != rnd:
-        return f"update for round {reply.config.get('round')!r}, expected {rnd}"
-    if nonce is not None and reply.config.get("nonce") != nonce:
-        return "reply does not echo the nonce of this round's message (replayed or stale)"
-    n = reply.config.get("num_examples")
-    if not isinstance(n, int) or n <= 0:
-        return f"num_examples must be a positive integer, got {n!r}"
+    or its device tier's), finite, with L2 norm at most ``max_norm`` (0 = unbounded).
+    The envelope, config and payload checks are the schema's (fedgpt.schemas)."""
+    if (why := envelope(reply)) is not None:
+        return why
+    expect = Expect(
+        "train/result", rnd, numel, nonce=nonce, tier_sizes=tier_sizes, ckks_chunks=ckks_chunks
+    )
+    model, why = check_config(reply, expect)  # type, round, nonce, num_examples, metrics...
+    if why is not None:
+        return why
     if max_bytes:
-        try:
-            size = reply.nbytes
-        except (AttributeError, TypeError):
-            return "payload does not decode (not tensors and bytes)"
+        size = reply.nbytes
         if size > max_bytes:
             return f"oversized payload: {size} bytes, at most {max_bytes} expected"
     if ckks_chunks:
@@ -58,18 +50,9 @@ def validate_reply(
         if not all(isinstance(c, bytes) and c for c in chunks):
             return "a CKKS ciphertext is empty or not bytes"
         return None
-    delta = reply.tensors.get("delta")
-    if not isinstance(delta, torch.Tensor) or delta.dtype != torch.float32:
-        return "update is not a float32 tensor"
-    tier = reply.config.get("tier")
-    if tier is not None:
-        if not tier_sizes or tier not in tier_sizes:
-            return f"unknown device tier {tier!r}"
-        numel = tier_sizes[tier]
-    if delta.shape != (numel,):
-        return f"update has shape {tuple(delta.shape)}, expected ({numel},)"
-    if not bool(torch.isfinite(delta).all()):
-        return "update contains NaN or inf"
+    if (why := check_payload(reply, model, expect)) is not None:  # float32, shape, finite
+        return why
+    delta = reply.tensors["delta"]
     if max_norm > 0:
         norm = float(torch.linalg.vector_norm(delta))
         if norm > max_norm:
@@ -79,16 +62,8 @@ def validate_reply(
 
 def undecodable(reply: Reply) -> str | None:
     """Why a reply's payloads are not named tensors and lists of byte strings (what a
-    wire decoder would refuse), or ``None``."""
-    if not isinstance(reply, Message):
-        return None
-    for name, t in reply.tensors.items():
-        if not isinstance(t, torch.Tensor):
-            return f"payload does not decode: {name!r} is not a tensor"
-    for name, chunks in reply.blobs.items():
-        if not isinstance(chunks, list) or not all(isinstance(c, bytes) for c in chunks):
-            return f"payload does not decode: {name!r} is not a list of byte strings"
-    return None
+    wire decoder would refuse), or its type or config malformed, or ``None``."""
+    return envelope(reply) if isinstance(reply, Message) else None
 
 
 def max_update_bytes(numel: int, ckks_chunks: int = 0) -> int:

@@ -21,6 +21,7 @@ from fedgpt.messages import Failure, Message
 from fedgpt.privacy.secagg import crypto, shamir
 from fedgpt.privacy.secagg.client import MASK_INFO, salt
 from fedgpt.privacy.secagg.quantize import decode
+from fedgpt.schemas import Expect, check_reply, envelope, nbytes, parse_reply
 
 
 @dataclass
@@ -54,22 +55,31 @@ def neighbours(ids: Sequence[str], k: int, rng: np.random.Generator) -> dict[str
 
 
 class _Exchange:
-    def __init__(self, runtime, on_reply, outcome: SecAggOutcome):
-        self.runtime, self.on_reply, self.out = runtime, on_reply, outcome
+    """One message round: each addressed client's reply must be a valid ``want`` reply
+    (fedgpt.schemas, with what ``expect(cid)`` says); any other is a dropout."""
 
-    def __call__(self, msgs: Mapping[str, Message], want: str) -> dict[str, Message]:
+    def __init__(self, runtime, on_reply, outcome: SecAggOutcome, rnd: int):
+        self.runtime, self.on_reply, self.out, self.rnd = runtime, on_reply, outcome, rnd
+
+    def __call__(
+        self, msgs: Mapping[str, Message], want: str, expect: Callable[[str], Expect]
+    ) -> dict[str, tuple[Message, object]]:
+        """{client: (reply, its validated config)} of the valid replies."""
         replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
         self.out.bytes_down += sum(m.nbytes for m in msgs.values())
         good = {}
         for cid in msgs:
             r = replies.get(cid, Failure("no reply"))
-            if isinstance(r, Message):
-                self.out.bytes_up += r.nbytes
-            if isinstance(r, Message) and r.type == want:
-                good[cid] = r
+            self.out.bytes_up += nbytes(r)
+            if isinstance(r, Failure) or envelope(r) is not None or r.type != want:
+                reason = f"secagg {want}: {check_reply(r, Expect(want, self.rnd))}"
             else:
-                reason = r.reason if isinstance(r, Failure) else r.config.get("reason", r.type)
-                self.out.dropped.append({"client": cid, "reason": f"secagg {want}: {reason}"})
+                model, why = parse_reply(r, expect(cid))
+                if why is None:
+                    good[cid] = (r, model)
+                    continue
+                reason = f"secagg: {why}"
+            self.out.dropped.append({"client": cid, "reason": reason})
         return good
 
 
@@ -91,7 +101,7 @@ def run_round(
     on_reply: Callable | None = None,
 ) -> SecAggOutcome:
     out = SecAggOutcome()
-    ex = _Exchange(runtime, on_reply, out)
+    ex = _Exchange(runtime, on_reply, out, rnd)
     cfg = {
         "round": rnd,
         "range": value_range,
@@ -100,17 +110,15 @@ def run_round(
         "post_quantum": post_quantum,
     }
     # 0. train and advertise keys
+    names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if post_quantum else ("c_pk", "s_pk")
     keys = ex(
         {
             c: Message("secagg/train", {**cfg, "seed": seeds[c]}, {"weights": weights})
             for c in chosen
         },
         "secagg/keys",
+        lambda c: Expect("secagg/keys", rnd, keys=names),
     )
-    names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if post_quantum else ("c_pk", "s_pk")
-    for c in [c for c in keys if not all(keys[c].blobs.get(n) for n in names)]:
-        out.dropped.append({"client": c, "reason": "secagg: missing public keys"})
-        del keys[c]
     u1 = sorted(keys)
     graph = neighbours(u1, k, np.random.default_rng([graph_seed, rnd]))
     deg = min(len(v) for v in graph.values()) if graph else 0
@@ -119,7 +127,7 @@ def run_round(
         out.failure = f"only {len(u1)} clients advertised keys, need {t + 1} (threshold {t})"
         return out
     index = {u: i + 1 for i, u in enumerate(u1)}
-    pk = {u: tuple(keys[u].blobs[n][0] for n in names) for u in u1}
+    pk = {u: tuple(keys[u][0].blobs[n][0] for n in names) for u in u1}
     # 1. share keys
     shares = ex(
         {
@@ -132,6 +140,7 @@ def run_round(
             for u in u1
         },
         "secagg/shares",
+        lambda u: Expect("secagg/shares", rnd, peers=frozenset(graph[u])),
     )
     u2 = sorted(shares)
     if len(u2) < t + 1:
@@ -140,7 +149,7 @@ def run_round(
     # 2. masked input: route each sealed share to its recipient
     inbox: dict[str, dict[str, bytes]] = {u: {} for u in u2}
     for u in u2:
-        for key, blob in shares[u].blobs.items():
+        for key, blob in shares[u][0].blobs.items():
             v = key.removeprefix("to:")
             if v in inbox and v in graph[u]:
                 inbox[v][u] = blob
@@ -155,10 +164,9 @@ def run_round(
             for u in u2
         },
         "secagg/masked_input",
+        lambda u: Expect("secagg/masked_input", rnd, numel),  # y: numel + 1 words
     )
-    u3 = sorted(c for c in masked if len(masked[c].blobs["y"][0]) == 8 * (numel + 1))
-    for c in set(masked) - set(u3):
-        out.dropped.append({"client": c, "reason": "secagg: masked input of wrong length"})
+    u3 = sorted(masked)
     if len(u3) < t + 1:
         out.failure = f"only {len(u3)} clients sent masked inputs, need {t + 1}"
         return out
@@ -177,36 +185,50 @@ def run_round(
             for v in u3
         },
         "secagg/shares_out",
+        lambda v: Expect(
+            "secagg/shares_out",
+            rnd,
+            peers=frozenset(graph[v]),
+            survivors=frozenset(u for u in graph[v] if u in u3),
+            dropped=frozenset(u for u in graph[v] if u in gone),
+            index=index[v],
+        ),
     )
     b_sh: dict[str, dict[int, int]] = {u: {} for u in u3}
     s_sh: dict[str, dict[int, int]] = {u: {} for u in gone}
     pq_part: dict[tuple[str, str], bytes] = {}  # (dropped u, survivor v) -> ML-KEM secret
-    for v, r in reveal.items():
-        for u, (x, y) in r.config.get("b", {}).items():
-            if u in b_sh:
-                b_sh[u][int(x)] = int(y, 16)
-        for u, (x, y, pq) in r.config.get("s", {}).items():
-            if u in s_sh:
-                s_sh[u][int(x)] = int(y, 16)
-                pq_part[(u, v)] = bytes.fromhex(pq)
-        for u in r.config.get("tampered", []):
+    for v, (_, r) in reveal.items():  # r: the validated config (fedgpt.schemas)
+        for u, (x, y) in r.b.items():
+            b_sh[u][x] = int(y, 16)
+        for u, (x, y, pq) in r.s.items():
+            s_sh[u][x] = int(y, 16)
+            pq_part[(u, v)] = bytes.fromhex(pq)
+        for u in r.tampered:
             out.dropped.append(
                 {"client": u, "reason": f"secagg: share for {v} failed authentication (discarded)"}
             )
     total = np.zeros(numel + 1, dtype=np.uint64)
     for u in u3:
-        total += np.frombuffer(masked[u].blobs["y"][0], dtype=np.uint64)
+        total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=np.uint64)
     for u in u3:  # remove self masks
         if len(b_sh[u]) < t:
             out.failure = f"only {len(b_sh[u])} shares of {u}'s self mask, need {t}"
             return out
-        b = shamir.reconstruct(dict(list(b_sh[u].items())[:t]))
+        try:  # a false share (valid in form) gives no secret: the round fails cleanly
+            b = shamir.reconstruct(dict(list(b_sh[u].items())[:t]))
+        except ValueError as exc:
+            out.failure = f"{u}'s self mask: {exc}"
+            return out
         total -= crypto.prg(b, numel + 1)
     for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u
         if len(s_sh[u]) < t:
             out.failure = f"only {len(s_sh[u])} shares of {u}'s mask key, need {t}"
             return out
-        s_sk = shamir.reconstruct(dict(list(s_sh[u].items())[:t]))
+        try:
+            s_sk = shamir.reconstruct(dict(list(s_sh[u].items())[:t]))
+        except ValueError as exc:
+            out.failure = f"{u}'s mask key: {exc}"
+            return out
         for v in graph[u]:
             if v in u3:
                 if post_quantum and (u, v) not in pq_part:
@@ -217,6 +239,6 @@ def run_round(
                 total -= m if u > v else (np.uint64(0) - m)  # what v added for peer u
     out.weighted_sum, out.weight = decode(total, len(u3), value_range, bits)
     out.survivors = u3
-    out.metrics = {u: keys[u].config.get("metrics", {}) for u in u3}
-    out.num_examples = {u: keys[u].config.get("num_examples", 1) for u in u3}
+    out.metrics = {u: dict(keys[u][1].metrics) for u in u3}
+    out.num_examples = {u: keys[u][1].num_examples for u in u3}
     return out

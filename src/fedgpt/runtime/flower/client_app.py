@@ -1,4 +1,5 @@
-"""The Flower ClientApp: FedGPT's :class:`~fedgpt.client.app.ClientApp` behind a SuperNode.
+"""The Flower ClientApp: FedGPT's :class:`~fedgpt.federation.client_app.ClientApp` behind
+a SuperNode.
 
 The adapter only converts messages: it decodes the batch a Flower message carries, hands
 each FedGPT message to FedGPT's ``ClientApp`` (the same handler the in-process runtime

@@ -117,7 +117,7 @@ def decode_batch(rd: RecordDict) -> list[tuple[str, Reply]]:
             raise CodecError(f"batch item {i} ({cid}) lacks its tensors or blobs")
         try:
             config = json.loads(str(meta["config"]))
-        except (KeyError, json.JSONDecodeError) as exc:
+        except (KeyError, ValueError, RecursionError) as exc:  # + huge ints, deep nesting
             raise CodecError(f"batch item {i} ({cid}): bad config JSON ({exc})") from None
         out.append(
             (

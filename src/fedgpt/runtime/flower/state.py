@@ -1,7 +1,7 @@
 """What a FedGPT client must remember between messages, as bytes.
 
 Flower starts a fresh ClientApp process for every message, so the state FedGPT's
-:class:`~fedgpt.client.app.ClientApp` keeps in attributes is saved into the node's
+:class:`~fedgpt.federation.client_app.ClientApp` keeps in attributes is saved into the node's
 ``context.state`` after each message and restored before the next one:
 
 * ``secagg_state``: each client's SecAgg secrets of the current round (X25519 and, in

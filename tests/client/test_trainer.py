@@ -74,7 +74,7 @@ def test_non_finite_loss_is_a_failure_not_an_update():
     bad = w0.clone()
     bad[:10] = float("nan")
     out = local_update(fm, bad, toks(bundle), CFG, torch.Generator().manual_seed(1), "x", 3)
-    assert isinstance(out, Failure) and "non-finite" in out.reason and out.round == 3
+    assert isinstance(out, Failure) and "non-finite" in out.reason
 
 
 def test_windows_cover_every_target_once():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedgpt.config import ClientConfig
+from fedgpt.messages import Failure
 from fedgpt.models.params import FlatModel
 from fedgpt.tasks import CausalLM, Task, evaluate_tokens, lm_loss  # noqa: F401  (re-exported)
 
@@ -44,15 +45,6 @@ class Update:
     delta: torch.Tensor
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A client that produced no usable update, and why."""
-
-    client_id: str
-    round: int
-    reason: str
 
 
 class NonFiniteLoss(RuntimeError):
@@ -137,7 +129,7 @@ def local_update(
     the other parameters get no gradient ("gradient masking") and stay at w_t.
     """
     if tokens.numel() < 2:
-        return Failure(client_id, round, "no training text (fewer than 2 tokens)")
+        return Failure("no training text (fewer than 2 tokens)")
     start = time.perf_counter()
     fm.load(global_weights)
     opt = make_optimizer(fm, cfg, trainable)
@@ -152,7 +144,7 @@ def local_update(
         try:
             losses = train_steps(fm, opt, tokens, cfg, steps, gen, global_weights, task)
         except NonFiniteLoss as exc:
-            return Failure(client_id, round, str(exc))
+            return Failure(str(exc))
         finally:
             if trainable is not None:
                 for p in fm.params():
@@ -162,7 +154,7 @@ def local_update(
     delta = fm.flat - global_weights
     norm = float(delta.norm())
     if not math.isfinite(norm):
-        return Failure(client_id, round, "non-finite values in the update")
+        return Failure("non-finite values in the update")
     seconds = time.perf_counter() - start
     return Update(
         client_id=client_id,

@@ -360,7 +360,6 @@ class AttackConfig(_Section):
 class RuntimeConfig(_Section):
     """How messages travel between server and clients."""
 
-    kind: Literal["inprocess"] = Field("inprocess", description="in-process simulation")
     threads: int = Field(0, ge=0, description="torch threads; 0 = leave the default")
     ledger: bool = Field(
         True,

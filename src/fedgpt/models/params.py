@@ -35,24 +35,6 @@ class ParamSpec:
             total += p.numel()
         return cls(tuple(names), tuple(shapes), tuple(offsets), total)
 
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of ``flat`` keyed by parameter name (for saving and inspection)."""
-        out = {}
-        for name, shape, off in zip(self.names, self.shapes, self.offsets, strict=True):
-            n = 1
-            for s in shape:
-                n *= s
-            out[name] = flat[off : off + n].view(shape)
-        return out
-
-    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The inverse of :meth:`unflatten`: one float32 vector in spec order."""
-        return torch.cat([tensors[n].reshape(-1).float() for n in self.names])
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * 4
-
 
 @dataclass
 class FlatModel:

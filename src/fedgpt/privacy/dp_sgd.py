@@ -67,7 +67,7 @@ def dp_sgd_update(
     windows = record_windows(tokens, cfg.seq_len)
     n = windows.shape[0]
     if n == 0:
-        return Failure(client_id, round, "no complete record for DP-SGD"), 0.0
+        return Failure("no complete record for DP-SGD"), 0.0
     q = sample_rate(n, cfg.batch_size)
     expected = max(1, round_half(q * n))
     noise_gen = gen if pcfg.reproducible_noise else None
@@ -104,9 +104,7 @@ def dp_sgd_update(
             else:
                 loss = lm_loss(gsm, windows[mask])
                 if not torch.isfinite(loss):
-                    return Failure(
-                        client_id, round, f"non-finite training loss at step {step + 1}"
-                    ), q
+                    return Failure(f"non-finite training loss at step {step + 1}"), q
                 loss.backward()
                 losses.append(float(loss))
             opt.step()
@@ -116,7 +114,7 @@ def dp_sgd_update(
     delta = fm.flat - global_weights
     norm = float(delta.norm())
     if not math.isfinite(norm):
-        return Failure(client_id, round, "non-finite values in the update"), q
+        return Failure("non-finite values in the update"), q
     metrics = {
         "train_loss": sum(losses) / len(losses) if losses else float("nan"),
         "steps": float(cfg.local_steps),

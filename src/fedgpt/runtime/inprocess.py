@@ -78,6 +78,3 @@ class InProcessRuntime:
                 if on_reply is not None:
                     on_reply(sender, r)
         return replies
-
-    def close(self) -> None:
-        pass

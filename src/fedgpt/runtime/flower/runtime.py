@@ -130,6 +130,3 @@ class FlowerRuntime:
             return
         for cid, _ in items:
             settle(cid, got.get(cid, Failure(f"node {node} sent no reply for client {cid}")))
-
-    def close(self) -> None:
-        pass

@@ -46,7 +46,22 @@ def run_experiment(
     t_start = time.perf_counter()
     hooks.stage("preparing data and model", None)
     prep = prepare(cfg)  # every input is checked before anything is written
-    ids = [c.client_id for c in prep.clients]
+    return run_prepared(cfg, prep, run_dir, resume, hooks, t_start)
+
+
+def run_prepared(
+    cfg: RunConfig,
+    prep: Prepared,
+    run_dir: Path,
+    resume: bool = False,
+    hooks: Hooks | None = None,
+    t_start: float | None = None,
+) -> dict:
+    """:func:`run_experiment` for data and a model already prepared (:class:`Prepared`:
+    e.g. your own model and in-memory data, :func:`fedgpt.api.federate`)."""
+    hooks = hooks or Hooks()
+    t_start = time.perf_counter() if t_start is None else t_start
+    ids = list(prep.data)
     keys = ckks_keys(cfg)
     faults = FaultInjector.from_config(cfg, ids)
     privacy, tiers = make_privacy(cfg, len(ids)), device_tiers(cfg, prep, ids)
@@ -58,7 +73,7 @@ def run_experiment(
     hooks.log(f"run folder: {run_dir}")
     trainable, total = prep.bundle.counts()
     hooks.log(
-        f"{len(prep.clients)} clients, model {prep.bundle.name}: "
+        f"{len(ids)} clients, model {prep.bundle.name}: "
         f"{trainable:,} trainable of {total:,} parameters"
     )
     if privacy.active:

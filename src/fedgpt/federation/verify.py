@@ -42,6 +42,10 @@ def saved_trainable_weights(model_dir: Path) -> torch.Tensor:
     order): every parameter, or for a LoRA run the adapters in ``model/adapter``."""
     from fedgpt.models.build import load_pretrained
 
+    if not (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file():
+        from fedgpt.models.adapter import load_plain_weights  # a plain nn.Module's weights
+
+        return load_plain_weights(model_dir)
     model = load_pretrained(model_dir).model
     if (model_dir / "adapter").is_dir():
         from peft import PeftModel

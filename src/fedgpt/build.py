@@ -180,6 +180,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
     unknown component name, or a component setting out of range; returns ``cfg``."""
     make_server_optimizer(cfg.federation)
     TASKS.get(cfg.task.kind)
+    PRIVACY.get(cfg.privacy.mode)
     spec = cfg.federation.aggregator
     validate_section(AGGREGATORS.get(spec.kind).Config, spec.model_dump(), "federation.aggregator")
     compat.check(cfg)

@@ -244,12 +244,12 @@ class BaselineConfig(_Section):
 class PrivacyConfig(_Section):
     """Differential privacy of what leaves the clients (see docs/privacy.md)."""
 
-    mode: Literal["none", "local_dp", "central_dp", "dp_sgd"] = Field(
+    mode: str = Field(
         "none",
         description='"central_dp": DP-FedAvg, clip each update, noise the sum on the server '
         '(client-level DP of the released model); "local_dp": each client clips and noises its '
         'own update before sending it; "dp_sgd": record-level DP-SGD (Opacus) inside each '
-        'client; "none": no DP',
+        'client; "none": no DP; or a mechanism registered by your code',
     )
     clip_norm: float = Field(
         1.0,

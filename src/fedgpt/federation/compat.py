@@ -3,8 +3,8 @@
 Every refusal is one line naming the clashing settings. The declarations:
 
 * aggregator (:mod:`fedgpt.aggregation.base`): ``individual``, ``coverage``;
-* privacy mechanism (:mod:`fedgpt.privacy.mechanism`): ``server_clips``, ``coverage``,
-  ``releases_client_models``;
+* privacy mechanism (:mod:`fedgpt.privacy.mechanism`): ``server_clips``,
+  ``replaces_aggregator``, ``coverage``, ``releases_client_models``;
 * secure sum (:mod:`fedgpt.federation.secure_sum`): ``reveals_individual``, ``coverage``;
 * post-steps and strategies: FedDF needs the individual client models; FedMD exchanges
   logits, not updates, so it takes none of the update-side components.
@@ -43,10 +43,10 @@ def refusal(cfg, tiers: bool | None = None) -> str | None:
     if agg.individual and not ss.reveals_individual:
         need = f'federation.aggregator = "{kind}" needs individual updates'
         return f'{need}, which {sa} hides; use "fedavg"'
-    if agg.individual and mech.server_clips:
+    if agg.individual and mech.replaces_aggregator:
         return (
-            f'federation.aggregator = "{kind}" cannot replace DP-FedAvg\'s clipped noisy sum '
-            f'({mode}); use "fedavg"'
+            f'federation.aggregator = "{kind}" cannot replace the clipped noisy sum of '
+            f'{mode}; use "fedavg"'
         )
     if f.max_update_norm and not ss.reveals_individual:
         return f"federation.max_update_norm needs to see each update, which {sa} hides"

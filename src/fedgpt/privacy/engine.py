@@ -64,7 +64,10 @@ class ServerPrivacy:
 
     @property
     def active(self) -> bool:
-        return self.cfg.mode != "none"
+        """Whether the mode gives a DP guarantee that is accounted (ε reported)."""
+        from fedgpt.privacy.mechanism import PRIVACY
+
+        return PRIVACY.get(self.cfg.mode).active
 
     def aggregate(self, deltas: torch.Tensor, weights: torch.Tensor, gen):
         return self.central.aggregate(deltas, weights, gen)

@@ -13,7 +13,9 @@ Each declares what it needs of the rest of the round, and the compatibility of a
 derived from these declarations (:mod:`fedgpt.federation.compat`):
 
 * ``server_clips`` — the server clips individual updates, so it must see them (no secure
-  sum hiding them) and no other rule may replace the mean;
+  sum hiding them);
+* ``replaces_aggregator`` — its own estimator replaces the mean (DP-FedAvg's noised sum),
+  so no rule that needs individual updates can run in its place;
 * ``coverage`` — device tiers (partial slices) are carried;
 * ``releases_client_models`` — post-steps may use individual client models (FedDF's
   teachers); central DP releases only the noised mean.
@@ -37,9 +39,10 @@ from fedgpt.seeding import generator
 class PrivacyMechanism:
     name: ClassVar[str] = ""
     server_clips: ClassVar[bool] = False
+    replaces_aggregator: ClassVar[bool] = False
     coverage: ClassVar[bool] = False
     releases_client_models: ClassVar[bool] = True
-    active: ClassVar[bool] = True
+    active: ClassVar[bool] = True  # gives an accounted DP guarantee (ε is reported)
 
     def wrap(self, aggregator: Aggregator, privacy) -> Aggregator:
         """The aggregator this mechanism runs the round with (``privacy``: the run's
@@ -69,6 +72,7 @@ class DPSGD(PrivacyMechanism):
 @PRIVACY.register("central_dp")
 class CentralDPMechanism(PrivacyMechanism):
     server_clips = True
+    replaces_aggregator = True
     releases_client_models = False
 
     def wrap(self, aggregator: Aggregator, privacy) -> Aggregator:

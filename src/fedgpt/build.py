@@ -327,6 +327,16 @@ def server_for(
     return FederatedServer(cfg, runtime, ids, build_strategy(cfg, ctx, privacy, {}, ckks), privacy)
 
 
+def client_setup(cfg: RunConfig, ids: list[str], privacy: ServerPrivacy, tiers: dict):
+    """What remote clients must learn from the server before the first round (the
+    federation's client ids, the local noise multiplier, whether tiers apply), or None
+    when nothing they do depends on it."""
+    needed = cfg.privacy.mode == "local_dp" or cfg.attack.fraction > 0 or bool(tiers)
+    if not needed:
+        return None
+    return {"clients": list(ids), "z": float(privacy.z), "tiers": bool(tiers)}
+
+
 def build_client_app(
     cfg: RunConfig,
     prep: Prepared,
@@ -369,7 +379,10 @@ def fedmd_client(cfg: RunConfig, prep: Prepared):
     f = cfg.federation
     fm, init = prep.fm, prep.init
     if f.fedmd_client_layers and f.fedmd_client_layers != cfg.model.n_layer:
+        from fedgpt.models.build import build_char_gpt2
+
         small = cfg.model.model_copy(update={"n_layer": f.fedmd_client_layers})
-        fm = bind_flat(build_model(small, (c.train for c in prep.clients), cfg.seed).model)
+        tok = prep.bundle.tokenizer  # the server's vocabulary, wherever the clients run
+        fm = bind_flat(build_char_gpt2(small, [], cfg.seed, tokenizer=tok).model)
         init = fm.flat.clone()
     return FedMDClient(fm, init, prep.public, cfg.client)

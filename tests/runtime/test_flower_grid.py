@@ -137,8 +137,20 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
             'federation.distill="feddf"',
             "federation.distill_windows=4",
         ],
+        [
+            'data.public_plays=["macbeth"]',
+            'federation.distill="fedmd"',
+            "federation.distill_windows=4",
+            "federation.fedmd_client_layers=1",
+        ],
+        [
+            "runtime.fail_fraction=0.4",
+            'runtime.straggle_clients=["lear/KENT"]',
+            "runtime.round_timeout=30",
+            "federation.min_clients=4",
+        ],
     ],
-    ids=["fedavg", "secagg", "local_dp", "attack", "tiers", "attention-feddf"],
+    ids=["fedavg", "secagg", "local_dp", "attack", "tiers", "attention-feddf", "fedmd", "faults"],
 )
 def test_memory_grid_matches_in_process(extra, tmp_path):
     overrides = [*FLOWER_TINY, *extra]
@@ -311,9 +323,6 @@ def test_refused_pushes_and_unknown_clients_become_failures():
 
 def test_quorum_and_fault_injection_settings(tmp_path, monkeypatch):
     nodes = split_nodes(FLOWER_TINY)
-    over = [*FLOWER_TINY, "runtime.fail_fraction=0.5"]
-    with pytest.raises(ConfigError, match="fault injection"):
-        over_flower(over, tmp_path, MemoryGrid(nodes))
     grid = MemoryGrid(nodes)
     orig = server_app.handshake
 

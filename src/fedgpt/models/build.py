@@ -63,12 +63,15 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def build_char_gpt2(cfg: ModelConfig, texts: Iterable[str], seed: int) -> ModelBundle:
-    """A fresh character-level GPT-2 initialised from ``seed``."""
+def build_char_gpt2(
+    cfg: ModelConfig, texts: Iterable[str], seed: int, tokenizer=None
+) -> ModelBundle:
+    """A fresh character-level GPT-2 initialised from ``seed``, its vocabulary built from
+    ``texts`` (or ``tokenizer``'s, to share another model's)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     _quiet_transformers()
-    tokenizer = build_char_tokenizer(texts)
+    tokenizer = tokenizer if tokenizer is not None else build_char_tokenizer(texts)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=cfg.context,

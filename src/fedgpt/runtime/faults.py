@@ -102,3 +102,33 @@ class FaultInjector:
         if msg.type in TRAINING and self.straggles(cid, int(msg.config.get("round", 0))):
             return self.straggle_delay
         return 0.0
+
+
+class FaultyRuntime:
+    """Fault injection around any runtime (here: the Flower runtime; the in-process
+    runtime applies the same injector itself). A client the injector crashes or makes
+    vanish is not sent its message and answers with the :class:`Failure`; a straggler's
+    reply arrives, and is refused when its simulated delay passes ``timeout``."""
+
+    def __init__(self, inner, faults: FaultInjector, timeout: float | None = None):
+        self.inner, self.faults, self.timeout = inner, faults, timeout
+
+    def send_and_receive(self, messages, timeout=None, on_reply=None):
+        deadline = timeout if timeout is not None else self.timeout
+        failed = {c: f for c, m in messages.items() if (f := self.faults.before(c, m)) is not None}
+        live = {c: m for c, m in messages.items() if c not in failed}
+        replies = dict(self.inner.send_and_receive(live, timeout)) if live else {}
+        for cid, msg in live.items():
+            late = self.faults.delay(cid, msg)
+            if deadline and late > deadline and cid in replies:
+                replies[cid] = Failure(
+                    f"no reply within the round deadline of {deadline:g} s "
+                    f"(straggler, {late:g} s, fault injection)"
+                )
+        replies.update(failed)
+        out = {c: replies[c] for c in messages if c in replies}
+        out.update({c: r for c, r in replies.items() if c not in out})
+        if on_reply is not None:
+            for cid, r in out.items():
+                on_reply(cid, r)
+        return out

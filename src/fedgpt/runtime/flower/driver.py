@@ -25,22 +25,6 @@ from fedgpt.errors import ConfigError
 Log = Callable[[str], None]
 
 
-def check_supported(cfg) -> None:
-    """Refuse, in one line, settings the Flower runtime does not carry yet."""
-    f = cfg.federation
-    if f.distill == "fedmd":
-        raise ConfigError(
-            'federation.distill = "fedmd" is not supported over Flower yet (the clients\' own '
-            'models and public text are not wired on the nodes); "feddf" is'
-        )
-    r = cfg.runtime
-    if r.fail_clients or r.fail_fraction or r.straggle_clients or r.straggle_fraction:
-        raise ConfigError(
-            "runtime fault injection (fail_*, straggle_*) simulates the in-process runtime; "
-            "over Flower real nodes fail"
-        )
-
-
 def server_model(cfg):
     """The server's model (and, for Shakespeare, the clients' texts as the server can
     rebuild them), as a :class:`~fedgpt.experiment.Prepared`.
@@ -106,7 +90,15 @@ class LogHooks:
 
 
 def run_rounds(
-    cfg, prep, server, privacy, run_dir: Path, log: Log, extra: dict, resume: bool = False
+    cfg,
+    prep,
+    server,
+    privacy,
+    run_dir: Path,
+    log: Log,
+    extra: dict,
+    resume: bool = False,
+    on_attempt=None,
 ) -> dict:
     """Rounds (with the ``runtime.min_replies`` quorum and retries), metrics, ledger,
     checkpoints, model, summary and report in ``run_dir``, exactly as ``run_experiment``

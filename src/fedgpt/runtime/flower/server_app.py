@@ -98,12 +98,13 @@ def order_clients(prep, node_of: dict[str, int]) -> list[str]:
 
 def run(grid: Grid, settings: FlowerSettings) -> dict:
     """A whole FedGPT run over ``grid`` (what ``main`` does); returns the summary."""
+    from fedgpt.build import client_setup
     from fedgpt.runner import new_run_dir
+    from fedgpt.runtime.faults import FaultInjector, FaultyRuntime
     from fedgpt.runtime.flower.client_app import model_fingerprint
-    from fedgpt.runtime.flower.driver import build_server, check_supported, run_rounds, server_model
+    from fedgpt.runtime.flower.driver import build_server, run_rounds, server_model
 
     cfg = settings.fedgpt_config()
-    check_supported(cfg)
     prep = server_model(cfg)
     fingerprint = model_fingerprint(prep.bundle, prep.fm)
     nodes = wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
@@ -112,9 +113,12 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
     ids = order_clients(prep, node_of)
     timeout = cfg.runtime.round_timeout or settings.timeout  # FedGPT's deadline wins if set
     runtime = FlowerRuntime(grid, node_of, timeout=timeout)
+    faults = FaultInjector.from_config(cfg, ids)
+    if faults is not None:  # simulated faults, applied at the server's end of the wire
+        runtime = FaultyRuntime(runtime, faults, cfg.runtime.round_timeout or None)
     server, privacy, tiers = build_server(cfg, prep, runtime, ids, say)
-    setup = {"clients": ids, "z": float(privacy.z), "tiers": bool(tiers)}
-    if cfg.privacy.mode == "local_dp" or cfg.attack.fraction > 0 or tiers:
+    setup = client_setup(cfg, ids, privacy, tiers)
+    if setup is not None:
         per_node = {f"@node:{n}": n for n in sorted(set(node_of.values()))}
         rt = FlowerRuntime(grid, per_node, timeout=settings.timeout)
         for k, r in rt.send_and_receive({k: Message(SETUP, setup) for k in per_node}).items():
@@ -133,7 +137,10 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
             "nodes": {str(n): sorted(c for c in ids if node_of[c] == n) for n in nodes},
         }
     }
-    summary = run_rounds(cfg, prep, server, privacy, run_dir, say, extra, bool(settings.resume))
+    attempt = faults.set_attempt if faults is not None else None
+    summary = run_rounds(
+        cfg, prep, server, privacy, run_dir, say, extra, bool(settings.resume), attempt
+    )
     say(f"done: {summary['rounds']} rounds, test loss {summary['federated']['test_loss']}")
     return summary
 

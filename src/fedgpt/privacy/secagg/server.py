@@ -83,6 +83,25 @@ class _Exchange:
         return good
 
 
+@dataclass(frozen=True)
+class SecAggParams:
+    """The round's settings: value range and bits of the quantisation, the weight cap,
+    Shamir's threshold as a fraction of the neighbours, SecAgg+'s neighbours ``k`` (0 =
+    everyone), the graph's seed, and hybrid post-quantum key agreement."""
+
+    value_range: float
+    bits: int
+    weight_cap: float
+    threshold_fraction: float
+    k: int
+    graph_seed: int
+    post_quantum: bool = False
+
+
+class _Abort(Exception):
+    """Too few clients or shares at some step: the round fails with this reason."""
+
+
 def run_round(
     runtime,
     chosen: Sequence[str],
@@ -91,154 +110,160 @@ def run_round(
     weights: torch.Tensor,
     numel: int,
     *,
-    value_range: float,
-    bits: int,
-    weight_cap: float,
-    threshold_fraction: float,
-    k: int,
-    graph_seed: int,
-    post_quantum: bool = False,
     on_reply: Callable | None = None,
+    **params,
 ) -> SecAggOutcome:
-    out = SecAggOutcome()
-    ex = _Exchange(runtime, on_reply, out, rnd)
-    cfg = {
-        "round": rnd,
-        "range": value_range,
-        "bits": bits,
-        "weight_cap": weight_cap,
-        "post_quantum": post_quantum,
-    }
-    # 0. train and advertise keys
-    names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if post_quantum else ("c_pk", "s_pk")
-    keys = ex(
-        {
+    """One SecAgg(+) round over ``runtime`` for the ``chosen`` clients (``params``: the
+    fields of :class:`SecAggParams`); the outcome holds Σ w_k Δ_k of the survivors, or the
+    reason the round failed."""
+    r = _Round(runtime, on_reply, rnd, numel, SecAggParams(**params))
+    try:
+        keys = r.advertise(chosen, seeds, weights)
+        shares = r.share(keys)
+        masked = r.masked(shares)
+        total = r.unmask(masked, set(shares) - set(masked))
+    except _Abort as exc:
+        r.out.failure = str(exc)
+        return r.out
+    p, u3 = r.p, sorted(masked)
+    r.out.weighted_sum, r.out.weight = decode(total, len(u3), p.value_range, p.bits)
+    r.out.survivors = u3
+    r.out.metrics = {u: dict(keys[u][1].metrics) for u in u3}
+    r.out.num_examples = {u: keys[u][1].num_examples for u in u3}
+    return r.out
+
+
+class _Round:
+    """The four SecAgg stages of one round (Bonawitz et al. 2017, Fig. 4; SecAgg+ graph:
+    Bell et al. 2020): advertise keys, share keys, masked input, unmasking."""
+
+    def __init__(self, runtime, on_reply, rnd: int, numel: int, p: SecAggParams):
+        self.out, self.rnd, self.numel, self.p = SecAggOutcome(), rnd, numel, p
+        self.ex = _Exchange(runtime, on_reply, self.out, rnd)
+        self.names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if p.post_quantum else ("c_pk", "s_pk")
+
+    def _need(self, have: int, what: str) -> None:
+        if have < self.t + 1:
+            raise _Abort(f"only {have} clients {what}, need {self.t + 1}")
+
+    def advertise(self, chosen, seeds, weights) -> dict:
+        """0. Train and advertise keys; fixes the graph, threshold t and indices."""
+        p, rnd = self.p, self.rnd
+        cfg = {"round": rnd, "range": p.value_range, "bits": p.bits,
+               "weight_cap": p.weight_cap, "post_quantum": p.post_quantum}  # fmt: skip
+        msgs = {
             c: Message("secagg/train", {**cfg, "seed": seeds[c]}, {"weights": weights})
             for c in chosen
-        },
-        "secagg/keys",
-        lambda c: Expect("secagg/keys", rnd, keys=names),
-    )
-    u1 = sorted(keys)
-    graph = neighbours(u1, k, np.random.default_rng([graph_seed, rnd]))
-    deg = min(len(v) for v in graph.values()) if graph else 0
-    t = max(2, math.ceil(threshold_fraction * deg)) if deg >= 2 else 2
-    if len(u1) < t + 1:
-        out.failure = f"only {len(u1)} clients advertised keys, need {t + 1} (threshold {t})"
-        return out
-    index = {u: i + 1 for i, u in enumerate(u1)}
-    pk = {u: tuple(keys[u][0].blobs[n][0] for n in names) for u in u1}
-    # 1. share keys
-    shares = ex(
-        {
+        }
+        keys = self.ex(msgs, "secagg/keys", lambda c: Expect("secagg/keys", rnd, keys=self.names))
+        u1 = sorted(keys)
+        self.graph = neighbours(u1, p.k, np.random.default_rng([p.graph_seed, rnd]))
+        deg = min(len(v) for v in self.graph.values()) if self.graph else 0
+        self.t = max(2, math.ceil(p.threshold_fraction * deg)) if deg >= 2 else 2
+        if len(u1) < self.t + 1:
+            raise _Abort(
+                f"only {len(u1)} clients advertised keys, need {self.t + 1} (threshold {self.t})"
+            )
+        self.index = {u: i + 1 for i, u in enumerate(u1)}
+        self.pk = {u: tuple(keys[u][0].blobs[n][0] for n in self.names) for u in u1}
+        return keys
+
+    def share(self, keys: dict) -> dict:
+        """1. Each client seals Shamir shares of its secrets for its neighbours."""
+        rnd, g = self.rnd, self.graph
+        msgs = {
             u: Message(
                 "secagg/share",
-                {"round": rnd, "threshold": t, "index": index},
+                {"round": rnd, "threshold": self.t, "index": self.index},
                 {},
-                {f"pk:{v}": list(pk[v]) for v in graph[u]},
-            )
-            for u in u1
-        },
-        "secagg/shares",
-        lambda u: Expect("secagg/shares", rnd, peers=frozenset(graph[u])),
-    )
-    u2 = sorted(shares)
-    if len(u2) < t + 1:
-        out.failure = f"only {len(u2)} clients shared keys, need {t + 1}"
-        return out
-    # 2. masked input: route each sealed share to its recipient
-    inbox: dict[str, dict[str, bytes]] = {u: {} for u in u2}
-    for u in u2:
-        for key, blob in shares[u][0].blobs.items():
-            v = key.removeprefix("to:")
-            if v in inbox and v in graph[u]:
-                inbox[v][u] = blob
-    masked = ex(
-        {
+                {f"pk:{v}": list(self.pk[v]) for v in g[u]},
+            )  # fmt: skip
+            for u in sorted(keys)
+        }
+        want = "secagg/shares"
+        shares = self.ex(msgs, want, lambda u: Expect(want, rnd, peers=frozenset(g[u])))
+        self._need(len(shares), "shared keys")
+        return shares
+
+    def masked(self, shares: dict) -> dict:
+        """2. Route each sealed share to its recipient; collect the masked inputs."""
+        rnd, g, u2 = self.rnd, self.graph, sorted(shares)
+        inbox: dict[str, dict[str, bytes]] = {u: {} for u in u2}
+        for u in u2:
+            for key, blob in shares[u][0].blobs.items():
+                v = key.removeprefix("to:")
+                if v in inbox and v in g[u]:
+                    inbox[v][u] = blob
+        msgs = {
             u: Message(
                 "secagg/masked",
-                {"round": rnd, "alive": [v for v in graph[u] if v in shares]},
+                {"round": rnd, "alive": [v for v in g[u] if v in shares]},
                 {},
                 {f"from:{v}": parts for v, parts in inbox[u].items()},
-            )
+            )  # fmt: skip
             for u in u2
-        },
-        "secagg/masked_input",
-        lambda u: Expect("secagg/masked_input", rnd, numel),  # y: numel + 1 words
-    )
-    u3 = sorted(masked)
-    if len(u3) < t + 1:
-        out.failure = f"only {len(u3)} clients sent masked inputs, need {t + 1}"
-        return out
-    gone = set(u2) - set(u3)
-    # 3. unmask
-    reveal = ex(
-        {
-            v: Message(
-                "secagg/unmask",
-                {
-                    "round": rnd,
-                    "survivors": [u for u in graph[v] if u in u3],
-                    "dropped": [u for u in graph[v] if u in gone],
-                },
-            )
+        }
+        want = "secagg/masked_input"  # y: numel + 1 words
+        masked = self.ex(msgs, want, lambda u: Expect(want, rnd, self.numel))
+        self._need(len(masked), "sent masked inputs")
+        return masked
+
+    def unmask(self, masked: dict, gone: set[str]) -> np.ndarray:
+        """3. Ask the survivors for the shares that remove every mask; the masked sum
+        minus the survivors' self masks and the pairwise masks of the dropped."""
+        b_sh, s_sh, pq = self._reveal(sorted(masked), gone)
+        total = np.zeros(self.numel + 1, dtype=np.uint64)
+        for u in sorted(masked):
+            total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=np.uint64)
+        for u in sorted(masked):  # remove self masks
+            total -= crypto.prg(self._secret(b_sh[u], f"{u}'s self mask"), self.numel + 1)
+        for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u
+            s_sk = self._secret(s_sh[u], f"{u}'s mask key")
+            for v in self.graph[u]:
+                if v in masked:
+                    total -= self._pair_mask(u, v, s_sk, pq)
+        return total
+
+    def _reveal(self, u3: list[str], gone: set[str]):
+        rnd, g, want = self.rnd, self.graph, "secagg/shares_out"
+        alive = {v: [u for u in g[v] if u in u3] for v in u3}
+        lost = {v: [u for u in g[v] if u in gone] for v in u3}
+        msgs = {
+            v: Message("secagg/unmask", {"round": rnd, "survivors": alive[v], "dropped": lost[v]})
             for v in u3
-        },
-        "secagg/shares_out",
-        lambda v: Expect(
-            "secagg/shares_out",
-            rnd,
-            peers=frozenset(graph[v]),
-            survivors=frozenset(u for u in graph[v] if u in u3),
-            dropped=frozenset(u for u in graph[v] if u in gone),
-            index=index[v],
-        ),
-    )
-    b_sh: dict[str, dict[int, int]] = {u: {} for u in u3}
-    s_sh: dict[str, dict[int, int]] = {u: {} for u in gone}
-    pq_part: dict[tuple[str, str], bytes] = {}  # (dropped u, survivor v) -> ML-KEM secret
-    for v, (_, r) in reveal.items():  # r: the validated config (fedgpt.schemas)
-        for u, (x, y) in r.b.items():
-            b_sh[u][x] = int(y, 16)
-        for u, (x, y, pq) in r.s.items():
-            s_sh[u][x] = int(y, 16)
-            pq_part[(u, v)] = bytes.fromhex(pq)
-        for u in r.tampered:
-            out.dropped.append(
-                {"client": u, "reason": f"secagg: share for {v} failed authentication (discarded)"}
-            )
-    total = np.zeros(numel + 1, dtype=np.uint64)
-    for u in u3:
-        total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=np.uint64)
-    for u in u3:  # remove self masks
-        if len(b_sh[u]) < t:
-            out.failure = f"only {len(b_sh[u])} shares of {u}'s self mask, need {t}"
-            return out
-        try:  # a false share (valid in form) gives no secret: the round fails cleanly
-            b = shamir.reconstruct(dict(list(b_sh[u].items())[:t]))
-        except ValueError as exc:
-            out.failure = f"{u}'s self mask: {exc}"
-            return out
-        total -= crypto.prg(b, numel + 1)
-    for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u
-        if len(s_sh[u]) < t:
-            out.failure = f"only {len(s_sh[u])} shares of {u}'s mask key, need {t}"
-            return out
+        }
+        reveal = self.ex(msgs, want, lambda v: Expect(
+            want, rnd, peers=frozenset(g[v]), survivors=frozenset(alive[v]),
+            dropped=frozenset(lost[v]), index=self.index[v],
+        ))  # fmt: skip
+        b_sh: dict[str, dict[int, int]] = {u: {} for u in u3}
+        s_sh: dict[str, dict[int, int]] = {u: {} for u in gone}
+        pq: dict[tuple[str, str], bytes] = {}  # (dropped u, survivor v) -> ML-KEM secret
+        for v, (_, r) in reveal.items():  # r: the validated config (fedgpt.schemas)
+            for u, (x, y) in r.b.items():
+                b_sh[u][x] = int(y, 16)
+            for u, (x, y, pq_hex) in r.s.items():
+                s_sh[u][x] = int(y, 16)
+                pq[(u, v)] = bytes.fromhex(pq_hex)
+            for u in r.tampered:
+                why = f"secagg: share for {v} failed authentication (discarded)"
+                self.out.dropped.append({"client": u, "reason": why})
+        return b_sh, s_sh, pq
+
+    def _secret(self, shares: dict[int, int], what: str) -> int:
+        """The secret behind t of ``shares``; a false share (valid in form) gives no
+        secret and the round fails cleanly."""
+        if len(shares) < self.t:
+            raise _Abort(f"only {len(shares)} shares of {what}, need {self.t}")
         try:
-            s_sk = shamir.reconstruct(dict(list(s_sh[u].items())[:t]))
+            return shamir.reconstruct(dict(list(shares.items())[: self.t]))
         except ValueError as exc:
-            out.failure = f"{u}'s mask key: {exc}"
-            return out
-        for v in graph[u]:
-            if v in u3:
-                if post_quantum and (u, v) not in pq_part:
-                    out.failure = f"{v} did not reveal its post-quantum pair secret with {u}"
-                    return out
-                seed = crypto.agree(s_sk, pk[v][1], MASK_INFO, salt(rnd), pq_part.get((u, v), b""))
-                m = crypto.prg(seed, numel + 1)
-                total -= m if u > v else (np.uint64(0) - m)  # what v added for peer u
-    out.weighted_sum, out.weight = decode(total, len(u3), value_range, bits)
-    out.survivors = u3
-    out.metrics = {u: dict(keys[u][1].metrics) for u in u3}
-    out.num_examples = {u: keys[u][1].num_examples for u in u3}
-    return out
+            raise _Abort(f"{what}: {exc}") from None
+
+    def _pair_mask(self, u: str, v: str, s_sk: int, pq: dict) -> np.ndarray:
+        """What survivor v added to its input for its dropped peer u."""
+        if self.p.post_quantum and (u, v) not in pq:
+            raise _Abort(f"{v} did not reveal its post-quantum pair secret with {u}")
+        seed = crypto.agree(s_sk, self.pk[v][1], MASK_INFO, salt(self.rnd), pq.get((u, v), b""))
+        m = crypto.prg(seed, self.numel + 1)
+        return m if u > v else (np.uint64(0) - m)

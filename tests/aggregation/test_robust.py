@@ -139,3 +139,18 @@ def test_bucketing_by_hand():
     got = aggregate("median", deltas, n, bucket=2, gen=torch.Generator().manual_seed(3))
     assert torch.allclose(got, means.sort(dim=0).values[1])
     assert torch.equal(aggregate("median", deltas, n, bucket=1), deltas[2])
+
+
+def test_streaming_rules_fold_one_update_at_a_time():
+    from fedgpt.aggregation import AGGREGATORS
+    from fedgpt.aggregation.fedavg import weighted_average
+
+    streaming = [n for n in AGGREGATORS if AGGREGATORS.get(n).streaming]
+    assert streaming == ["fedavg"]  # every other rule declares it needs all updates
+    g = torch.Generator().manual_seed(1)
+    deltas, n = torch.randn(5, 300, generator=g), torch.tensor([3.0, 1.0, 7.0, 2.0, 5.0])
+    fedavg = AGGREGATORS.get("fedavg")
+    acc = None
+    for d, w in zip(deltas, n.tolist(), strict=True):  # as replies arrive
+        acc = fedavg.fold(acc, d, w)
+    assert torch.allclose(fedavg.finish(acc), weighted_average(deltas, n), atol=1e-6)

@@ -120,3 +120,24 @@ def test_fedmd_rounds_are_in_the_ledger(base, tmp_path):
     rounds = [e for e in entries if e.get("kind") == "round"]
     assert len(rounds) == 2 and all(len(e["updates"]) == 2 for e in rounds)
     assert CliRunner().invoke(app, ["verify", str(tmp_path / "r")]).exit_code == 0
+
+
+def test_fedmd_client_models_survive_the_client_state_bytes(base):
+    from fedgpt.build import build_client_app, prepare
+
+    cfg = load_config(None, [*base, 'federation.distill="fedmd"', "federation.distill_windows=2"])
+    prep = prepare(cfg)
+    ids = list(prep.data)
+    app = build_client_app(cfg, prep, ids)
+    msg = Message(
+        "fedmd/train",
+        {"round": 1, "seed": 5, "windows": 2, "seq_len": cfg.client.seq_len, "steps": 1,
+         "lr": 1e-3, "temperature": 1.0, "public_seed": 9, "max_tokens": 100},
+    )  # fmt: skip
+    assert app(ids[0], msg).type == "fedmd/logits"
+    saved = app.state_dict()  # opaque bytes, what a runtime persists
+    fresh = build_client_app(cfg, prep, ids)
+    fresh.load_state_dict(saved)
+    assert set(fresh.fedmd.models) == {ids[0]}
+    assert torch.equal(fresh.fedmd.models[ids[0]], app.fedmd.models[ids[0]])
+    assert not torch.equal(fresh.fedmd.models[ids[0]], prep.init)  # the client's own model

@@ -135,11 +135,11 @@ def test_client_state_survives_a_fresh_process_per_message(post_quantum):
     from fedgpt.client.trainer import ClientData
     from fedgpt.config import ClientConfig, ModelConfig
     from fedgpt.federation.client_app import ClientApp
+    from fedgpt.federation.client_state import dump_client_state, load_client_state
     from fedgpt.models.build import build_char_gpt2
     from fedgpt.models.params import bind_flat
     from fedgpt.privacy.secagg.quantize import bits_for
     from fedgpt.privacy.secagg.server import run_round
-    from fedgpt.runtime.flower.state import dump_client_state, load_client_state
 
     b = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [TEXT], 0)
     fm = bind_flat(b.model)

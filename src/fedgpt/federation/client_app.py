@@ -41,6 +41,18 @@ class ClientApp:
         self.secagg_state: dict = {}  # SecAgg: each client's secrets of the current round
         self.opt_memory: dict[str, dict] = {}  # per client, stays on the client
 
+    def state_dict(self) -> dict[str, bytes]:
+        """What these clients must remember between messages, as opaque bytes (a runtime
+        persists it without knowing what it holds; federation.client_state)."""
+        from fedgpt.federation.client_state import dump_client_state
+
+        return dump_client_state(self)
+
+    def load_state_dict(self, saved: dict[str, bytes]) -> None:
+        from fedgpt.federation.client_state import load_client_state
+
+        load_client_state(self, saved)
+
     ckks = None  # a CkksClient when this client holds the CKKS secret context
     fedmd = None  # a FedMDClient (federation.distill = "fedmd"): the clients' own models
 

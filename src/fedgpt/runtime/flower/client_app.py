@@ -16,8 +16,8 @@ calls) and encodes the replies. What else it does is what Flower's process model
 * **Memory between messages.** Each message runs in a fresh ``flwr-clientapp`` process, so
   the FedGPT client's state (SecAgg secrets within a round, DP release counts and
   accounting, optimiser memory) is saved to ``context.state`` after every message and
-  restored before the next (:mod:`fedgpt.runtime.flower.state`). The prepared model and
-  data are cached per process.
+  restored before the next (``ClientApp.state_dict``, fedgpt.federation.client_state).
+  The prepared model and data are cached per process.
 """
 
 from __future__ import annotations
@@ -190,7 +190,6 @@ def _setup(msg: Message, context: Context) -> Message:
 
 def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
     """Decode the batch, run each FedGPT message, save the client state, encode replies."""
-    from fedgpt.runtime.flower.state import dump_client_state, load_client_state
 
     items = decode_batch(message.content)
     out: list[tuple[str, Reply]] = []
@@ -207,7 +206,7 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
                     local = prepare_local(cfg, context.node_config)
                     client = fedgpt_client(cfg, local, setup, context.node_config)
                     saved = context.state.config_records.get(CLIENT_STATE)
-                    load_client_state(client, {k: bytes(v) for k, v in (saved or {}).items()})
+                    client.load_state_dict({k: bytes(v) for k, v in (saved or {}).items()})
                 if cid not in client.data:
                     reply = Failure(f"this node does not serve client {cid}")
                 else:
@@ -217,7 +216,7 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
             reply = Failure(f"client raised {type(exc).__name__}: {exc}")
         out.append((cid, reply))
     if client is not None:
-        context.state[CLIENT_STATE] = ConfigRecord(dump_client_state(client))
+        context.state[CLIENT_STATE] = ConfigRecord(client.state_dict())
     return FlowerMessage(encode_batch(out), reply_to=message)
 
 

@@ -1,14 +1,15 @@
-"""What a FedGPT client must remember between messages, as bytes.
-
-Flower starts a fresh ClientApp process for every message, so the state FedGPT's
-:class:`~fedgpt.federation.client_app.ClientApp` keeps in attributes is saved into the node's
-``context.state`` after each message and restored before the next one:
+"""What a FedGPT client must remember between messages, as opaque bytes
+(:meth:`ClientApp.state_dict` / :meth:`ClientApp.load_state_dict`), so that any runtime
+can persist it without knowing what it holds. The Flower runtime starts a fresh
+ClientApp process for every message and keeps these bytes in the node's
+``context.state`` between them:
 
 * ``secagg_state``: each client's SecAgg secrets of the current round (X25519 and, in
   post-quantum mode, ML-KEM private keys, the self-mask seed, received shares);
 * ``releases``: local-DP updates each client has released;
 * ``dp_steps``: DP-SGD accounting history (noise multiplier, sample rate) per step;
-* ``opt_memory``: optimiser state (``client.keep_optimizer_state``).
+* ``opt_memory``: optimiser state (``client.keep_optimizer_state``);
+* ``fedmd``: FedMD's own client models (``federation.distill = "fedmd"``).
 
 ``context.state`` never leaves the node (Flower keeps it in the SuperNode's memory for the
 run), but it is handed to each ClientApp process over the node-local Runtime API.
@@ -24,7 +25,7 @@ import torch
 
 from fedgpt.privacy.secagg.client import RoundState
 
-KEYS = ("releases", "dp_steps", "secagg", "opt_memory")
+KEYS = ("releases", "dp_steps", "secagg", "opt_memory", "fedmd")
 
 
 def _hex(b: bytes) -> str:
@@ -89,7 +90,14 @@ def dump_client_state(app) -> dict[str, bytes]:
             {cid: dump_round_state(st) for cid, st in app.secagg_state.items()}
         ).encode(),
         "opt_memory": buf.getvalue(),
+        "fedmd": _tensors(app.fedmd.models if app.fedmd is not None else {}),
     }
+
+
+def _tensors(d: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(dict(d), buf)
+    return buf.getvalue()
 
 
 def load_client_state(app, saved: dict[str, bytes]) -> None:
@@ -102,3 +110,5 @@ def load_client_state(app, saved: dict[str, bytes]) -> None:
     }
     app.secagg_state = {cid: load_round_state(d) for cid, d in json.loads(saved["secagg"]).items()}
     app.opt_memory = torch.load(io.BytesIO(saved["opt_memory"]), weights_only=True)
+    if app.fedmd is not None and "fedmd" in saved:
+        app.fedmd.models = torch.load(io.BytesIO(saved["fedmd"]), weights_only=True)

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fedgpt.tasks.windows import sample_windows
 from fedgpt.client.trainer import local_update
 from fedgpt.config import load_config
 from fedgpt.experiment import Hooks, prepare, run_experiment
 from fedgpt.models.build import build_char_gpt2
+from fedgpt.tasks.windows import sample_windows
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
 

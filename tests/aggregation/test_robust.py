@@ -104,7 +104,7 @@ def test_run_with_attack_and_median(tiny_overrides, tmp_path):
         ),
         (
             ['federation.aggregator="trimmed_mean"', 'privacy.mode="central_dp"'],
-            "cannot replace DP-FedAvg",
+            "cannot replace the clipped noisy sum",
         ),
     ],
 )

@@ -171,7 +171,7 @@ def ckks_keys(cfg: RunConfig) -> tuple[bytes, bytes] | None:
 def build_task(cfg: RunConfig) -> Task:
     """``task.kind`` from its registry, with its settings (``task`` table) if it has any."""
     cls = TASKS.get(cfg.task.kind)
-    params = dict(cfg.task.__pydantic_extra__ or {})
+    params = cfg.task.params
     return cls(**params) if params else cls()
 
 

@@ -112,19 +112,11 @@ class ClientConfig(_Section):
     )
 
 
-class AggregatorSpec(BaseModel):
-    """How client deltas combine; the aggregator's own settings sit beside `kind`.
-
-    E.g. ``{kind = "krum", f = 2}``; every aggregator's settings are listed in
-    docs/configuration.md, "Aggregator settings"."""
+class _ComponentSpec(BaseModel):
+    """A registered component: its ``kind`` and, beside it, its own settings (checked
+    against the component's own model when the run is built)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    kind: str = Field(
-        "fedavg",
-        min_length=1,
-        description="the aggregator: fedavg (n_k-weighted mean), a robust rule, fedatt, "
-        "attention, or a registered one; all but fedavg need individual updates",
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -133,25 +125,33 @@ class AggregatorSpec(BaseModel):
 
     @property
     def params(self) -> dict:
-        """The aggregator's own settings (everything but ``kind``)."""
+        """The component's own settings (everything but ``kind``)."""
         return dict(self.__pydantic_extra__ or {})
 
 
-class TaskSpec(BaseModel):
+class AggregatorSpec(_ComponentSpec):
+    """How client deltas combine; the aggregator's own settings sit beside `kind`.
+
+    E.g. ``{kind = "krum", f = 2}``; every aggregator's settings are listed in
+    docs/configuration.md, "Aggregator settings"."""
+
+    kind: str = Field(
+        "fedavg",
+        min_length=1,
+        description="the aggregator: fedavg (n_k-weighted mean), a robust rule, fedatt, "
+        "attention, or a registered one; all but fedavg need individual updates",
+    )
+
+
+class TaskSpec(_ComponentSpec):
     """What a client's data means to the model: a registered task and its settings."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
     kind: str = Field(
         "causal_lm",
         min_length=1,
         description="causal_lm (next-token prediction and next-token accuracy), or a task "
         "registered by your code (docs/architecture.md)",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value):
-        return {"kind": value} if isinstance(value, str) else value
 
 
 class FederationConfig(_Section):

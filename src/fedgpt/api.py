@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fedgpt.build import Prepared, load_run_config, prepare_with
+from fedgpt.build import load_run_config, prepare_with
 from fedgpt.callbacks import Hooks
 from fedgpt.data import ClientText
 from fedgpt.data.clients import client_from_lines
@@ -59,7 +59,7 @@ def federate(
     clients = [_client(cid, text, cfg.data.train_fraction) for cid, text in data.items()]
     if not clients:
         raise ConfigError("federate: data holds no client")
-    prep = _prepare(cfg, clients, _bundle(model, tokenizer))
+    prep = prepare_with(cfg, clients, _bundle(model, tokenizer))
     return run_prepared(cfg, prep, Path(out), hooks=hooks)
 
 
@@ -95,7 +95,3 @@ def _bundle(model, tokenizer) -> ModelBundle:
 
     codec = ByteCodec() if tokenizer is None else Codec(tokenizer)
     return ModelBundle(LogitsModel(model), tokenizer or codec, codec, type(model).__name__)
-
-
-def _prepare(cfg, clients: list[ClientText], bundle: ModelBundle) -> Prepared:
-    return prepare_with(cfg, clients, bundle)

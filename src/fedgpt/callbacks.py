@@ -7,7 +7,8 @@
 * :class:`TensorBoard` — scalars for ``tensorboard --logdir RUN_DIR/tensorboard``;
 * :class:`Progress` — the :class:`Hooks` a CLI draws progress bars with.
 
-A callback sees ``on_start(run)``, ``on_round(run, result, row, attempts)`` and
+A callback sees ``on_start(run)``, ``on_round_start(run)``, ``on_round(run, result, row,
+attempts)`` and
 ``on_end(run, summary)``; ``run`` is the runner (its ``cfg``, ``state``, ``run_dir``...).
 """
 
@@ -33,6 +34,7 @@ class Hooks:
 
 class Callback:
     def on_start(self, run) -> None: ...
+    def on_round_start(self, run) -> None: ...
     def on_round(self, run, result: RoundResult, row: dict, attempts: int) -> None: ...
     def on_end(self, run, summary: dict) -> None: ...
 
@@ -79,7 +81,7 @@ class LedgerWriter(Callback):
         if self.ledger is None:
             run.hooks.log("no ledger.jsonl to continue: the rest of this run keeps none")
 
-    def on_round_start(self) -> None:
+    def on_round_start(self, run) -> None:
         self.started = utc_now()
 
     def on_round(self, run, result, row, attempts) -> None:

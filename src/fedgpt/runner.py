@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from fedgpt.callbacks import Callback, Hooks, LedgerWriter, default_callbacks, read_rows
+from fedgpt.callbacks import Callback, Hooks, default_callbacks, read_rows
 from fedgpt.config import RunConfig, config_hash, to_toml
 from fedgpt.data import dataset_stats
 from fedgpt.errors import RunError, RunFailed
@@ -120,8 +120,7 @@ class Runner:
                 f"{self.cfg.privacy.target_epsilon} (spent {eps:.4f})"
             )
         for cb in self.callbacks:
-            if isinstance(cb, LedgerWriter):
-                cb.on_round_start()
+            cb.on_round_start(self)
         new_state, result, attempts = run_round_with_retries(
             self.server, self.state, self.cfg, self.on_attempt, self.hooks
         )

@@ -82,29 +82,29 @@ class FedAvgFamily(Strategy):
         result = RoundResult(rnd, [], ex.dropped)
         if got.failure is not None:
             ex.drop("*", f"round failed: {got.failure}")
-        delta = self._aggregate(state, got, result)
+        delta, agg_state = self._aggregate(state, got, result)
         if delta is None:
             return ServerState(rnd, state.weights, state.opt_state), self._report(result, ex)
         new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta)
         for step in self.post_steps:
             new_w = step(new_w, rnd, state.weights, got.updates)
         extras = {k: v for k, v in state.opt_state.items() if k.startswith(EXTRA_STATE)}
-        new = ServerState(rnd, new_w, {**extras, **opt, **self._agg_state})
+        new = ServerState(rnd, new_w, {**extras, **opt, **agg_state})
         result.participants = got.participants
         result.client_metrics = {c: got.metrics.get(c, {}) for c in got.participants}
         result.tally(got.weights)
         return new, self._report(result, ex)
 
-    def _aggregate(self, state, got: Collected, result: RoundResult) -> torch.Tensor | None:
-        self._agg_state: dict[str, torch.Tensor] = {}
+    def _aggregate(self, state, got: Collected, result: RoundResult):
+        """(the delta or None, the aggregator's new state)."""
         if got.average is not None:
-            return got.average
+            return got.average, {}
         if got.updates is None:
-            return None
+            return None, {}
         agg_state = {k: v for k, v in state.opt_state.items() if k.startswith(EXTRA_STATE)}
         gen = generator(self.seed, state.round + 1, "__bucket__")
         out = self.aggregator.aggregate(agg_state, got.updates, gen)
-        self._agg_state = {k: v for k, v in out.state.items() if k.startswith(EXTRA_STATE)}
+        agg_state = {k: v for k, v in out.state.items() if k.startswith(EXTRA_STATE)}
         result.attention = out.weights
         if self.log_heterogeneity:
             rel, cos = dissimilarity(got.updates.deltas, out.delta)
@@ -112,7 +112,7 @@ class FedAvgFamily(Strategy):
                 cid: {"rel": round(float(r), 5), "cos": round(float(c), 5)}
                 for cid, r, c in zip(got.updates.ids, rel, cos, strict=True)
             }
-        return out.delta
+        return out.delta, agg_state
 
     @staticmethod
     def _report(result: RoundResult, ex: Exchange) -> RoundResult:

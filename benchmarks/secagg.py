@@ -116,7 +116,7 @@ def workload(n: int) -> dict:
         cfg = load_config(None, base + extra)
         prep = prepare(cfg)
         ids = [c.client_id for c in prep.clients]
-        runtime = InProcessRuntime(ClientApp(prep.fm, prep.data, cfg.client))
+        runtime = InProcessRuntime(ClientApp.build(prep.fm, prep.data, cfg.client))
         server = build_server(cfg, prep, runtime, ids)[0]
         server.cfg = cfg.model_copy(
             update={"federation": cfg.federation.model_copy(update={"rounds": 10**6})}

@@ -110,6 +110,30 @@ def test_a_new_privacy_mechanism(module, tmp_path):
         PRIVACY.unregister("server_clip")
 
 
+def test_a_new_client_step(module, tmp_path):
+    from fedgpt.privacy.mechanism import PRIVACY
+
+    mod = module("client_step")
+    try:
+        seen = []
+        inner = mod.ClipOnClient.after
+
+        def spy(self, ctx, update):
+            out = inner(self, ctx, update)
+            seen.append((float(update.delta.norm()), float(out.delta.norm())))
+            return out
+
+        mod.ClipOnClient.after = spy
+        secagg = ['privacy.secure_aggregation="secagg"', "client.lr=0.05"]
+        _, rows = run(tmp_path, "s", 'privacy.mode="client_clip"', *secagg)
+        assert len(seen) == 8 and "epsilon" not in rows[-1]  # 4 clients x 2 rounds; no DP
+        assert all(raw > 1.0 for raw, _ in seen)  # updates the clip had to shorten
+        assert all(abs(out - 1.0) < 1e-5 for _, out in seen)  # what left the clients
+        assert all(len(r["participants"]) == 4 for r in rows)  # under SecAgg
+    finally:
+        PRIVACY.unregister("client_clip")
+
+
 def test_a_new_task(module, tmp_path):
     from fedgpt.tasks import TASKS
 

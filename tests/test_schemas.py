@@ -52,21 +52,22 @@ def setup(*overrides, tamper=None, drop=None, fedmd=False, ckks=None):
         return torch.from_numpy(bundle.codec.encode(s))
 
     data = {c: ClientData(c, enc(TEXT * (i + 2)), enc(TEXT)) for i, c in enumerate(IDS)}
-    app = ClientApp(fm, data, cfg.client)
+    secure, fedmd_client = [], None
+    if ckks:
+        from fedgpt.federation.secure_sum_client import CkksEncryption
+
+        secure.append(CkksEncryption(ckks[0]))
     public = enc(TEXT * 3) if fedmd else None
+    if fedmd:
+        from fedgpt.federation.fedmd import FedMDClient
+
+        fedmd_client = FedMDClient(fm, fm.flat.clone(), public, cfg.client)
+    app = ClientApp.build(fm, data, cfg.client, secure=secure, fedmd=fedmd_client)
     runtime = InProcessRuntime(app, drop, tamper=tamper)
     server = server_for(
         cfg, runtime, IDS, fm, public=public, vocab_size=bundle.codec.vocab_size,
         ckks_public=ckks[1] if ckks else None,
     )  # fmt: skip
-    if fedmd:
-        from fedgpt.federation.fedmd import FedMDClient
-
-        app.fedmd = FedMDClient(fm, fm.flat.clone(), public, cfg.client)
-    if ckks:
-        from fedgpt.privacy.ckks import CkksClient
-
-        app.ckks = CkksClient(ckks[0])
     return server, fm.flat.clone()
 
 

@@ -350,25 +350,25 @@ def build_client_app(
     simulation, local DP / DP-SGD with ``noise_multiplier``, CKKS encryption with
     ``ckks_secret``) and FedMD's own models. ``all_ids`` are the federation's clients
     (the seeded choice of simulated attackers is over all of them)."""
+    from fedgpt.client.steps import TierSlice
     from fedgpt.federation.client_app import ClientApp
 
-    app = ClientApp(
-        prep.fm, prep.data, cfg.client, cfg.privacy, noise_multiplier, task=build_task(cfg)
-    )
+    after = []
     if cfg.attack.fraction > 0:
-        from fedgpt.client.attack import malicious_clients
+        from fedgpt.client.attack import Poison, malicious_clients
 
-        app.malicious = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
-        app.attack = cfg.attack
-    if tiers:
-        app.tiers = tiers
-    if ckks_secret is not None:
-        from fedgpt.privacy.ckks import CkksClient
+        bad = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
+        after.append(Poison(bad, cfg.attack.kind, cfg.attack.scale))
+    secure = []
+    if ckks_secret is not None:  # the clients hold the secret context
+        from fedgpt.federation.secure_sum_client import CkksEncryption
 
-        app.ckks = CkksClient(ckks_secret)  # the clients hold the secret context
-    if cfg.federation.distill == "fedmd":
-        app.fedmd = fedmd_client(cfg, prep)
-    return app
+        secure.append(CkksEncryption(ckks_secret))
+    return ClientApp.build(
+        prep.fm, prep.data, cfg.client, cfg.privacy, noise_multiplier,
+        task=build_task(cfg), before=[TierSlice(tiers)] if tiers else [], after=after,
+        secure=secure, fedmd=fedmd_client(cfg, prep) if cfg.federation.distill == "fedmd" else None,
+    )  # fmt: skip
 
 
 def fedmd_client(cfg: RunConfig, prep: Prepared):

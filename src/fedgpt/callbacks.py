@@ -37,6 +37,7 @@ class Callback:
     def on_round_start(self, run) -> None: ...
     def on_round(self, run, result: RoundResult, row: dict, attempts: int) -> None: ...
     def on_end(self, run, summary: dict) -> None: ...
+    def on_saved(self, run, summary: dict) -> None: ...  # summary.json is written
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -147,6 +148,16 @@ class Progress(Callback):
         run.hooks.round_done(row)
 
 
+class Report(Callback):
+    """``report.md`` and its plots, from the run folder's files (:mod:`fedgpt.report`)."""
+
+    def on_saved(self, run, summary) -> None:
+        from fedgpt.report import write_report
+
+        write_report(run.run_dir)
+
+
 def default_callbacks() -> list[Callback]:
-    """What every run writes, in order: ledger, metrics, checkpoint, curves, progress."""
-    return [LedgerWriter(), MetricsFile(), Checkpoints(), TensorBoard(), Progress()]
+    """What every run writes, in order: ledger, metrics, checkpoint, curves, progress,
+    report."""
+    return [LedgerWriter(), MetricsFile(), Checkpoints(), TensorBoard(), Progress(), Report()]

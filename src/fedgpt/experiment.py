@@ -26,8 +26,10 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
     prepare_with,
 )
 from fedgpt.callbacks import Hooks
+from fedgpt.client.attack import Poison
 from fedgpt.config import RunConfig
 from fedgpt.federation.loop import FederatedServer
+from fedgpt.privacy.local_dp import LocalDPRelease
 from fedgpt.runner import (  # noqa: F401  (re-exported)
     Runner,
     new_run_dir,
@@ -78,8 +80,8 @@ def run_prepared(
     )
     if privacy.active:
         hooks.log(f"privacy: {cfg.privacy.mode}, noise multiplier {privacy.z:.4g}")
-    if app.malicious:
-        hooks.log(f"attack simulation: {len(app.malicious)} clients {cfg.attack.kind}")
+    if (poison := app.algorithm.step(Poison)) is not None:
+        hooks.log(f"attack simulation: {len(poison.malicious)} clients {cfg.attack.kind}")
     if tiers:
         counts: dict[str, int] = {}
         for t, _, _ in tiers.values():
@@ -92,7 +94,8 @@ def run_prepared(
             return run_baselines(cfg, prep, server, rows, last_eval, hooks)
 
     def restore_clients(meta: dict) -> None:  # in-process: the clients' local-DP counts
-        app.releases = dict(meta.get("privacy", {}).get("participation", {}))
+        if (ldp := app.algorithm.step(LocalDPRelease)) is not None:
+            ldp.releases = dict(meta.get("privacy", {}).get("participation", {}))
 
     return Runner(
         cfg, prep, server, privacy, run_dir, hooks, resume=resume,

@@ -6,10 +6,10 @@ runtime (``run_experiment`` in-process, the Flower ServerApp over Flower's Grid)
 
 Rounds run with quorum retries until ``federation.rounds``, the privacy budget, or a
 round without quorum; what is written is the callbacks' (:mod:`fedgpt.callbacks`:
-metrics, ledger, checkpoints, TensorBoard, progress); at the end the model, the summary
-and the report. ``resume`` continues from the last checkpoint to exactly the weights of
-an uninterrupted run. A run in which no client ever took part raises
-:class:`~fedgpt.errors.RunFailed` after writing what happened.
+metrics, ledger, checkpoints, TensorBoard, progress, and the report once the summary is
+written); at the end the model and the summary. ``resume`` continues from the last
+checkpoint to exactly the weights of an uninterrupted run. A run in which no client ever
+took part raises :class:`~fedgpt.errors.RunFailed` after writing what happened.
 """
 
 from __future__ import annotations
@@ -163,9 +163,8 @@ class Runner:
         summary["seconds"] = time.perf_counter() - self.t_start
         summary["config_path"] = "config.toml"
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        from fedgpt.report import write_report
-
-        write_report(self.run_dir)
+        for cb in self.callbacks:
+            cb.on_saved(self, summary)
         return summary
 
     def _summary(self) -> dict:

@@ -99,7 +99,7 @@ def test_evaluate_counts_tokens_and_caps():
 def test_client_app_dispatch_and_seed_independence():
     bundle, fm = tiny()
     data = {"a": ClientData("a", toks(bundle), toks(bundle, TEXT))}
-    app = ClientApp(fm, data, CFG)
+    app = ClientApp.build(fm, data, CFG)
     w = fm.flat.clone()
     reply = app("a", Message("train", {"round": 1, "seed": client_seed(0, 1, "a")}, {"weights": w}))
     assert reply.type == "train/result" and reply.tensors["delta"].shape == w.shape
@@ -113,10 +113,11 @@ def test_kept_optimizer_state_stays_on_the_client_and_changes_the_next_update():
     data = {"a": ClientData("a", toks(bundle), toks(bundle, TEXT))}
     w = fm.flat.clone()
     msg = Message("train", {"round": 2, "seed": 7}, {"weights": w})
-    fresh = ClientApp(fm, data, CFG)
-    keep = ClientApp(fm, data, CFG.model_copy(update={"keep_optimizer_state": True}))
+    fresh = ClientApp.build(fm, data, CFG)
+    keep = ClientApp.build(fm, data, CFG.model_copy(update={"keep_optimizer_state": True}))
     keep("a", Message("train", {"round": 1, "seed": 3}, {"weights": w}))
-    assert "exp_avg_sq" in keep.opt_memory["a"]["state"]["state"][0] and not fresh.opt_memory
+    memory = keep.algorithm.training.memory
+    assert "exp_avg_sq" in memory["a"]["state"]["state"][0] and not fresh.algorithm.training.memory
     d_keep = keep("a", msg)
     d_fresh = fresh("a", msg)
     assert set(d_keep.tensors) == {"delta"}  # the state is not sent

@@ -50,7 +50,9 @@ def setup(overrides=()):
         "b": ClientData("b", enc(TEXT[::-1] * 6), enc(TEXT[:40])),
         "bad": ClientData("bad", enc(POISON * 200), enc(TEXT)),
     }
-    server = server_for(cfg, InProcessRuntime(ClientApp(fm, data, cfg.client)), list(data), fm)
+    server = server_for(
+        cfg, InProcessRuntime(ClientApp.build(fm, data, cfg.client)), list(data), fm
+    )
     return cfg, fm, data, server
 
 

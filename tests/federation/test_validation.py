@@ -53,7 +53,7 @@ def setup(*overrides, tamper=None, faults=None, drop=None, ckks_public=None):
     if faults == "config":
         faults = FaultInjector.from_config(cfg, IDS)
     runtime = InProcessRuntime(
-        ClientApp(fm, data, cfg.client),
+        ClientApp.build(fm, data, cfg.client),
         drop,
         faults=faults,
         timeout=cfg.runtime.round_timeout or None,
@@ -206,7 +206,8 @@ def test_undecodable_secagg_masked_input_is_dropped():
 
 def test_undecodable_ckks_ciphertext_is_dropped():
     pytest.importorskip("tenseal")
-    from fedgpt.privacy.ckks import CkksClient, make_keys
+    from fedgpt.federation.secure_sum_client import CkksEncryption
+    from fedgpt.privacy.ckks import make_keys
 
     def garble(r):
         chunks = [bytes(b ^ 0x5A for b in c) for c in r.blobs["delta_ckks"]]
@@ -216,7 +217,7 @@ def test_undecodable_ckks_ciphertext_is_dropped():
     server, w0 = setup(
         'privacy.secure_aggregation="ckks"', tamper=on("a", garble), ckks_public=public
     )
-    server.runtime.handler.ckks = CkksClient(secret)
+    server.runtime.handler.secure["ckks"] = CkksEncryption(secret)
     _, result = server.run_round(server.init_state(w0))
     assert result.participants == ["b", "c", "d"]
     assert result.dropped[0]["client"] == "a" and "unreadable" in result.dropped[0]["reason"]

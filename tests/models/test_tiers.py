@@ -154,10 +154,11 @@ def test_heterogeneous_lora_ranks_federate(tiny_overrides, tmp_path):
     from fedgpt.seeding import client_seed
 
     ids = row["participants"]
-    app = ClientApp(prep.fm, prep.data, cfg.client)
+    from fedgpt.client.steps import TierSlice
     from fedgpt.models.tiers import tier_params
 
-    app.tiers = {ids[0]: ("lora:1", tier_params(spec, "lora:1", 2, 4), m1)}
+    tiers = {ids[0]: ("lora:1", tier_params(spec, "lora:1", 2, 4), m1)}
+    app = ClientApp.build(prep.fm, prep.data, cfg.client, before=[TierSlice(tiers)])
     w0 = prep.init
     replies = {
         c: app(c, Message("train", {"round": 1, "seed": client_seed(0, 1, c)}, {"weights": w0}))

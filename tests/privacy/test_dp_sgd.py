@@ -76,7 +76,7 @@ def test_client_accounts_and_enforces_its_own_epsilon():
     pcfg = PrivacyConfig(
         mode="dp_sgd", noise_multiplier=1.0, target_epsilon=(e1 + e2) / 2, reproducible_noise=True
     )
-    app = ClientApp(fm, data, cfg, pcfg)
+    app = ClientApp.build(fm, data, cfg, pcfg)
     w = fm.flat.clone()
     r1 = app("a", Message("train", {"round": 1, "seed": 1}, {"weights": w}))
     assert r1.type == "train/result"

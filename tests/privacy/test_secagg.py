@@ -32,7 +32,7 @@ def setup(drop=None, tamper=None):
     for i in range(N):
         t = torch.from_numpy(b.codec.encode(TEXT * (i + 2)))
         data[f"c{i}"] = ClientData(f"c{i}", t, t[:30])
-    app = ClientApp(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16))
+    app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16))
     inputs, masked = {}, {}
 
     def handler(cid, msg):
@@ -40,7 +40,7 @@ def setup(drop=None, tamper=None):
             msg = tamper(cid, msg)
         reply = app(cid, msg)
         if msg.type == "secagg/train":
-            inputs[cid] = app.secagg_state[cid].x.copy()
+            inputs[cid] = app.secure["secagg"].rounds[cid].x.copy()
         if msg.type == "secagg/masked":
             masked[cid] = np.frombuffer(reply.blobs["y"][0], dtype=np.uint64)
         return reply

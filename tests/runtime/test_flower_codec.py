@@ -135,7 +135,6 @@ def test_client_state_survives_a_fresh_process_per_message(post_quantum):
     from fedgpt.client.trainer import ClientData
     from fedgpt.config import ClientConfig, ModelConfig
     from fedgpt.federation.client_app import ClientApp
-    from fedgpt.federation.client_state import dump_client_state, load_client_state
     from fedgpt.models.build import build_char_gpt2
     from fedgpt.models.params import bind_flat
     from fedgpt.privacy.secagg.quantize import bits_for
@@ -158,20 +157,20 @@ def test_client_state_survives_a_fresh_process_per_message(post_quantum):
             k=0, graph_seed=0, post_quantum=post_quantum,
         )  # fmt: skip
 
-    plain = go(InProcessRuntime(ClientApp(fm, data, ccfg)))
+    plain = go(InProcessRuntime(ClientApp.build(fm, data, ccfg)))
     saved: dict[str, bytes] = {}
 
     def fresh_each_time(cid, msg):
-        app = ClientApp(fm, data, ccfg)
-        load_client_state(app, saved)
+        app = ClientApp.build(fm, data, ccfg)
+        app.load_state_dict(saved)
         reply = app(cid, msg)
-        saved.update(dump_client_state(app))
+        saved.update(app.state_dict())
         return reply
 
     flower_like = go(InProcessRuntime(fresh_each_time))
     assert plain.failure is None and flower_like.failure is None
     assert torch.equal(plain.weighted_sum, flower_like.weighted_sum)
-    restored = ClientApp(fm, data, ccfg)
-    load_client_state(restored, saved)
-    assert set(restored.opt_memory) == set(ids)
-    assert restored.secagg_state == {}  # the unmask step ends the round's secrets
+    restored = ClientApp.build(fm, data, ccfg)
+    restored.load_state_dict(saved)
+    assert set(restored.algorithm.training.memory) == set(ids)
+    assert restored.secure["secagg"].rounds == {}  # the unmask step ends the round's secrets

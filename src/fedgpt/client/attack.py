@@ -3,10 +3,14 @@ what they send — sign flip (−s·Δ), scaling (s·Δ) or Gaussian noise with 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from fedgpt.client.algorithm import ClientRound, ClientStep
+from fedgpt.client.trainer import Update
 
 
 def malicious_clients(client_ids: Sequence[str], fraction: float, seed: int) -> set[str]:
@@ -24,3 +28,19 @@ def poison(delta: torch.Tensor, kind: str, scale: float, gen: torch.Generator) -
     if kind == "noise":
         return torch.randn(delta.shape, generator=gen) * scale
     raise ValueError(f"unknown attack {kind!r}")
+
+
+class Poison(ClientStep):
+    """Attack simulation as a client step: the chosen clients send a poisoned update
+    (noise from a generator keyed by the round's seed, apart from the client's own)."""
+
+    name = "attack"
+
+    def __init__(self, malicious: frozenset[str], kind: str, scale: float):
+        self.malicious, self.kind, self.scale = malicious, kind, scale
+
+    def after(self, ctx: ClientRound, update: Update) -> Update:
+        if ctx.client_id not in self.malicious:
+            return update
+        gen = torch.Generator().manual_seed(ctx.seed ^ 0xBAD)
+        return dataclasses.replace(update, delta=poison(update.delta, self.kind, self.scale, gen))

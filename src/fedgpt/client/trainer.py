@@ -45,6 +45,7 @@ class Update:
     delta: torch.Tensor
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # reply settings a client step adds ("tier")
 
 
 class NonFiniteLoss(RuntimeError):

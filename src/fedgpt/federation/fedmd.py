@@ -44,6 +44,17 @@ class FedMDClient:
         self.fm, self.init, self.public, self.cfg = fm, init, public, cfg
         self.models: dict[str, torch.Tensor] = {}  # never sent
 
+    def state_dict(self) -> dict[str, bytes]:
+        from fedgpt.client.algorithm import save_tensors
+
+        return {"fedmd": save_tensors(dict(self.models))}
+
+    def load_state_dict(self, saved) -> None:
+        from fedgpt.client.algorithm import load_tensors
+
+        if "fedmd" in saved:
+            self.models = load_tensors(saved["fedmd"])
+
     def __call__(self, cid: str, msg: Message, train: torch.Tensor, test: torch.Tensor):
         c, rnd = msg.config, int(msg.config["round"])
         gen = torch.Generator().manual_seed(int(c["seed"]))

@@ -17,11 +17,14 @@ steps with its own q and z (``Accountant``).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 
 import torch
 
+from fedgpt.client.algorithm import Training
 from fedgpt.client.trainer import Failure, Update, lm_loss, make_optimizer
 from fedgpt.config import ClientConfig, PrivacyConfig
 from fedgpt.errors import FedGPTError
@@ -128,3 +131,43 @@ def dp_sgd_update(
 
 def round_half(x: float) -> int:
     return int(math.floor(x + 0.5))
+
+
+class DPSGDTraining(Training):
+    """DP-SGD as a client's :class:`~fedgpt.client.algorithm.Training`: each client
+    accounts (and enforces) its own record-level ε: it refuses a round whose planned steps
+    would take it past ``privacy.target_epsilon``, and reports its ε with the update."""
+
+    name = "dp_sgd"
+
+    def __init__(self, cfg: ClientConfig, pcfg: PrivacyConfig):
+        self.cfg, self.pcfg = cfg, pcfg
+        self.steps: dict[str, list[tuple[float, float]]] = {}  # (z, q) per step, per client
+
+    def run(self, fm, weights, data, task, gen, rnd, trainable):
+        from fedgpt.privacy.accountant import Accountant
+
+        p, c, cid = self.pcfg, self.cfg, data.client_id
+        n = record_windows(data.train, c.seq_len).shape[0]
+        acc = Accountant(p.delta, p.accountant, list(self.steps.get(cid, [])))
+        planned = [(p.noise_multiplier, sample_rate(n, c.batch_size))] * c.local_steps
+        if p.target_epsilon and (
+            Accountant(p.delta, p.accountant, acc.history + planned).epsilon() > p.target_epsilon
+        ):
+            return Failure("privacy budget exhausted")
+        result, q = dp_sgd_update(fm, weights, data.train, c, p, gen, cid, rnd)
+        if isinstance(result, Failure):
+            return result
+        acc.history += [(p.noise_multiplier, q)] * c.local_steps
+        self.steps[cid] = acc.history
+        return dataclasses.replace(result, metrics={**result.metrics, "epsilon": acc.epsilon()})
+
+    def state_dict(self) -> dict[str, bytes]:
+        return {"dp_steps": json.dumps(self.steps).encode()}
+
+    def load_state_dict(self, saved) -> None:
+        if "dp_steps" in saved:
+            self.steps = {
+                k: [(float(z), float(q)) for z, q in v]
+                for k, v in json.loads(saved["dp_steps"]).items()
+            }

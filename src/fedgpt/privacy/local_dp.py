@@ -10,8 +10,15 @@ knows when it releases). Its ε is computed by the same accountant as central DP
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import torch
 
+from fedgpt.client.algorithm import ClientRound, ClientStep
+from fedgpt.client.trainer import Update
+from fedgpt.config import PrivacyConfig
+from fedgpt.privacy.accountant import epsilon
 from fedgpt.privacy.mechanisms import clip_rows, gaussian_noise
 
 
@@ -26,3 +33,45 @@ def privatize(
 def local_noise_multiplier(z: float) -> float:
     """The per-release noise multiplier w.r.t. replace-one-dataset sensitivity 2S."""
     return z / 2
+
+
+def local_epsilon(z: float, releases: int, delta: float, kind: str = "rdp") -> float:
+    """ε of one client after ``releases`` local-DP releases."""
+    return epsilon(local_noise_multiplier(z), 1.0, releases, delta, kind)
+
+
+class LocalDPRelease(ClientStep):
+    """Local DP as a client step: clip and noise the update before it leaves, and send
+    neither n_k nor loss or norm (they depend on the data): equal weights, timing metrics
+    only. A client refuses to train once its next release would exceed
+    ``privacy.target_epsilon``. Noise from the OS CSPRNG unless ``reproducible_noise``
+    (then from the round's client generator)."""
+
+    name = "local_dp"
+
+    def __init__(self, cfg: PrivacyConfig, noise_multiplier: float):
+        self.cfg, self.z = cfg, noise_multiplier
+        self.releases: dict[str, int] = {}  # updates each client has released
+
+    def admit(self, ctx: ClientRound) -> str | None:
+        p = self.cfg
+        if p.target_epsilon == 0:
+            return None
+        nxt = self.releases.get(ctx.client_id, 0) + 1
+        if local_epsilon(self.z, nxt, p.delta, p.accountant) > p.target_epsilon:
+            return "privacy budget exhausted"
+        return None
+
+    def after(self, ctx: ClientRound, update: Update) -> Update:
+        noise_gen = ctx.gen if self.cfg.reproducible_noise else None
+        noisy = privatize(update.delta, self.cfg.clip_norm, self.z, noise_gen)
+        self.releases[ctx.client_id] = self.releases.get(ctx.client_id, 0) + 1
+        kept = {k: update.metrics[k] for k in ("steps", "seconds")}
+        return dataclasses.replace(update, delta=noisy, num_examples=1, metrics=kept)
+
+    def state_dict(self) -> dict[str, bytes]:
+        return {"releases": json.dumps(self.releases).encode()}
+
+    def load_state_dict(self, saved) -> None:
+        if "releases" in saved:
+            self.releases = {k: int(v) for k, v in json.loads(saved["releases"]).items()}

@@ -1,13 +1,19 @@
 """The ``PrivacyMechanism`` component (after pfl-research's local vs central mechanisms):
-which differential privacy a run applies, and where.
+which differential privacy a run applies, and where. Each mechanism has a client side and
+a server side:
 
-* ``none`` (:class:`NoPrivacy`, the null object): updates go as they are;
-* ``local_dp``: each client clips and noises its own update before it leaves
-  (:mod:`fedgpt.privacy.local_dp`);
-* ``dp_sgd``: record-level DP-SGD inside each client (:mod:`fedgpt.privacy.dp_sgd`);
-* ``central_dp``: DP-FedAvg on the server (:mod:`fedgpt.privacy.central_dp`): it *wraps*
-  the aggregator — the clipped, noised sum replaces the plain mean — rather than being a
-  branch in the round.
+* ``client_training`` / ``client_steps``: what it adds to the client algorithm
+  (:mod:`fedgpt.client.algorithm`): DP-SGD replaces local training, local DP is a step that
+  clips and noises the update before it leaves;
+* ``wrap``: the aggregator the server runs the round with — central DP *wraps* it in
+  DP-FedAvg (the clipped, noised sum replaces the plain mean) rather than being a branch
+  in the round;
+* ``accounting``: the server's record of ε (:mod:`fedgpt.privacy.accounting`);
+* ``noise_multiplier``: the configured one, or one calibrated to ``target_epsilon``.
+
+Built in: ``none`` (:class:`NoPrivacy`, the null object), ``local_dp``
+(:mod:`fedgpt.privacy.local_dp`), ``dp_sgd`` (:mod:`fedgpt.privacy.dp_sgd`) and
+``central_dp`` (:mod:`fedgpt.privacy.central_dp`).
 
 Each declares what it needs of the rest of the round, and the compatibility of a run is
 derived from these declarations (:mod:`fedgpt.federation.compat`):
@@ -18,19 +24,26 @@ derived from these declarations (:mod:`fedgpt.federation.compat`):
   so no rule that needs individual updates can run in its place;
 * ``coverage`` — device tiers (partial slices) are carried;
 * ``releases_client_models`` — post-steps may use individual client models (FedDF's
-  teachers); central DP releases only the noised mean.
-
-The accounting (ε so far, would the next round exceed the budget) is
-:class:`fedgpt.privacy.engine.ServerPrivacy`.
+  teachers); central DP releases only the noised mean;
+* ``active`` — it gives an accounted DP guarantee (ε is reported).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 
 from fedgpt.aggregation.base import Aggregate, Aggregator, Updates
+from fedgpt.config import ClientConfig, PrivacyConfig
+from fedgpt.privacy.accountant import plan_noise
+from fedgpt.privacy.accounting import (
+    Accounting,
+    CentralAccounting,
+    ClientReported,
+    LocalAccounting,
+)
 from fedgpt.privacy.central_dp import CentralDP
 from fedgpt.registry import Registry
 from fedgpt.seeding import generator
@@ -42,7 +55,23 @@ class PrivacyMechanism:
     replaces_aggregator: ClassVar[bool] = False
     coverage: ClassVar[bool] = False
     releases_client_models: ClassVar[bool] = True
-    active: ClassVar[bool] = True  # gives an accounted DP guarantee (ε is reported)
+    active: ClassVar[bool] = True
+
+    def noise_multiplier(self, cfg: PrivacyConfig, sample_rate: float, rounds: int) -> float:
+        return cfg.noise_multiplier
+
+    def client_training(self, client: ClientConfig, cfg: PrivacyConfig | None):
+        """A :class:`~fedgpt.client.algorithm.Training` in place of local training."""
+        return None
+
+    def client_steps(self, cfg: PrivacyConfig | None, noise_multiplier: float) -> list:
+        """:class:`~fedgpt.client.algorithm.ClientStep` s after training."""
+        return []
+
+    def accounting(
+        self, cfg: PrivacyConfig, z: float, sample_rate: float, per_round: int
+    ) -> Accounting:
+        return Accounting()
 
     def wrap(self, aggregator: Aggregator, privacy) -> Aggregator:
         """The aggregator this mechanism runs the round with (``privacy``: the run's
@@ -53,6 +82,11 @@ class PrivacyMechanism:
 PRIVACY: Registry[type[PrivacyMechanism]] = Registry("privacy mechanism", "privacy.mode")
 
 
+def mechanism_for(cfg: PrivacyConfig | None) -> PrivacyMechanism:
+    """The mechanism ``privacy.mode`` names (NoPrivacy without a privacy section)."""
+    return PRIVACY.get(cfg.mode if cfg is not None else "none")()
+
+
 @PRIVACY.register("none")
 class NoPrivacy(PrivacyMechanism):
     coverage = True
@@ -61,12 +95,30 @@ class NoPrivacy(PrivacyMechanism):
 
 @PRIVACY.register("local_dp")
 class LocalDP(PrivacyMechanism):
-    pass
+    def noise_multiplier(self, cfg, sample_rate, rounds):
+        if cfg.noise_multiplier > 0 or cfg.target_epsilon == 0:
+            return cfg.noise_multiplier
+        releases = max(1, math.ceil(rounds * sample_rate))  # a client's expected rounds
+        return 2 * plan_noise(cfg.target_epsilon, 1.0, releases, cfg.delta, cfg.accountant)
+
+    def client_steps(self, cfg, noise_multiplier):
+        from fedgpt.privacy.local_dp import LocalDPRelease
+
+        return [LocalDPRelease(cfg, noise_multiplier)]
+
+    def accounting(self, cfg, z, sample_rate, per_round):
+        return LocalAccounting(cfg, z)
 
 
 @PRIVACY.register("dp_sgd")
 class DPSGD(PrivacyMechanism):
-    pass
+    def client_training(self, client, cfg):
+        from fedgpt.privacy.dp_sgd import DPSGDTraining
+
+        return DPSGDTraining(client, cfg)
+
+    def accounting(self, cfg, z, sample_rate, per_round):
+        return ClientReported()
 
 
 @PRIVACY.register("central_dp")
@@ -74,6 +126,23 @@ class CentralDPMechanism(PrivacyMechanism):
     server_clips = True
     replaces_aggregator = True
     releases_client_models = False
+
+    def noise_multiplier(self, cfg, sample_rate, rounds):
+        if cfg.noise_multiplier > 0 or cfg.target_epsilon == 0:
+            return cfg.noise_multiplier
+        return plan_noise(cfg.target_epsilon, sample_rate, rounds, cfg.delta, cfg.accountant)
+
+    def accounting(self, cfg, z, sample_rate, per_round):
+        central = CentralDP(
+            clip=cfg.clip_norm,
+            noise_multiplier=z,
+            expected_clients=per_round,
+            adaptive=cfg.adaptive_clipping,
+            quantile=cfg.target_quantile,
+            clip_lr=cfg.clip_lr,
+            count_std=cfg.count_noise_std or None,
+        )
+        return CentralAccounting(cfg, z, sample_rate, central)
 
     def wrap(self, aggregator: Aggregator, privacy) -> Aggregator:
         return DPFedAvg(privacy.central, privacy.cfg.reproducible_noise, aggregator.ctx.seed)

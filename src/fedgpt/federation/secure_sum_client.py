@@ -1,0 +1,150 @@
+"""The client side of each secure sum (``privacy.secure_aggregation``): what a client does
+beyond training so that the server obtains only a sum.
+
+* ``secagg`` (:class:`SecAggClient`): the four SecAgg steps (Bonawitz et al. 2017, Fig. 4;
+  :mod:`fedgpt.privacy.secagg.client`); after training, the update is encoded over
+  Z_2^64 with weight w_k = min(n_k, cap)/cap (:func:`fedgpt.privacy.secagg.quantize.encode`),
+  and the per-round secrets stay in :attr:`SecAggClient.rounds` between messages;
+* ``ckks`` (:class:`CkksEncryption`): the reply's plaintext Δ_k is replaced by the CKKS
+  ciphertexts of n_k·Δ_k (the weight rides inside, so the server only adds), and the
+  client decrypts the aggregate the server sends back (:mod:`fedgpt.privacy.ckks`).
+
+Each keeps its state as bytes (``state_dict``) so any runtime can persist it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from fedgpt.messages import Message
+from fedgpt.privacy.secagg.client import RoundState
+
+
+class SecureSumClient:
+    """One secure sum's client side. ``prefix``: the message types it answers."""
+
+    name: ClassVar[str] = ""
+    prefix: ClassVar[str] = ""
+
+    def encode(self, client_id: str, reply: Message) -> Message:
+        """A ``train/result`` as it goes on the wire."""
+        return reply
+
+    def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
+        raise ValueError(f"unknown message type {msg.type!r}")
+
+    def state_dict(self) -> dict[str, bytes]:
+        return {}
+
+    def load_state_dict(self, saved: Mapping[str, bytes]) -> None:
+        pass
+
+
+class SecAggClient(SecureSumClient):
+    name, prefix = "secagg", "secagg/"
+
+    def __init__(self):
+        self.rounds: dict[str, RoundState] = {}  # each client's secrets of the current round
+
+    def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
+        from fedgpt.privacy.secagg import client as sa
+        from fedgpt.privacy.secagg.quantize import encode
+
+        if msg.type != "secagg/train":
+            return sa.handle(self.rounds, client_id, msg)
+        c, rnd = msg.config, int(msg.config["round"])
+        reply = train(client_id, Message("train", {"round": rnd, "seed": c["seed"]}, msg.tensors))
+        if reply.type != "train/result":
+            return reply
+        n = reply.config["num_examples"]
+        w = min(n, c["weight_cap"]) / c["weight_cap"]
+        x = encode(reply.tensors["delta"], w, c["range"], c["bits"])
+        st = self.rounds[client_id] = sa.advertise(rnd, x, bool(c.get("post_quantum")))
+        return sa.keys_message(st, n, reply.config["metrics"])
+
+    def state_dict(self) -> dict[str, bytes]:
+        return {
+            "secagg": json.dumps(
+                {c: dump_round_state(st) for c, st in self.rounds.items()}
+            ).encode()
+        }
+
+    def load_state_dict(self, saved: Mapping[str, bytes]) -> None:
+        if "secagg" in saved:
+            self.rounds = {c: load_round_state(d) for c, d in json.loads(saved["secagg"]).items()}
+
+
+class CkksEncryption(SecureSumClient):
+    """``ckks``: for a client that holds the secret context (``secret``)."""
+
+    name, prefix = "ckks", "ckks/"
+
+    def __init__(self, secret: bytes):
+        from fedgpt.privacy.ckks import CkksClient
+
+        self.ckks = CkksClient(secret)
+
+    def encode(self, client_id: str, reply: Message) -> Message:
+        chunks = self.ckks.encrypt(reply.tensors["delta"] * reply.config["num_examples"])
+        return Message(reply.type, reply.config, {}, {"delta_ckks": chunks})
+
+    def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
+        if msg.type != "ckks/decrypt":
+            raise ValueError(f"unknown message type {msg.type!r}")
+        agg = self.ckks.decrypt(msg.blobs["aggregate"], int(msg.config["numel"]))
+        return Message("ckks/aggregate", {"round": msg.config["round"]}, {"aggregate": agg})
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+def dump_round_state(st: RoundState) -> dict:
+    """A SecAgg client's round state as JSON-able values (private keys as raw bytes)."""
+    from fedgpt.privacy.secagg.crypto import private_bytes
+
+    return {
+        "rnd": st.rnd,
+        "x": st.x.astype("<u8").tobytes().hex(),
+        "c_sk": private_bytes(st.c_sk).hex(),
+        "s_sk": st.s_sk.hex(),
+        "c_pk": st.c_pk.hex(),
+        "s_pk": st.s_pk.hex(),
+        "b": st.b.hex(),
+        "peers": {v: [_hex(k) for k in keys] for v, keys in st.peers.items()},
+        "inbox": {v: [_hex(p) for p in parts] for v, parts in st.inbox.items()},
+        "revealed": sorted(st.revealed),
+        "kem": None if st.kem is None else [k.private_bytes_raw().hex() for k in st.kem],
+        "kem_pks": [_hex(k) for k in st.kem_pks],
+        "pq_mask": {v: _hex(s) for v, s in st.pq_mask.items()},
+    }
+
+
+def load_round_state(d: dict) -> RoundState:
+    """The inverse of :func:`dump_round_state`."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    kem = None
+    if d["kem"] is not None:
+        from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+
+        kem = tuple(MLKEM768PrivateKey.from_seed_bytes(bytes.fromhex(k)) for k in d["kem"])
+    return RoundState(
+        rnd=int(d["rnd"]),
+        x=np.frombuffer(bytes.fromhex(d["x"]), dtype="<u8").astype(np.uint64),
+        c_sk=X25519PrivateKey.from_private_bytes(bytes.fromhex(d["c_sk"])),
+        s_sk=bytes.fromhex(d["s_sk"]),
+        c_pk=bytes.fromhex(d["c_pk"]),
+        s_pk=bytes.fromhex(d["s_pk"]),
+        b=bytes.fromhex(d["b"]),
+        peers={v: tuple(bytes.fromhex(k) for k in ks) for v, ks in d["peers"].items()},
+        inbox={v: [bytes.fromhex(p) for p in ps] for v, ps in d["inbox"].items()},
+        revealed=set(d["revealed"]),
+        kem=kem,
+        kem_pks=tuple(bytes.fromhex(k) for k in d["kem_pks"]),
+        pq_mask={v: bytes.fromhex(s) for v, s in d["pq_mask"].items()},
+    )

@@ -209,10 +209,25 @@ class FederationConfig(_Section):
     )
     checkpoint_keep: int = Field(2, ge=1, description="checkpoints kept in checkpoints/")
     max_update_norm: float = Field(
-        0.0,
+        1e5,
         ge=0.0,
+        allow_inf_nan=False,
         description="reject (not clip) a client update whose L2 norm exceeds this, before it "
         "reaches the aggregate; not checkable under secure aggregation; 0 = off",
+    )
+    norm_outlier_factor: float = Field(
+        10.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="reject a client update whose L2 norm is more than this many times the "
+        "median norm of the round's updates (with at least 3 updates); not checkable under "
+        "secure aggregation; 0 = off",
+    )
+    max_examples: int = Field(
+        1_000_000,
+        ge=1,
+        description="a client's self-reported example count n_k is capped at this before it "
+        "weights anything (a client claiming 10^12 examples weighs no more than this)",
     )
 
 

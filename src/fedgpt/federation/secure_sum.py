@@ -105,10 +105,29 @@ class PlainSum(SecureSum):
                 good[cid] = received[cid]
             else:
                 ex.drop(cid, reason)
+        if not self.chunks:
+            good = self._outliers(good, ex)
         return self.combine(good, state, ex)
 
+    def _outliers(self, good: dict[str, Message], ex: Exchange) -> dict[str, Message]:
+        """Refuse updates whose norm is more than ``federation.norm_outlier_factor`` times
+        the round's median norm (at least 3 updates; the median is robust to a minority)."""
+        factor = self.cfg.federation.norm_outlier_factor
+        if not factor or len(good) < 3:
+            return good
+        norms = {c: float(torch.linalg.vector_norm(m.tensors["delta"])) for c, m in good.items()}
+        median = float(torch.tensor(list(norms.values())).median())
+        kept = {}
+        for c, m in good.items():
+            if median > 0 and norms[c] > factor * median:
+                ex.drop(c, f"update norm {norms[c]:.4g} over {factor:g}x the median {median:.4g}")
+            else:
+                kept[c] = m
+        return kept
+
     def combine(self, good: dict[str, Message], state: ServerState, ex: Exchange) -> Collected:
-        n = {c: float(m.config["num_examples"]) for c, m in good.items()}
+        cap = self.cfg.federation.max_examples
+        n = {c: float(min(m.config["num_examples"], cap)) for c, m in good.items()}
         metrics = {c: m.config.get("metrics", {}) for c, m in good.items()}
         if not good:
             return Collected([], weights=n, metrics=metrics)

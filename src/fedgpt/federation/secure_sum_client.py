@@ -47,15 +47,16 @@ class SecureSumClient:
 class SecAggClient(SecureSumClient):
     name, prefix = "secagg", "secagg/"
 
-    def __init__(self):
+    def __init__(self, threshold_fraction: float = 0.5):
         self.rounds: dict[str, RoundState] = {}  # each client's secrets of the current round
+        self.fraction = threshold_fraction  # its own privacy.secagg_threshold, not the server's
 
     def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
         from fedgpt.privacy.secagg import client as sa
         from fedgpt.privacy.secagg.quantize import encode
 
         if msg.type != "secagg/train":
-            return sa.handle(self.rounds, client_id, msg)
+            return sa.handle(self.rounds, client_id, msg, self.fraction)
         c, rnd = msg.config, int(msg.config["round"])
         reply = train(client_id, Message("train", {"round": rnd, "seed": c["seed"]}, msg.tensors))
         if reply.type != "train/result":

@@ -23,6 +23,7 @@ import torch
 
 from fedgpt.aggregation.base import Aggregator, Updates
 from fedgpt.aggregation.fedavg import dissimilarity
+from fedgpt.errors import RunFailed
 from fedgpt.federation.exchange import Exchange
 from fedgpt.federation.secure_sum import Collected, SecureSum
 from fedgpt.federation.state import RoundResult, ServerState
@@ -88,6 +89,11 @@ class FedAvgFamily(Strategy):
         new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta)
         for step in self.post_steps:
             new_w = step(new_w, rnd, state.weights, got.updates)
+        if not bool(torch.isfinite(new_w).all()):
+            raise RunFailed(
+                f"round {rnd}: the new weights are not finite (the aggregate or the server "
+                "optimiser overflowed); they were not applied"
+            )
         extras = {k: v for k, v in state.opt_state.items() if k.startswith(EXTRA_STATE)}
         new = ServerState(rnd, new_w, {**extras, **opt, **agg_state})
         result.participants = got.participants

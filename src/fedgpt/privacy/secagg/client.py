@@ -25,6 +25,7 @@ key (the server learns exactly the pairwise secrets it learns in plain SecAgg).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,16 +86,44 @@ def advertise(rnd: int, x: np.ndarray, post_quantum: bool = False) -> RoundState
     return st
 
 
+def min_threshold(degree: int, fraction: float) -> int:
+    """The smallest Shamir threshold a client accepts for ``degree`` neighbours: more than
+    half of them (so no two disjoint sets of its neighbours can each rebuild one of its
+    secrets), at least ``fraction`` of them (its own ``privacy.secagg_threshold``), and 2."""
+    return max(2, degree // 2 + 1, math.ceil(fraction * degree))
+
+
+def check_request(me: str, peers, index: dict, threshold, fraction: float) -> None:
+    """Refuse a share request whose parameters the server chose against this client: a
+    threshold below :func:`min_threshold` or above the number of neighbours, or Shamir
+    evaluation points that are not distinct integers in [1, p) (x = 0 or p would make the
+    share the secret itself)."""
+    deg = len(peers)
+    need = min_threshold(deg, fraction)
+    if not isinstance(threshold, int) or not need <= threshold <= deg:
+        raise ValueError(
+            f"threshold {threshold!r} refused: {deg} neighbours need a threshold in [{need}, {deg}]"
+        )
+    xs = [index.get(v) for v in [me, *peers]]
+    if any(type(x) is not int or not 1 <= x < shamir.PRIME for x in xs):
+        raise ValueError("evaluation points refused: each must be an integer in [1, p)")
+    if len(set(xs)) != len(xs):
+        raise ValueError("evaluation points refused: two clients share one point")
+
+
 def share(
     st: RoundState,
     me: str,
     peers: dict[str, tuple[bytes, bytes]],
     index: dict[str, int],
     threshold: int,
+    fraction: float = 0.5,
 ) -> dict[str, bytes]:
-    """Sealed shares of (s_sk, b) for each neighbour: {v: ciphertext}."""
+    """Sealed shares of (s_sk, b) for each neighbour: {v: ciphertext}, once the request is
+    checked (:func:`check_request`)."""
     import secrets
 
+    check_request(me, peers, index, threshold, fraction)
     st.peers = dict(peers)
     st.b = secrets.token_bytes(32)
     xs = [index[v] for v in peers]
@@ -160,7 +189,7 @@ def unmask(st: RoundState, me: str, survivors: set[str], dropped: set[str]):
     return b_out, s_out, bad
 
 
-def handle(store: dict, cid: str, msg):
+def handle(store: dict, cid: str, msg, fraction: float = 0.5):
     """The message steps after training, for a client whose round state lives in
     ``store[cid]``: ``secagg/share``, ``secagg/masked``, ``secagg/unmask``.
     (``secagg/train`` is the caller's: it trains, encodes and calls ``advertise``.)"""
@@ -172,7 +201,7 @@ def handle(store: dict, cid: str, msg):
         raise ValueError(f"no SecAgg state for round {rnd}")
     if msg.type == "secagg/share":
         peers = {k.removeprefix("pk:"): tuple(v) for k, v in msg.blobs.items()}
-        sealed = share(st, cid, peers, c["index"], int(c["threshold"]))
+        sealed = share(st, cid, peers, c["index"], c["threshold"], fraction)
         return Message(
             "secagg/shares", {"round": rnd}, {}, {f"to:{v}": parts for v, parts in sealed.items()}
         )

@@ -46,6 +46,22 @@ def agree(
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared + pq)
 
 
+def usable_public_key(kind: str, key: bytes) -> bool:
+    """Whether ``key`` is a public key a peer can use: an X25519 key (``c_pk``, ``s_pk``)
+    that is not of low order (the exchange would give the all-zero secret), or an
+    ML-KEM-768 encapsulation key (``kc_pk``, ``ks_pk``)."""
+    try:
+        if kind in ("c_pk", "s_pk"):
+            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(key))
+        else:
+            from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
+
+            MLKEM768PublicKey.from_public_bytes(key)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def kem_keypair():
     """An ML-KEM-768 (FIPS 203) key pair: (private key, 1,184-byte public key)."""
     from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey

@@ -2,7 +2,12 @@
 
 The server only ever holds public keys, sealed shares it cannot open, masked vectors, and
 the shares it asks for in the last step (self-mask shares of survivors, mask-key shares of
-clients that dropped after sharing). From these it removes the masks and obtains
+clients that dropped after sharing). Clients check what the server asks of them: the
+threshold (more than half of their neighbours, and their own configured fraction) and the
+Shamir evaluation points (distinct, in [1, p)); advertised public keys that peers cannot
+use are dropped with their sender named; a false share is found and its sender named when
+enough consistent shares remain; an unmasked sum that no set of honest encodings gives
+fails the round. From these it removes the masks and obtains
 Σ_{u ∈ survivors} x_u mod 2^64 and nothing else. Fewer than t shares for any secret it
 must rebuild — or fewer than t + 1 clients at any step — fails the round cleanly: no
 aggregate, the reason returned, the global model unchanged.
@@ -10,7 +15,6 @@ aggregate, the reason returned, the global model unchanged.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +23,7 @@ import torch
 
 from fedgpt.messages import Failure, Message
 from fedgpt.privacy.secagg import crypto, shamir
-from fedgpt.privacy.secagg.client import MASK_INFO, salt
+from fedgpt.privacy.secagg.client import MASK_INFO, min_threshold, salt
 from fedgpt.privacy.secagg.quantize import decode
 from fedgpt.schemas import Expect, check_reply, envelope, nbytes, parse_reply
 
@@ -126,11 +130,30 @@ def run_round(
         r.out.failure = str(exc)
         return r.out
     p, u3 = r.p, sorted(masked)
+    if (why := out_of_range(total, len(u3), p.bits)) is not None:
+        r.out.failure = why
+        return r.out
     r.out.weighted_sum, r.out.weight = decode(total, len(u3), p.value_range, p.bits)
     r.out.survivors = u3
     r.out.metrics = {u: dict(keys[u][1].metrics) for u in u3}
     r.out.num_examples = {u: keys[u][1].num_examples for u in u3}
     return r.out
+
+
+def out_of_range(total: np.ndarray, count: int, bits: int) -> str | None:
+    """Why the unmasked sum cannot be the sum of ``count`` honest encodings (each value of
+    an encoding lies in [0, 2^bits − 1], so their sum in [0, count·(2^bits − 1)]), or None.
+    A client whose masked input is not a masked encoding, or a false share that rebuilt a
+    wrong mask, shows here with near certainty; the round then fails, nothing applied."""
+    bound = np.uint64(count * (2**bits - 1))
+    over = int(np.count_nonzero(total > bound))
+    if not over:
+        return None
+    where = "the weight sum" if total[-1] > bound else f"{over} of {total.size - 1} values"
+    return (
+        f"secagg: the unmasked sum is outside the range of {count} encodings ({where}): a "
+        "client sent a masked input that is no encoding, or a share was false; not applied"
+    )
 
 
 class _Round:
@@ -156,17 +179,32 @@ class _Round:
             for c in chosen
         }
         keys = self.ex(msgs, "secagg/keys", lambda c: Expect("secagg/keys", rnd, keys=self.names))
+        keys = self._usable(keys)
         u1 = sorted(keys)
         self.graph = neighbours(u1, p.k, np.random.default_rng([p.graph_seed, rnd]))
-        deg = min(len(v) for v in self.graph.values()) if self.graph else 0
-        self.t = max(2, math.ceil(p.threshold_fraction * deg)) if deg >= 2 else 2
-        if len(u1) < self.t + 1:
+        degrees = [len(v) for v in self.graph.values()] or [0]
+        self.t = max(min_threshold(d, p.threshold_fraction) for d in degrees)
+        if len(u1) < self.t + 1 or self.t > min(degrees):
             raise _Abort(
                 f"only {len(u1)} clients advertised keys, need {self.t + 1} (threshold {self.t})"
             )
         self.index = {u: i + 1 for i, u in enumerate(u1)}
+        self.at_index = {i: u for u, i in self.index.items()}
         self.pk = {u: tuple(keys[u][0].blobs[n][0] for n in self.names) for u in u1}
         return keys
+
+    def _usable(self, keys: dict) -> dict:
+        """The advertisers whose public keys a peer can use; the others are dropped and
+        named (a bad key must not make its honest peers fail the next step)."""
+        good = {}
+        for u, (reply, model) in keys.items():
+            bad = [n for n in self.names if not crypto.usable_public_key(n, reply.blobs[n][0])]
+            if bad:
+                why = f"secagg: unusable public key {bad[0]} (dropped before sharing)"
+                self.out.dropped.append({"client": u, "reason": why})
+            else:
+                good[u] = (reply, model)
+        return good
 
     def share(self, keys: dict) -> dict:
         """1. Each client seals Shamir shares of its secrets for its neighbours."""
@@ -250,15 +288,30 @@ class _Round:
                 self.out.dropped.append({"client": u, "reason": why})
         return b_sh, s_sh, pq
 
-    def _secret(self, shares: dict[int, int], what: str) -> int:
-        """The secret behind t of ``shares``; a false share (valid in form) gives no
-        secret and the round fails cleanly."""
+    def _secret(self, shares: dict[int, int], what: str) -> bytes:
+        """The secret behind t of ``shares``. When those t do not give one (a false share
+        among them), the secret is rebuilt from t shares that a further share confirms and
+        the senders of the shares off that polynomial are named and dropped; with too few
+        consistent shares the round fails cleanly."""
         if len(shares) < self.t:
             raise _Abort(f"only {len(shares)} shares of {what}, need {self.t}")
+        items = list(shares.items())
+        first = dict(items[: self.t])
+        # a false share among the first t still gives a secret in range (points are small
+        # integers, so the error is a small multiple); one more share checks them
+        if len(items) == self.t or shamir.value_at(first, items[self.t][0]) == items[self.t][1]:
+            try:
+                return shamir.reconstruct(first)
+            except ValueError:
+                pass
         try:
-            return shamir.reconstruct(dict(list(shares.items())[: self.t]))
+            secret, false = shamir.reconstruct_robust(shares, self.t)
         except ValueError as exc:
             raise _Abort(f"{what}: {exc}") from None
+        for x in false:
+            why = f"secagg: sent a false share of {what} (discarded; rebuilt without it)"
+            self.out.dropped.append({"client": self.at_index[x], "reason": why})
+        return secret
 
     def _pair_mask(self, u: str, v: str, s_sk: int, pq: dict) -> np.ndarray:
         """What survivor v added to its input for its dropped peer u."""

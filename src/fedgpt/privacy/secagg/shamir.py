@@ -55,3 +55,37 @@ def reconstruct(shares: dict[int, int], length: int = 32) -> bytes:
     if s >= 1 << (8 * length):  # fewer than t (or inconsistent) shares give a random s
         raise ValueError("the shares do not reconstruct a secret (too few or inconsistent)")
     return s.to_bytes(length, "big")
+
+
+def value_at(points: dict[int, int], x0: int) -> int:
+    """f(x0) for the polynomial of degree < len(points) through ``points`` (Lagrange)."""
+    total = 0
+    for xi, yi in points.items():
+        num, den = 1, 1
+        for xj in points:
+            if xj != xi:
+                num = num * (x0 - xj) % PRIME
+                den = den * (xi - xj) % PRIME
+        total = (total + yi * num * pow(den, PRIME - 2, PRIME)) % PRIME
+    return total
+
+
+def reconstruct_robust(
+    shares: dict[int, int], threshold: int, length: int = 32, tries: int = 64
+) -> tuple[bytes, list[int]]:
+    """(secret, x of the false shares) when some t of ``shares`` determine a polynomial that
+    at least one further share confirms and whose secret is in range; the shares off that
+    polynomial are the false ones. Raises ValueError when no such subset is found within
+    ``tries`` subsets (too few honest shares)."""
+    import itertools
+
+    xs = sorted(shares)
+    for subset in itertools.islice(itertools.combinations(xs, threshold), tries):
+        base = {x: shares[x] for x in subset}
+        agree = [x for x in xs if x in base or value_at(base, x) == shares[x]]
+        if len(agree) <= threshold:
+            continue
+        s = value_at(base, 0)
+        if s < 1 << (8 * length):
+            return s.to_bytes(length, "big"), [x for x in xs if x not in agree]
+    raise ValueError("the shares do not reconstruct a secret (too few consistent shares)")

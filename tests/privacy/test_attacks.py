@@ -1,0 +1,270 @@
+"""Attacks on the privacy and integrity of a round, each written as the adversary would
+run it: a server that deviates from the protocol, or a client that lies. Every test runs
+the attack and shows that it fails (docs/threat-model.md lists what each one shows)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedgpt.client.trainer import ClientData
+from fedgpt.config import ClientConfig, ModelConfig
+from fedgpt.federation.client_app import ClientApp
+from fedgpt.messages import Message
+from fedgpt.models.build import build_char_gpt2
+from fedgpt.models.params import bind_flat
+from fedgpt.privacy.secagg import shamir
+from fedgpt.privacy.secagg.quantize import bits_for
+from fedgpt.privacy.secagg.server import SecAggParams, _Round, run_round
+from fedgpt.runtime import InProcessRuntime
+
+TEXT = "Friends, Romans, countrymen, lend me your ears;\nI come to bury Caesar.\n"
+N = 8  # the complete graph: 7 neighbours each
+
+
+@pytest.fixture(scope="module")
+def federation():
+    b = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [TEXT], 0)
+    fm = bind_flat(b.model)
+    data = {}
+    for i in range(N):
+        t = torch.from_numpy(b.codec.encode(TEXT * (i + 2)))
+        data[f"c{i}"] = ClientData(f"c{i}", t, t[:30])
+    return fm, data, fm.flat.clone()  # training moves fm: every round starts from w0
+
+
+def clients(federation, lie=None):
+    """An InProcessRuntime over honest clients; ``lie(cid, msg, reply)`` may replace a
+    client's reply (a lying client)."""
+    fm, data, _ = federation
+    app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16))
+
+    def tamper(cid, msg, reply):
+        return [(cid, lie(cid, msg, reply) if lie is not None else reply)]
+
+    return app, InProcessRuntime(app, tamper=tamper)
+
+
+PARAMS = dict(value_range=1.0, bits=bits_for(N), weight_cap=1000, threshold_fraction=0.5,
+              k=0, graph_seed=0)  # fmt: skip
+
+
+def stages(federation, runtime, k=0, fraction=0.5):
+    """An honest server's first three stages; returns the round and the masked inputs."""
+    fm, _, w0 = federation
+    r = _Round(runtime, None, 1, fm.flat.numel(), SecAggParams(**{**PARAMS, "k": k,
+               "threshold_fraction": fraction}))  # fmt: skip
+    ids = [f"c{i}" for i in range(N)]
+    keys = r.advertise(ids, {c: i for i, c in enumerate(ids)}, w0)
+    shares = r.share(keys)
+    return r, keys, shares
+
+
+def share_request(r: _Round, u: str, threshold, index) -> Message:
+    return Message(
+        "secagg/share",
+        {"round": 1, "threshold": threshold, "index": index},
+        {},
+        {f"pk:{v}": list(r.pk[v]) for v in r.graph[u]},
+    )
+
+
+# --- a server that deviates ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [1, 2, 3, 8])
+def test_server_chosen_threshold_is_refused(federation, threshold):
+    """t = 1 makes every share the secret; t ≤ 7/2 lets two halves of the neighbours each
+    rebuild one secret; t = 8 > 7 neighbours is no threshold. Each client refuses."""
+    app, rt = clients(federation)
+    r, keys, _ = stages(federation, rt)
+    for u in sorted(keys):
+        with pytest.raises(ValueError, match="threshold .* refused"):
+            app(u, share_request(r, u, threshold, r.index))
+
+
+@pytest.mark.parametrize("point", [0, shamir.PRIME, -1, "1", 1])
+def test_server_chosen_evaluation_points_are_refused(federation, point):
+    """x = 0 or x = p makes a share the secret itself; a repeated x (here: another client's)
+    makes two shares one. Each client refuses before sending any share."""
+    app, rt = clients(federation)
+    r, keys, _ = stages(federation, rt)
+    u, v = "c0", "c1"
+    index = {**r.index, v: point if point != 1 else r.index["c2"]}
+    with pytest.raises(ValueError, match="evaluation points refused"):
+        app(u, share_request(r, u, r.t, index))
+
+
+def test_split_unmask_requests_never_recover_both_secrets(federation):
+    """The server tells half of u's neighbours "u survived" and the other half "u dropped",
+    to collect both u's self-mask seed and its mask key. With t more than half of the
+    neighbours, two disjoint halves cannot both hold t shares: at most one secret comes
+    back, and either alone leaves x_u masked."""
+    app, rt = clients(federation)
+    r, keys, shares = stages(federation, rt)
+    masked = r.masked(shares)
+    u = "c0"
+    peers = sorted(v for v in r.graph[u] if v in masked)
+    half = len(peers) // 2 + 1  # the larger half says "survived"
+    b_shares, s_shares = {}, {}
+    for i, v in enumerate(peers):
+        survived = i < half
+        cfg = {"round": 1, "survivors": [u] if survived else [], "dropped": [] if survived else [u]}
+        reply = app(v, Message("secagg/unmask", cfg))
+        got = reply.config["b" if survived else "s"][u]
+        (b_shares if survived else s_shares)[got[0]] = int(got[1], 16)
+    assert len(b_shares) == r.t == 4 and len(s_shares) == 3  # t = 4 of 7 neighbours
+    with pytest.raises(ValueError):
+        shamir.reconstruct(s_shares)  # the mask key stays hidden
+    # (the 4 self-mask shares rebuild b_u, but b_u without the mask key unmasks nothing)
+
+
+# --- clients that lie ---------------------------------------------------------------
+
+
+def lying_round(federation, lie=None):
+    """One SecAgg round of an honest server; ``lie`` as in :func:`clients`."""
+    _, _, w0 = federation
+    _, rt = clients(federation, lie)
+    ids = [f"c{i}" for i in range(N)]
+    return run_round(rt, ids, 1, {c: i for i, c in enumerate(ids)}, w0, w0.numel(), **PARAMS)
+
+
+def test_a_false_share_is_found_and_its_sender_named(federation):
+    """c3 reveals a share of another client's self mask that is off by one. The secret is
+    rebuilt from the consistent shares, the sum is exact, and c3 is named."""
+    ref = lying_round(federation)
+
+    def lie(cid, msg, reply):
+        if cid == "c3" and reply.type == "secagg/shares_out":
+            b = dict(reply.config["b"])
+            u = sorted(b)[0]
+            x, y = b[u]
+            b[u] = [x, hex(int(y, 16) + 1)]
+            return Message(reply.type, {**reply.config, "b": b})
+        return reply
+
+    out = lying_round(federation, lie)
+    assert out.failure is None, out.failure
+    assert torch.equal(out.weighted_sum, ref.weighted_sum) and out.weight == ref.weight
+    named = [d for d in out.dropped if "false share" in d["reason"]]
+    assert [d["client"] for d in named] == ["c3"]
+
+
+@pytest.mark.parametrize("word", [-1, 0])  # the weight, then the first value
+def test_a_masked_input_that_is_no_encoding_fails_the_round(federation, word):
+    """c5 flips the top bit of one word of its masked input. Unmasked, the sum is outside
+    what any set of honest encodings gives: the round fails and nothing is applied."""
+
+    def lie(cid, msg, reply):
+        if cid == "c5" and reply.type == "secagg/masked_input":
+            y = np.frombuffer(reply.blobs["y"][0], dtype=np.uint64).copy()
+            y[word] ^= np.uint64(1 << 63)
+            return Message(reply.type, reply.config, {}, {"y": [y.tobytes()]})
+        return reply
+
+    out = lying_round(federation, lie)
+    assert out.weighted_sum is None and "outside the range" in out.failure
+
+
+def test_an_unusable_public_key_drops_only_its_sender(federation):
+    """c2 advertises a 5-byte key, c6 a low-order X25519 point (every exchange with it gives
+    the all-zero secret). Both are dropped and named; the honest clients' round goes on."""
+
+    def lie(cid, msg, reply):
+        if reply.type == "secagg/keys" and cid in ("c2", "c6"):
+            key = b"\x00" * 5 if cid == "c2" else b"\x00" * 32
+            return Message(reply.type, reply.config, {}, {**reply.blobs, "s_pk": [key]})
+        return reply
+
+    out = lying_round(federation, lie)
+    assert out.failure is None, out.failure
+    assert sorted(d["client"] for d in out.dropped) == ["c2", "c6"]
+    assert all("unusable public key" in d["reason"] for d in out.dropped)
+    assert out.survivors == [f"c{i}" for i in range(N) if i not in (2, 6)]
+
+
+# --- clients that lie about their update (the server sees individual updates) --------
+
+
+def plain_server(federation, lie, *overrides):
+    """A FedAvg server over the 8 clients, all taking part; ``lie`` as in :func:`clients`."""
+    from fedgpt.build import server_for
+    from fedgpt.config import load_config
+
+    fm, _, w0 = federation
+    cfg = load_config(None, ["model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+                             "model.context=64", "client.local_steps=1", "client.batch_size=2",
+                             "client.seq_len=16", "federation.fraction=1.0",
+                             "federation.min_clients=8", *overrides])  # fmt: skip
+    _, rt = clients(federation, lie)
+    return server_for(cfg, rt, [f"c{i}" for i in range(N)], fm), w0
+
+
+def lie_in_train(who: str, change):
+    def lie(cid, msg, reply):
+        if cid == who and reply.type == "train/result":
+            return change(reply)
+        return reply
+
+    return lie
+
+
+def test_a_huge_example_count_is_capped(federation):
+    """c1 claims 10^12 examples to outweigh everyone (FedAvg weight 1.000000 before). Its
+    n_k is capped at federation.max_examples before it weights anything: the new model is
+    the FedAvg of the updates with min(n_k, cap) weights."""
+    sent = {}
+
+    def lie(cid, msg, reply):
+        if reply.type != "train/result":
+            return reply
+        n = 10**12 if cid == "c1" else reply.config["num_examples"]
+        sent[cid] = (reply.tensors["delta"], n)
+        return Message(reply.type, {**reply.config, "num_examples": n}, reply.tensors)
+
+    server, w0 = plain_server(federation, lie, "federation.max_examples=500")
+    state, result = server.run_round(server.init_state(w0))
+    assert sorted(result.participants) == sorted(sent)
+    w = torch.tensor([min(n, 500) for _, n in sent.values()], dtype=torch.float64)
+    deltas = torch.stack([d for d, _ in sent.values()]).double()
+    expect = (w[:, None] * deltas).sum(0) / w.sum()
+    assert torch.allclose((state.weights - w0).double(), expect, atol=1e-6)
+    assert float(w[list(sent).index("c1")] / w.sum()) < 0.2  # 1.000000 uncapped
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e4])
+def test_a_huge_update_is_refused(federation, scale):
+    """c4 sends its update times 10^30 (the model became NaN before) or times 10^4 (within
+    the absolute bound, but far outside the round's norms): refused, the round goes on."""
+
+    def blow_up(reply):
+        return Message(reply.type, reply.config, {"delta": reply.tensors["delta"] * scale})
+
+    server, w0 = plain_server(federation, lie_in_train("c4", blow_up))
+    state, result = server.run_round(server.init_state(w0))
+    assert "c4" not in result.participants and len(result.participants) == N - 1
+    (why,) = [d["reason"] for d in result.dropped if d["client"] == "c4"]
+    assert ("max_update_norm" in why) if scale > 1e5 else ("median" in why)
+    assert bool(torch.isfinite(state.weights).all())
+
+
+def test_non_finite_new_weights_stop_the_run(federation):
+    """With both norm checks switched off, two clients send values near float32's maximum:
+    the server's step (server_lr 100) overflows. The weights are not applied and the run stops with the reason."""
+    from fedgpt.errors import RunFailed
+
+    def huge(reply):
+        return Message(
+            reply.type, reply.config, {"delta": torch.full_like(reply.tensors["delta"], 3e38)}
+        )
+
+    def lie(cid, msg, reply):
+        return huge(reply) if cid in ("c0", "c1") and reply.type == "train/result" else reply
+
+    server, w0 = plain_server(federation, lie, "federation.max_update_norm=0",
+                              "federation.norm_outlier_factor=0",
+                              "federation.server_lr=100")  # fmt: skip
+    with pytest.raises(RunFailed, match="not finite"):
+        server.run_round(server.init_state(w0))

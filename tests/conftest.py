@@ -55,3 +55,17 @@ def tiny_checkpoint(tmp_path_factory):
     text = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-"
     bundle = build_char_gpt2(cfg, [text], seed=3)
     return save_model(bundle, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def with_identities(overrides: list[str], folder) -> list[str]:
+    """``overrides`` plus, under SecAgg, ``privacy.secagg_identities`` naming a folder of
+    fresh identities for the run's clients (as ``fedgpt keys secagg`` writes it): what
+    every node of a Flower run needs."""
+    if not any("secure_aggregation" in o and "secagg" in o for o in overrides):
+        return list(overrides)
+    from fedgpt.build import load_clients, load_run_config
+    from fedgpt.privacy.secagg.identity import Identities
+
+    ids = [c.client_id for c in load_clients(load_run_config(None, list(overrides)))]
+    Identities.generate(ids).write(folder)
+    return [*overrides, f'privacy.secagg_identities="{folder}"']

@@ -235,10 +235,16 @@ def _raise(msg: str):
 
 
 def build_strategy(
-    cfg: RunConfig, ctx: ServerContext, privacy: ServerPrivacy, tiers: dict, ckks_server=None
+    cfg: RunConfig,
+    ctx: ServerContext,
+    privacy: ServerPrivacy,
+    tiers: dict,
+    ckks_server=None,
+    registry=None,
 ) -> Strategy:
     """The round's strategy, composed from the registries (``ctx``: the server's model
-    and public text, :meth:`Prepared.context`)."""
+    and public text, :meth:`Prepared.context`; ``registry``: SecAgg's client identities,
+    public part)."""
     compat.check(cfg, tiers=bool(tiers))
     f, quorum = cfg.federation, cfg.runtime.min_replies
     if f.distill == "fedmd":
@@ -249,6 +255,8 @@ def build_strategy(
     kind = cfg.privacy.secure_aggregation
     if kind == "ckks":
         secure_sum = CkksSum(cfg, masks, server=ckks_server)
+    elif kind == "secagg":
+        secure_sum = SECURE_SUMS.get(kind)(cfg, masks, registry=registry)
     else:
         secure_sum = SECURE_SUMS.get(kind)(cfg, masks)
     return FedAvgFamily(
@@ -291,9 +299,11 @@ def build_server(
     *,
     privacy: ServerPrivacy | None = None,
     tiers: dict | None = None,
+    registry=None,
 ) -> tuple[FederatedServer, ServerPrivacy, dict]:
     """The server over ``runtime`` for clients ``ids``, complete: (server, privacy, tiers)
-    (``privacy`` and ``tiers`` are made here unless given)."""
+    (``privacy`` and ``tiers`` are made here unless given; ``registry``: SecAgg's client
+    identities, public part, or None to read them from ``privacy.secagg_identities``)."""
     privacy = privacy if privacy is not None else make_privacy(cfg, len(ids))
     tiers = tiers if tiers is not None else device_tiers(cfg, prep, ids)
     ckks = None
@@ -301,8 +311,24 @@ def build_server(
         from fedgpt.privacy.ckks import CkksServer
 
         ckks = CkksServer(ckks_public)  # the server holds only the public context
-    strategy = build_strategy(cfg, prep.context(cfg), privacy, tiers, ckks)
+    if registry is None and cfg.privacy.secagg_identities:
+        registry = secagg_identities(cfg, [], own=())
+    strategy = build_strategy(cfg, prep.context(cfg), privacy, tiers, ckks, registry)
     return FederatedServer(cfg, runtime, ids, strategy, privacy), privacy, tiers
+
+
+def secagg_identities(cfg: RunConfig, ids: list[str], own=None):
+    """SecAgg's client identities (:class:`~fedgpt.privacy.secagg.identity.Identities`):
+    read from ``privacy.secagg_identities`` (the private keys of ``own``, default ``ids``),
+    or, when that is empty, made fresh for ``ids`` (a run whose clients all live in this
+    process); None without SecAgg."""
+    if cfg.privacy.secure_aggregation != "secagg":
+        return None
+    from fedgpt.privacy.secagg.identity import Identities
+
+    if cfg.privacy.secagg_identities:
+        return Identities.read(cfg.privacy.secagg_identities, ids if own is None else own)
+    return Identities.generate(ids)
 
 
 def server_for(
@@ -344,6 +370,7 @@ def build_client_app(
     noise_multiplier: float = 0.0,
     tiers: dict | None = None,
     ckks_secret: bytes | None = None,
+    identities=None,
 ):
     """The client side for the clients whose data ``prep`` holds, the same on every
     runtime: the task, local training with its client steps (device tier slice, attack
@@ -360,6 +387,10 @@ def build_client_app(
         bad = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
         after.append(Poison(bad, cfg.attack.kind, cfg.attack.scale))
     secure = []
+    if cfg.privacy.secure_aggregation == "secagg":
+        from fedgpt.federation.secure_sum_client import SecAggClient
+
+        secure.append(SecAggClient(cfg.privacy.secagg_threshold, identities))
     if ckks_secret is not None:  # the clients hold the secret context
         from fedgpt.federation.secure_sum_client import CkksEncryption
 

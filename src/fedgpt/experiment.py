@@ -24,6 +24,7 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
     make_privacy,
     prepare,
     prepare_with,
+    secagg_identities,
 )
 from fedgpt.callbacks import Hooks
 from fedgpt.client.attack import Poison
@@ -67,11 +68,13 @@ def run_prepared(
     keys = ckks_keys(cfg)
     faults = FaultInjector.from_config(cfg, ids)
     privacy, tiers = make_privacy(cfg, len(ids)), device_tiers(cfg, prep, ids)
-    app = build_client_app(cfg, prep, ids, privacy.z, tiers, keys[0] if keys else None)
+    identities = secagg_identities(cfg, ids)
+    app = build_client_app(cfg, prep, ids, privacy.z, tiers, keys[0] if keys else None, identities)
     runtime = InProcessRuntime(app, faults=faults, timeout=cfg.runtime.round_timeout or None)
     server, privacy, tiers = build_server(
-        cfg, prep, runtime, ids, keys[1] if keys else None, privacy=privacy, tiers=tiers
-    )
+        cfg, prep, runtime, ids, keys[1] if keys else None, privacy=privacy, tiers=tiers,
+        registry=identities.public() if identities is not None else None,
+    )  # fmt: skip
     hooks.log(f"run folder: {run_dir}")
     trainable, total = prep.bundle.counts()
     hooks.log(

@@ -122,6 +122,10 @@ class SecAggMasked(_Config):
     pass
 
 
+class SecAggSignature(_Config):
+    pass
+
+
 class SecAggSharesOut(_Config):
     b: Annotated[dict[Name, Share], Field(max_length=MAX_NAMES)] = {}
     s: Annotated[dict[Name, PqShare], Field(max_length=MAX_NAMES)] = {}
@@ -144,6 +148,7 @@ SCHEMAS: dict[str, type[_Config]] = {
     "secagg/keys": SecAggKeys,
     "secagg/shares": SecAggShares,
     "secagg/masked_input": SecAggMasked,
+    "secagg/signature": SecAggSignature,
     "secagg/shares_out": SecAggSharesOut,
     "ckks/aggregate": CkksAggregate,
     "fedmd/logits": FedMDLogits,
@@ -284,9 +289,11 @@ def check_payload(reply: Message, model: _Config, expect: Expect) -> str | None:
     if kind == "secagg/keys":
         if any(not reply.blobs.get(n) for n in expect.keys):
             return "missing public keys"
-        return _blobs(reply, set(expect.keys), (1, 1), MAX_BLOB)
+        return _blobs(reply, {*expect.keys, "sig"}, (1, 1), MAX_BLOB)
     if kind == "secagg/shares":
         return _blobs(reply, {f"to:{v}" for v in expect.peers}, (1, 3), MAX_BLOB)
+    if kind == "secagg/signature":
+        return _blobs(reply, {"sig"}, (1, 1), 64)
     if kind == "secagg/masked_input":
         y = reply.blobs.get("y")
         if set(reply.blobs) != {"y"} or reply.tensors or len(y) != 1:

@@ -25,6 +25,7 @@ from cases import (
     run_in_process,
     sample_of,
 )
+from conftest import with_identities
 
 GOLD = json.loads(GOLDEN.read_text())
 CASES = sorted(ACCEPTED) if os.environ.get("FEDGPT_GOLDEN") == "all" else CI
@@ -66,7 +67,7 @@ def test_flower_grid_matches_golden(case, tmp_path, monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_node_id", 1)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     client_app._CACHE.clear()
-    over = overrides(case, tmp_path)
+    over = with_identities(overrides(case, tmp_path), tmp_path / "identities")
     grid = MemoryGrid(split_nodes(over))
     server_app.run(grid, FlowerSettings(overrides=tuple(over), min_nodes=1, node_wait=0))
     client_app._CACHE.clear()

@@ -11,10 +11,12 @@ import torch
 from fedgpt.client.trainer import ClientData
 from fedgpt.config import ClientConfig, ModelConfig
 from fedgpt.federation.client_app import ClientApp
+from fedgpt.federation.secure_sum_client import SecAggClient
 from fedgpt.messages import Message
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.models.params import bind_flat
 from fedgpt.privacy.secagg import shamir
+from fedgpt.privacy.secagg.identity import Identities, survivors_statement
 from fedgpt.privacy.secagg.quantize import bits_for
 from fedgpt.privacy.secagg.server import SecAggParams, _Round, run_round
 from fedgpt.runtime import InProcessRuntime
@@ -34,11 +36,13 @@ def federation():
     return fm, data, fm.flat.clone()  # training moves fm: every round starts from w0
 
 
-def clients(federation, lie=None):
-    """An InProcessRuntime over honest clients; ``lie(cid, msg, reply)`` may replace a
-    client's reply (a lying client)."""
+def clients(federation, lie=None, identities=None):
+    """An InProcessRuntime over honest clients (holding ``identities``, if given);
+    ``lie(cid, msg, reply)`` may replace a client's reply (a lying client)."""
     fm, data, _ = federation
-    app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16))
+    secure = [SecAggClient(0.5, identities)] if identities is not None else []
+    ccfg = ClientConfig(local_steps=1, batch_size=2, seq_len=16)
+    app = ClientApp.build(fm, data, ccfg, secure=secure)
 
     def tamper(cid, msg, reply):
         return [(cid, lie(cid, msg, reply) if lie is not None else reply)]
@@ -50,23 +54,25 @@ PARAMS = dict(value_range=1.0, bits=bits_for(N), weight_cap=1000, threshold_frac
               k=0, graph_seed=0)  # fmt: skip
 
 
-def stages(federation, runtime, k=0, fraction=0.5):
-    """An honest server's first three stages; returns the round and the masked inputs."""
+def stages(federation, runtime, k=0, fraction=0.5, registry=None):
+    """An honest server's first two stages (advertise, share): the round, keys, shares."""
     fm, _, w0 = federation
-    r = _Round(runtime, None, 1, fm.flat.numel(), SecAggParams(**{**PARAMS, "k": k,
-               "threshold_fraction": fraction}))  # fmt: skip
+    p = SecAggParams(**{**PARAMS, "k": k, "threshold_fraction": fraction})
+    r = _Round(runtime, None, 1, fm.flat.numel(), p, registry)
     ids = [f"c{i}" for i in range(N)]
     keys = r.advertise(ids, {c: i for i, c in enumerate(ids)}, w0)
     shares = r.share(keys)
     return r, keys, shares
 
 
-def share_request(r: _Round, u: str, threshold, index) -> Message:
+def share_request(r: _Round, u: str, threshold, index, pk=None) -> Message:
+    pk = pk if pk is not None else {v: r.pk[v] for v in r.graph[u]}
+    sigs = {f"sig:{v}": [r.sig[v]] for v in pk if r.sig.get(v)}
     return Message(
         "secagg/share",
         {"round": 1, "threshold": threshold, "index": index},
         {},
-        {f"pk:{v}": list(r.pk[v]) for v in r.graph[u]},
+        {**{f"pk:{v}": list(keys) for v, keys in pk.items()}, **sigs},
     )
 
 
@@ -98,26 +104,128 @@ def test_server_chosen_evaluation_points_are_refused(federation, point):
 
 def test_split_unmask_requests_never_recover_both_secrets(federation):
     """The server tells half of u's neighbours "u survived" and the other half "u dropped",
-    to collect both u's self-mask seed and its mask key. With t more than half of the
-    neighbours, two disjoint halves cannot both hold t shares: at most one secret comes
-    back, and either alone leaves x_u masked."""
+    to collect both u's self-mask seed and its mask key. Each client reads survivors and
+    dropped from the survivor set it signed, not from the request: all reveal u's
+    self-mask share, none its mask key. (Without the check, t more than half of the
+    neighbours would still stop two disjoint halves from both holding t shares.)"""
     app, rt = clients(federation)
     r, keys, shares = stages(federation, rt)
     masked = r.masked(shares)
+    u3 = sorted(masked)
     u = "c0"
     peers = sorted(v for v in r.graph[u] if v in masked)
-    half = len(peers) // 2 + 1  # the larger half says "survived"
-    b_shares, s_shares = {}, {}
+    revealed = {"b": 0, "s": 0}
     for i, v in enumerate(peers):
-        survived = i < half
-        cfg = {"round": 1, "survivors": [u] if survived else [], "dropped": [] if survived else [u]}
-        reply = app(v, Message("secagg/unmask", cfg))
-        got = reply.config["b" if survived else "s"][u]
-        (b_shares if survived else s_shares)[got[0]] = int(got[1], 16)
-    assert len(b_shares) == r.t == 4 and len(s_shares) == 3  # t = 4 of 7 neighbours
-    with pytest.raises(ValueError):
-        shamir.reconstruct(s_shares)  # the mask key stays hidden
-    # (the 4 self-mask shares rebuild b_u, but b_u without the mask key unmasks nothing)
+        app(v, Message("secagg/check", {"round": 1, "u3": u3}))
+        survived = i < len(peers) // 2
+        ask = {"round": 1, "survivors": [u] if survived else [],
+               "dropped": [] if survived else [u], "u3": u3}  # fmt: skip
+        reply = app(v, Message("secagg/unmask", ask))
+        revealed["b"] += u in reply.config["b"]
+        revealed["s"] += u in reply.config["s"]
+    assert revealed == {"b": len(peers), "s": 0}
+    assert r.t > len(peers) // 2  # t = 4 of 7
+
+
+IDS = [f"c{i}" for i in range(N)]
+
+
+def test_substituted_keys_are_refused(federation):
+    """The server replaces c1's advertised keys by its own (to open the shares addressed
+    to c1): the clients check each peer's keys against its registered identity and refuse
+    the request, so no share leaves them."""
+    from fedgpt.privacy.secagg import crypto
+
+    ids = Identities.generate(IDS)
+    app, rt = clients(federation, identities=ids)
+    r, keys, _ = stages(federation, rt, registry=ids.public())
+    _, c_pk = crypto.keypair()
+    _, s_pk = crypto.keypair()
+    forged = {**{v: r.pk[v] for v in r.graph["c0"]}, "c1": (c_pk, s_pk)}
+    with pytest.raises(ValueError, match="c1's keys carry no valid signature"):
+        app("c0", share_request(r, "c0", r.t, r.index, forged))
+
+
+def test_a_client_of_the_servers_own_is_refused(federation):
+    """The server adds "sybil", a client of its own with its own keys, as a neighbour:
+    it is in no registry, so the request is refused."""
+    from fedgpt.privacy.secagg import crypto
+
+    ids = Identities.generate(IDS)
+    app, rt = clients(federation, identities=ids)
+    r, keys, _ = stages(federation, rt, registry=ids.public())
+    pk = {v: r.pk[v] for v in r.graph["c0"]}
+    pk["sybil"] = (crypto.keypair()[1], crypto.keypair()[1])
+    index = {**r.index, "sybil": N + 1}
+    with pytest.raises(ValueError, match="sybil's keys carry no valid signature"):
+        app("c0", share_request(r, "c0", r.t + 1, index, pk))
+
+
+def test_two_survivor_sets_do_not_unmask(federation):
+    """Consistency check: the server tells c1..c4 that c0 survived and c5..c7 that it
+    dropped. Each client signs only the set it was shown; an unmask request needs t = 4
+    neighbours' signatures on one set. The larger camp has 4 signers but cannot get
+    the self-mask seed AND the mask key: the other camp, shown the second set, refuses to
+    unmask for lack of signatures, and a client asked with a set it did not sign refuses."""
+    ids = Identities.generate(IDS)
+    app, rt = clients(federation, identities=ids)
+    r, keys, shares = stages(federation, rt, registry=ids.public())
+    r.masked(shares)
+    with_u = IDS  # c0 survived
+    without = IDS[1:]  # c0 dropped
+    camp_a, camp_b = IDS[1:5], IDS[5:]
+    sigs_a, sigs_b = {}, {}
+    for v in camp_a:
+        reply = app(v, Message("secagg/check", {"round": 1, "u3": with_u}))
+        sigs_a[v] = reply.blobs["sig"][0]
+    for v in camp_b:
+        reply = app(v, Message("secagg/check", {"round": 1, "u3": without}))
+        sigs_b[v] = reply.blobs["sig"][0]
+    assert all(ids.verify(v, s, survivors_statement(1, without)) for v, s in sigs_b.items())
+    # camp B (3 signers; for c5, 2 neighbours < t = 4) cannot be made to reveal c0's mask key
+    ask_b = {"round": 1, "survivors": [], "dropped": ["c0"], "u3": without}
+    with pytest.raises(ValueError, match="2 of its neighbours signed the survivor set, need 4"):
+        app("c5", Message("secagg/unmask", ask_b, {}, {f"sig:{v}": [s] for v, s in sigs_b.items()}))
+    # nor with camp A's signatures on the other set: it signed "without", not "with_u"
+    ask = {"round": 1, "survivors": ["c0"], "dropped": [], "u3": with_u}
+    with pytest.raises(ValueError, match="not the survivor set this client signed"):
+        app("c6", Message("secagg/unmask", ask, {}, {f"sig:{v}": [s] for v, s in sigs_a.items()}))
+    # and a client refuses to sign a second set in the same round
+    with pytest.raises(ValueError, match="signed another set"):
+        app("c1", Message("secagg/check", {"round": 1, "u3": without}))
+
+
+def test_an_unsigned_advertisement_drops_only_its_sender(federation):
+    """c4 advertises keys with a signature that is not its identity's (a lying client, or
+    one without its key): the server checks the registry and drops c4 alone."""
+    ids = Identities.generate(IDS)
+
+    def lie(cid, msg, reply):
+        if cid == "c4" and reply.type == "secagg/keys":
+            return Message(reply.type, reply.config, {}, {**reply.blobs, "sig": [b"\x01" * 64]})
+        return reply
+
+    _, _, w0 = federation
+    _, rt = clients(federation, lie, identities=ids)
+    out = run_round(rt, IDS, 1, {c: i for i, c in enumerate(IDS)}, w0, w0.numel(),
+                    registry=ids.public(), **PARAMS)  # fmt: skip
+    assert out.failure is None, out.failure
+    assert [d["client"] for d in out.dropped] == ["c4"]
+    assert "not signed by the client's registered identity" in out.dropped[0]["reason"]
+    assert out.survivors == [c for c in IDS if c != "c4"]
+
+
+def test_a_signed_round_sums_exactly(federation):
+    """With identities on both sides, the round (signed keys, consistency check) gives the
+    same sum as without."""
+    ids = Identities.generate(IDS)
+    _, _, w0 = federation
+    _, rt = clients(federation, identities=ids)
+    signed = run_round(rt, IDS, 1, {c: i for i, c in enumerate(IDS)}, w0, w0.numel(),
+                       registry=ids.public(), **PARAMS)  # fmt: skip
+    plain = lying_round(federation)
+    assert signed.failure is None and plain.failure is None
+    assert torch.equal(signed.weighted_sum, plain.weighted_sum)
 
 
 # --- clients that lie ---------------------------------------------------------------
@@ -252,7 +360,8 @@ def test_a_huge_update_is_refused(federation, scale):
 
 def test_non_finite_new_weights_stop_the_run(federation):
     """With both norm checks switched off, two clients send values near float32's maximum:
-    the server's step (server_lr 100) overflows. The weights are not applied and the run stops with the reason."""
+    the server's step (server_lr 100) overflows. The weights are not applied and the run
+    stops with the reason."""
     from fedgpt.errors import RunFailed
 
     def huge(reply):

@@ -30,6 +30,7 @@ if shutil.which("flower-superlink") is None or shutil.which("flower-supernode") 
     pytest.skip("Flower's command-line tools are not installed", allow_module_level=True)
 
 import torch  # noqa: E402
+from conftest import with_identities  # noqa: E402
 from flower_harness import FLOWER_TINY, Deployment, make_node_key  # noqa: E402
 
 import fedgpt.runtime.flower as flower_pkg  # noqa: E402
@@ -88,7 +89,7 @@ def jobs(secure, tmp_path_factory):
     out = tmp_path_factory.mktemp("flower_runs")
     plan = {
         "fedavg": (secure, TINY),
-        "secagg": (secure, SECAGG),
+        "secagg": (secure, with_identities(SECAGG, out / "identities")),
         "broken": (secure, [*TINY, "federation.no_such_key=1"]),
     }
     started = {}

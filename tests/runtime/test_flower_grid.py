@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch  # noqa: E402
+from conftest import with_identities  # noqa: E402
 from flower_harness import FLOWER_TINY  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
@@ -153,7 +154,7 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
     ids=["fedavg", "secagg", "local_dp", "attack", "tiers", "attention-feddf", "fedmd", "faults"],
 )
 def test_memory_grid_matches_in_process(extra, tmp_path):
-    overrides = [*FLOWER_TINY, *extra]
+    overrides = with_identities([*FLOWER_TINY, *extra], tmp_path / "identities")
     ref = in_process(overrides, tmp_path)
     grid = MemoryGrid(split_nodes(overrides))
     summary = over_flower(overrides, tmp_path, grid)

@@ -291,6 +291,27 @@ def keys_ckks(out_dir: Annotated[Path, typer.Argument(help="folder for the two c
     typer.echo(f"server (public, no secret key): {public}")
 
 
+@keys_app.command("secagg")
+@user_errors
+def keys_secagg(
+    out_dir: Annotated[Path, typer.Argument(help="folder for the registry and the keys")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+):
+    """SecAgg client identities (Ed25519) for the run's clients: registry.json (public,
+    for every node and the server) and keys/ (one private key per client, mode 0600: give
+    each node its own clients' keys). Point privacy.secagg_identities at the folder."""
+    from fedgpt.build import load_clients, load_run_config
+    from fedgpt.privacy.secagg.identity import Identities
+
+    cfg = load_run_config(config, overrides or [])
+    ids = [c.client_id for c in load_clients(cfg)]
+    if (out_dir / "registry.json").exists():
+        raise ConfigError(f"{out_dir}: holds identities already (not overwritten)")
+    Identities.generate(ids).write(out_dir)
+    typer.echo(f"{len(ids)} client identities: {out_dir / 'registry.json'} and {out_dir / 'keys'}")
+
+
 def _kind(accountant: str) -> str:
     if accountant not in ("rdp", "pld"):
         raise ConfigError(f"--accountant: expected 'rdp' or 'pld', got {accountant!r}")

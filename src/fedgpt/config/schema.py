@@ -213,7 +213,8 @@ class FederationConfig(_Section):
         ge=0.0,
         allow_inf_nan=False,
         description="reject (not clip) a client update whose L2 norm exceeds this, before it "
-        "reaches the aggregate; not checkable under secure aggregation; 0 = off",
+        "reaches the aggregate; 0 = off. Not checkable under secure aggregation: another "
+        "value is refused there, the default does not apply there",
     )
     norm_outlier_factor: float = Field(
         10.0,
@@ -323,6 +324,13 @@ class PrivacyConfig(_Section):
         100_000,
         ge=1,
         description="secagg: weights min(n_k, cap)/cap ride inside the masked vector",
+    )
+    secagg_identities: str = Field(
+        "",
+        description="secagg: folder of the clients' long-term signing keys (registry.json and "
+        "keys/, from `fedgpt keys secagg`); clients sign their round keys and the survivor "
+        "set and check their peers' against the registry. Needed over Flower; in-process "
+        "runs make fresh ones when empty",
     )
     ckks_keys: str = Field(
         "",

@@ -48,7 +48,9 @@ def refusal(cfg, tiers: bool | None = None) -> str | None:
             f'federation.aggregator = "{kind}" cannot replace the clipped noisy sum of '
             f'{mode}; use "fedavg"'
         )
-    if f.max_update_norm and not ss.reveals_individual:
+    default_norm = type(f).model_fields["max_update_norm"].default
+    if f.max_update_norm not in (0, default_norm) and not ss.reveals_individual:
+        # the default bound applies where the server sees updates; a chosen one is refused
         return f"federation.max_update_norm needs to see each update, which {sa} hides"
     if f.distill == "fedmd":
         clash = _fedmd_clash(cfg, kind, mode, sa, tiers)

@@ -210,6 +210,10 @@ class SecAggSum(SecureSum):
     reveals_individual = False
     coverage = False
 
+    def __init__(self, cfg, tier_masks=None, registry=None):
+        super().__init__(cfg, tier_masks)
+        self.registry = registry  # the clients' public identities (or None: not checked here)
+
     def collect(self, state, cohort, ex):
         from fedgpt.privacy.secagg.quantize import bits_for
         from fedgpt.privacy.secagg.server import run_round as secagg
@@ -227,7 +231,7 @@ class SecAggSum(SecureSum):
             w, w.numel(), value_range=p.secagg_range, bits=bits_for(len(cohort)),
             weight_cap=p.secagg_weight_cap, threshold_fraction=p.secagg_threshold,
             k=p.secagg_neighbours, graph_seed=self.cfg.seed, post_quantum=p.post_quantum,
-            on_reply=arrival,
+            on_reply=arrival, registry=self.registry,
         )  # fmt: skip
         ex.dropped.extend(out.dropped)
         ex.bytes_up, ex.bytes_down = ex.bytes_up + out.bytes_up, ex.bytes_down + out.bytes_down

@@ -47,16 +47,17 @@ class SecureSumClient:
 class SecAggClient(SecureSumClient):
     name, prefix = "secagg", "secagg/"
 
-    def __init__(self, threshold_fraction: float = 0.5):
+    def __init__(self, threshold_fraction: float = 0.5, identities=None):
         self.rounds: dict[str, RoundState] = {}  # each client's secrets of the current round
         self.fraction = threshold_fraction  # its own privacy.secagg_threshold, not the server's
+        self.identities = identities  # privacy.secagg.identity.Identities, or None
 
     def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
         from fedgpt.privacy.secagg import client as sa
         from fedgpt.privacy.secagg.quantize import encode
 
         if msg.type != "secagg/train":
-            return sa.handle(self.rounds, client_id, msg, self.fraction)
+            return sa.handle(self.rounds, client_id, msg, self.fraction, self.identities)
         c, rnd = msg.config, int(msg.config["round"])
         reply = train(client_id, Message("train", {"round": rnd, "seed": c["seed"]}, msg.tensors))
         if reply.type != "train/result":
@@ -65,7 +66,7 @@ class SecAggClient(SecureSumClient):
         w = min(n, c["weight_cap"]) / c["weight_cap"]
         x = encode(reply.tensors["delta"], w, c["range"], c["bits"])
         st = self.rounds[client_id] = sa.advertise(rnd, x, bool(c.get("post_quantum")))
-        return sa.keys_message(st, n, reply.config["metrics"])
+        return sa.keys_message(st, n, reply.config["metrics"], client_id, self.identities)
 
     def state_dict(self) -> dict[str, bytes]:
         return {
@@ -122,6 +123,8 @@ def dump_round_state(st: RoundState) -> dict:
         "kem": None if st.kem is None else [k.private_bytes_raw().hex() for k in st.kem],
         "kem_pks": [_hex(k) for k in st.kem_pks],
         "pq_mask": {v: _hex(s) for v, s in st.pq_mask.items()},
+        "t": st.t,
+        "signed": st.signed,
     }
 
 
@@ -148,4 +151,6 @@ def load_round_state(d: dict) -> RoundState:
         kem=kem,
         kem_pks=tuple(bytes.fromhex(k) for k in d["kem_pks"]),
         pq_mask={v: bytes.fromhex(s) for v, s in d["pq_mask"].items()},
+        t=int(d.get("t", 0)),
+        signed=d.get("signed"),
     )

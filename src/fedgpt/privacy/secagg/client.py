@@ -1,5 +1,6 @@
 """The client's side of SecAgg (Bonawitz et al. 2017, "Practical Secure Aggregation for
-Privacy-Preserving Machine Learning", Fig. 4, semi-honest variant), with the sparse
+Privacy-Preserving Machine Learning", Fig. 4, with the signatures and the consistency
+check of its malicious variant, Fig. 5), with the sparse
 neighbour graph of SecAgg+ (Bell et al. 2020, "Secure Single-Server Aggregation with
 (Poly)Logarithmic Overhead").
 
@@ -10,8 +11,15 @@ Per round, client u:
     associated data (round, u, v);
  2. masked input: y_u = x_u + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) (mod 2^64),
     s_uv = HKDF(X25519(s_u, s_v)), over the neighbours v that reached step 2;
- 3. unmask: for each neighbour still present, its share of b; for each that dropped after
-    step 1, its share of s's key — never both for the same client.
+ 3. consistency check: u signs the set U3 of clients whose masked inputs the server
+    received (once per round; Bonawitz et al. 2017, Fig. 5);
+ 4. unmask: only with at least t valid signatures of its neighbours on that same U3: for
+    each neighbour in U3, its share of b; for each that dropped after step 1, its share of
+    s's key — never both for the same client, and computed by u itself from U3.
+
+With identities (:mod:`fedgpt.privacy.secagg.identity`), u signs its advertised keys and
+checks its peers' signatures against the registry; without them (unit tests, a trusted
+server) the checks that need signatures are skipped.
 
 Post-quantum (hybrid) mode: every key agreement also runs ML-KEM-768 and both secrets go
 into HKDF, so recorded traffic stays safe if X25519 is broken later. Each client also
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedgpt.privacy.secagg import crypto, shamir
+from fedgpt.privacy.secagg.identity import keys_statement, survivors_statement
 
 SHARE_INFO = b"fedgpt/secagg/share-key"
 MASK_INFO = b"fedgpt/secagg/pairwise-mask"
@@ -68,6 +77,8 @@ class RoundState:
     kem: tuple | None = None  # post-quantum: (share-key KEM sk, mask KEM sk)
     kem_pks: tuple[bytes, bytes] = (b"", b"")
     pq_mask: dict[str, bytes] = field(default_factory=dict)  # v -> ML-KEM part of s_uv
+    t: int = 0  # the threshold this client accepted in step 1
+    signed: list[str] | None = None  # the U3 it signed in the consistency check
 
     def public_keys(self) -> dict[str, list[bytes]]:
         keys = {"c_pk": [self.c_pk], "s_pk": [self.s_pk]}
@@ -118,13 +129,19 @@ def share(
     index: dict[str, int],
     threshold: int,
     fraction: float = 0.5,
+    sigs: dict[str, bytes] | None = None,
+    identities=None,
 ) -> dict[str, bytes]:
     """Sealed shares of (s_sk, b) for each neighbour: {v: ciphertext}, once the request is
     checked (:func:`check_request`)."""
     import secrets
 
     check_request(me, peers, index, threshold, fraction)
-    st.peers = dict(peers)
+    if identities is not None:
+        for v, keys in peers.items():
+            if not identities.verify(v, sigs.get(v), keys_statement(st.rnd, v, keys)):
+                raise ValueError(f"share request refused: {v}'s keys carry no valid signature")
+    st.peers, st.t = dict(peers), threshold
     st.b = secrets.token_bytes(32)
     xs = [index[v] for v in peers]
     s_shares = shamir.split(st.s_sk, threshold, xs)
@@ -164,6 +181,35 @@ def masked_input(st: RoundState, me: str, inbox: dict[str, list[bytes]], alive: 
     return y
 
 
+def sign_survivors(st: RoundState, me: str, u3: list[str], identities=None) -> bytes:
+    """3. The signature on U3 (empty without an identity). Refused for a set that does
+    not hold this client, holds fewer than t + 1 clients, or differs from one it signed."""
+    u3 = sorted(u3)
+    if me not in u3 or len(set(u3)) != len(u3) or len(u3) < st.t + 1:
+        raise ValueError("consistency check refused: not a survivor set this client can sign")
+    if st.signed is not None and st.signed != u3:
+        raise ValueError("consistency check refused: this client signed another set this round")
+    st.signed = u3
+    return identities.sign(me, survivors_statement(st.rnd, u3)) if identities else b""
+
+
+def unmask_checked(st: RoundState, me: str, u3: list[str], sigs: dict, identities=None):
+    """4. :func:`unmask` for the U3 this client signed, once at least t of its neighbours
+    signed the same set; survivors and dropped are this client's own reading of U3."""
+    if st.signed is None or sorted(u3) != st.signed:
+        raise ValueError("unmask refused: not the survivor set this client signed")
+    if identities is not None:
+        stmt = survivors_statement(st.rnd, u3)
+        valid = [v for v in st.peers if v in u3 and identities.verify(v, sigs.get(v), stmt)]
+        if len(valid) < st.t:
+            raise ValueError(
+                f"unmask refused: {len(valid)} of its neighbours signed the survivor set, "
+                f"need {st.t}"
+            )
+    alive = set(u3)
+    return unmask(st, me, set(st.inbox) & alive, set(st.inbox) - alive)
+
+
 def unmask(st: RoundState, me: str, survivors: set[str], dropped: set[str]):
     """(b-shares of survivors, s-shares of dropped, senders whose share was tampered)."""
     if survivors & dropped:
@@ -189,10 +235,11 @@ def unmask(st: RoundState, me: str, survivors: set[str], dropped: set[str]):
     return b_out, s_out, bad
 
 
-def handle(store: dict, cid: str, msg, fraction: float = 0.5):
+def handle(store: dict, cid: str, msg, fraction: float = 0.5, identities=None):
     """The message steps after training, for a client whose round state lives in
-    ``store[cid]``: ``secagg/share``, ``secagg/masked``, ``secagg/unmask``.
-    (``secagg/train`` is the caller's: it trains, encodes and calls ``advertise``.)"""
+    ``store[cid]``: ``secagg/share``, ``secagg/masked``, ``secagg/check``,
+    ``secagg/unmask``. (``secagg/train`` is the caller's: it trains, encodes and calls
+    ``advertise``.)"""
     from fedgpt.messages import Message
 
     c, rnd = msg.config, int(msg.config["round"])
@@ -200,8 +247,9 @@ def handle(store: dict, cid: str, msg, fraction: float = 0.5):
     if st is None or st.rnd != rnd:
         raise ValueError(f"no SecAgg state for round {rnd}")
     if msg.type == "secagg/share":
-        peers = {k.removeprefix("pk:"): tuple(v) for k, v in msg.blobs.items()}
-        sealed = share(st, cid, peers, c["index"], c["threshold"], fraction)
+        peers = {k[3:]: tuple(v) for k, v in msg.blobs.items() if k.startswith("pk:")}
+        sigs = {k[4:]: v[0] for k, v in msg.blobs.items() if k.startswith("sig:") and v}
+        sealed = share(st, cid, peers, c["index"], c["threshold"], fraction, sigs, identities)
         return Message(
             "secagg/shares", {"round": rnd}, {}, {f"to:{v}": parts for v, parts in sealed.items()}
         )
@@ -209,20 +257,29 @@ def handle(store: dict, cid: str, msg, fraction: float = 0.5):
         inbox = {k.removeprefix("from:"): list(v) for k, v in msg.blobs.items()}
         y = masked_input(st, cid, inbox, list(c["alive"]))
         return Message("secagg/masked_input", {"round": rnd}, {}, {"y": [y.tobytes()]})
+    if msg.type == "secagg/check":
+        sig = sign_survivors(st, cid, list(c["u3"]), identities)
+        return Message("secagg/signature", {"round": rnd}, {}, {"sig": [sig]} if sig else {})
     if msg.type == "secagg/unmask":
-        b, s_, bad = unmask(st, cid, set(c["survivors"]), set(c["dropped"]))
+        sigs = {k[4:]: v[0] for k, v in msg.blobs.items() if k.startswith("sig:") and v}
+        b, s_, bad = unmask_checked(st, cid, list(c["u3"]), sigs, identities)
         del store[cid]
         return Message("secagg/shares_out", {"round": rnd, "b": b, "s": s_, "tampered": bad})
     raise ValueError(f"unknown message type {msg.type!r}")
 
 
-def keys_message(st: RoundState, num_examples: int, metrics: dict):
-    """The reply to ``secagg/train``: the public keys (and the client's n_k, metrics)."""
+def keys_message(st: RoundState, num_examples: int, metrics: dict, me: str = "", identities=None):
+    """The reply to ``secagg/train``: the public keys, signed with the client's identity
+    when it has one (and the client's n_k, metrics)."""
     from fedgpt.messages import Message
 
+    keys = st.public_keys()
+    if identities is not None:
+        flat = [k[0] for k in keys.values()]
+        keys["sig"] = [identities.sign(me, keys_statement(st.rnd, me, flat))]
     return Message(
         "secagg/keys",
         {"round": st.rnd, "num_examples": num_examples, "metrics": metrics},
         {},
-        st.public_keys(),
+        keys,
     )

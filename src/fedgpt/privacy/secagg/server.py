@@ -24,6 +24,7 @@ import torch
 from fedgpt.messages import Failure, Message
 from fedgpt.privacy.secagg import crypto, shamir
 from fedgpt.privacy.secagg.client import MASK_INFO, min_threshold, salt
+from fedgpt.privacy.secagg.identity import keys_statement
 from fedgpt.privacy.secagg.quantize import decode
 from fedgpt.schemas import Expect, check_reply, envelope, nbytes, parse_reply
 
@@ -115,17 +116,20 @@ def run_round(
     numel: int,
     *,
     on_reply: Callable | None = None,
+    registry=None,
     **params,
 ) -> SecAggOutcome:
     """One SecAgg(+) round over ``runtime`` for the ``chosen`` clients (``params``: the
-    fields of :class:`SecAggParams`); the outcome holds Σ w_k Δ_k of the survivors, or the
-    reason the round failed."""
-    r = _Round(runtime, on_reply, rnd, numel, SecAggParams(**params))
+    fields of :class:`SecAggParams`; ``registry``: the clients' identities, to drop an
+    advertiser whose keys are not signed by its own); the outcome holds Σ w_k Δ_k of the
+    survivors, or the reason the round failed."""
+    r = _Round(runtime, on_reply, rnd, numel, SecAggParams(**params), registry)
     try:
         keys = r.advertise(chosen, seeds, weights)
         shares = r.share(keys)
         masked = r.masked(shares)
-        total = r.unmask(masked, set(shares) - set(masked))
+        sigs = r.check(masked)
+        total = r.unmask(masked, set(shares) - set(masked), sigs)
     except _Abort as exc:
         r.out.failure = str(exc)
         return r.out
@@ -160,8 +164,9 @@ class _Round:
     """The four SecAgg stages of one round (Bonawitz et al. 2017, Fig. 4; SecAgg+ graph:
     Bell et al. 2020): advertise keys, share keys, masked input, unmasking."""
 
-    def __init__(self, runtime, on_reply, rnd: int, numel: int, p: SecAggParams):
+    def __init__(self, runtime, on_reply, rnd: int, numel: int, p: SecAggParams, registry=None):
         self.out, self.rnd, self.numel, self.p = SecAggOutcome(), rnd, numel, p
+        self.registry = registry  # privacy.secagg.identity.Identities (public part), or None
         self.ex = _Exchange(runtime, on_reply, self.out, rnd)
         self.names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if p.post_quantum else ("c_pk", "s_pk")
 
@@ -191,6 +196,7 @@ class _Round:
         self.index = {u: i + 1 for i, u in enumerate(u1)}
         self.at_index = {i: u for u, i in self.index.items()}
         self.pk = {u: tuple(keys[u][0].blobs[n][0] for n in self.names) for u in u1}
+        self.sig = {u: keys[u][0].blobs.get("sig", [b""])[0] for u in u1}
         return keys
 
     def _usable(self, keys: dict) -> dict:
@@ -201,9 +207,15 @@ class _Round:
             bad = [n for n in self.names if not crypto.usable_public_key(n, reply.blobs[n][0])]
             if bad:
                 why = f"secagg: unusable public key {bad[0]} (dropped before sharing)"
-                self.out.dropped.append({"client": u, "reason": why})
+            elif self.registry is not None and not self.registry.verify(
+                u, reply.blobs.get("sig", [b""])[0],
+                keys_statement(self.rnd, u, [reply.blobs[n][0] for n in self.names]),
+            ):  # fmt: skip
+                why = "secagg: keys not signed by the client's registered identity (dropped)"
             else:
                 good[u] = (reply, model)
+                continue
+            self.out.dropped.append({"client": u, "reason": why})
         return good
 
     def share(self, keys: dict) -> dict:
@@ -214,7 +226,10 @@ class _Round:
                 "secagg/share",
                 {"round": rnd, "threshold": self.t, "index": self.index},
                 {},
-                {f"pk:{v}": list(self.pk[v]) for v in g[u]},
+                {
+                    **{f"pk:{v}": list(self.pk[v]) for v in g[u]},
+                    **{f"sig:{v}": [self.sig[v]] for v in g[u] if self.sig[v]},
+                },
             )  # fmt: skip
             for u in sorted(keys)
         }
@@ -246,10 +261,19 @@ class _Round:
         self._need(len(masked), "sent masked inputs")
         return masked
 
-    def unmask(self, masked: dict, gone: set[str]) -> np.ndarray:
-        """3. Ask the survivors for the shares that remove every mask; the masked sum
+    def check(self, masked: dict) -> dict[str, bytes]:
+        """3. Consistency check: each client in U3 signs U3 (Bonawitz et al. 2017, Fig. 5);
+        {signer: signature}."""
+        rnd, u3, want = self.rnd, sorted(masked), "secagg/signature"
+        msgs = {u: Message("secagg/check", {"round": rnd, "u3": u3}) for u in u3}
+        signed = self.ex(msgs, want, lambda u: Expect(want, rnd))
+        self._need(len(signed), "signed the survivor set")
+        return {u: r.blobs.get("sig", [b""])[0] for u, (r, _) in signed.items()}
+
+    def unmask(self, masked: dict, gone: set[str], sigs: dict[str, bytes]) -> np.ndarray:
+        """4. Ask the signers for the shares that remove every mask; the masked sum
         minus the survivors' self masks and the pairwise masks of the dropped."""
-        b_sh, s_sh, pq = self._reveal(sorted(masked), gone)
+        b_sh, s_sh, pq = self._reveal(sorted(masked), gone, sigs)
         total = np.zeros(self.numel + 1, dtype=np.uint64)
         for u in sorted(masked):
             total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=np.uint64)
@@ -262,13 +286,20 @@ class _Round:
                     total -= self._pair_mask(u, v, s_sk, pq)
         return total
 
-    def _reveal(self, u3: list[str], gone: set[str]):
+    def _reveal(self, u3: list[str], gone: set[str], sigs: dict[str, bytes]):
         rnd, g, want = self.rnd, self.graph, "secagg/shares_out"
-        alive = {v: [u for u in g[v] if u in u3] for v in u3}
-        lost = {v: [u for u in g[v] if u in gone] for v in u3}
+        signers = sorted(sigs)
+        alive = {v: [u for u in g[v] if u in u3] for v in signers}
+        lost = {v: [u for u in g[v] if u in gone] for v in signers}
+        blobs = {f"sig:{v}": [s] for v, s in sigs.items() if s}
         msgs = {
-            v: Message("secagg/unmask", {"round": rnd, "survivors": alive[v], "dropped": lost[v]})
-            for v in u3
+            v: Message(
+                "secagg/unmask",
+                {"round": rnd, "survivors": alive[v], "dropped": lost[v], "u3": u3},
+                {},
+                blobs,
+            )  # fmt: skip
+            for v in signers
         }
         reveal = self.ex(msgs, want, lambda v: Expect(
             want, rnd, peers=frozenset(g[v]), survivors=frozenset(alive[v]),

@@ -153,7 +153,21 @@ def fedgpt_client(cfg, local: Local, setup: dict, node_config):
             )
         secret = read_context(Path(keys) / "secret_context.bin", "CKKS secret context")
     tiers = device_tiers(cfg, prep, all_ids) if setup.get("tiers") else None
-    return build_client_app(cfg, prep, all_ids, float(setup.get("z", 0.0)), tiers, secret)
+    identities = None
+    if cfg.privacy.secure_aggregation == "secagg":
+        from fedgpt.privacy.secagg.identity import Identities
+
+        folder = str(node_config.get("secagg-identities", "") or cfg.privacy.secagg_identities)
+        if not folder:
+            raise ConfigError(
+                'privacy.secure_aggregation = "secagg" over Flower needs the signing keys of '
+                "the node's clients (`fedgpt keys secagg`): set privacy.secagg_identities or "
+                "node-config secagg-identities"
+            )
+        identities = Identities.read(folder, list(prep.data))
+    return build_client_app(
+        cfg, prep, all_ids, float(setup.get("z", 0.0)), tiers, secret, identities
+    )
 
 
 def _session(context: Context) -> tuple[object, dict]:

@@ -72,19 +72,19 @@ def test_ckks_run_matches_plaintext_run(tiny_overrides, tmp_path):
 
 
 def test_truncated_ciphertext_drops_only_its_sender(tiny_overrides, tmp_path, monkeypatch):
-    from fedgpt.federation.client_app import ClientApp
+    from fedgpt.federation.secure_sum_client import CkksEncryption
 
-    orig = ClientApp._encrypt
+    orig = CkksEncryption.encode
 
-    def tamper(self, reply):
-        out = orig(self, reply)
+    def tamper(self, client_id, reply):
+        out = orig(self, client_id, reply)
         if self.tampered is None:
             self.tampered = True
             out.blobs["delta_ckks"][0] = out.blobs["delta_ckks"][0][:100]
         return out
 
-    monkeypatch.setattr(ClientApp, "tampered", None, raising=False)
-    monkeypatch.setattr(ClientApp, "_encrypt", tamper)
+    monkeypatch.setattr(CkksEncryption, "tampered", None, raising=False)
+    monkeypatch.setattr(CkksEncryption, "encode", tamper)
     cfg = load_config(
         None,
         [

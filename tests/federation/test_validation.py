@@ -118,8 +118,10 @@ def test_update_norm_above_the_bound_is_dropped():
     big = on("d", lambda r: [("d", with_delta(r, r.tensors["delta"] * 1e6))])
     result = assert_dropped_alone("d", "max_update_norm", big, "federation.max_update_norm=100")
     assert "above" in result.dropped[0]["reason"]
-    # default off: the same update is aggregated
-    server, w0 = setup(tamper=big)
+    # switched off (both norm checks): the same update is aggregated
+    server, w0 = setup(
+        "federation.max_update_norm=0", "federation.norm_outlier_factor=0", tamper=big
+    )
     assert server.run_round(server.init_state(w0))[1].participants == IDS
 
 

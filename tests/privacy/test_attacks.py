@@ -377,3 +377,76 @@ def test_non_finite_new_weights_stop_the_run(federation):
                               "federation.server_lr=100")  # fmt: skip
     with pytest.raises(RunFailed, match="not finite"):
         server.run_round(server.init_state(w0))
+
+
+def test_identities_from_the_keys_command_run_a_federation(tiny_overrides, tmp_path):
+    """`fedgpt keys secagg` writes the registry and one key per client (0600); a run that
+    names the folder signs every round and matches the run with fresh identities; a folder
+    without a client's key, or twice written, is a one-line error (exit 2)."""
+    import json
+    import stat
+
+    from typer.testing import CliRunner
+
+    from fedgpt.cli.main import app
+    from fedgpt.config import load_config
+    from fedgpt.experiment import run_experiment
+
+    base = [*tiny_overrides, 'privacy.secure_aggregation="secagg"', "federation.min_clients=3",
+            "baselines.enabled=false", "federation.rounds=1"]  # fmt: skip
+    runner = CliRunner()
+    sets = [x for o in base for x in ("--set", o)]
+    res = runner.invoke(app, ["keys", "secagg", str(tmp_path / "ids"), *sets])
+    assert res.exit_code == 0, res.output
+    index = json.loads((tmp_path / "ids/keys/index.json").read_text())
+    registry = json.loads((tmp_path / "ids/registry.json").read_text())
+    assert set(index) == set(registry) and len(index) >= 3
+    key = tmp_path / "ids/keys" / next(iter(index.values()))
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    again = runner.invoke(app, ["keys", "secagg", str(tmp_path / "ids"), *sets])
+    assert again.exit_code == 2 and "not overwritten" in again.stderr
+
+    named = [*base, f'privacy.secagg_identities="{tmp_path / "ids"}"']
+    run_experiment(load_config(None, named), tmp_path / "named")
+    run_experiment(load_config(None, base), tmp_path / "fresh")
+    a, b = (json.loads((tmp_path / r / "metrics.jsonl").read_text()) for r in ("named", "fresh"))
+    assert a["participants"] == b["participants"] and a["dropped"] == b["dropped"] == []
+    assert a["train_loss"] == b["train_loss"]
+
+    key.unlink()
+    res = runner.invoke(app, ["run", *[x for o in named for x in ("--set", o)]])
+    assert res.exit_code == 2 and "secagg_identities" in res.stderr
+
+
+def test_secagg_sends_no_per_client_metadata_in_the_clear(federation):
+    """Under SecAgg the server got n_k, the training loss and the update norm of every
+    client beside the masked vector. Now every reply it receives carries n = 1 and no
+    metric; the weighted mean loss comes out of the masked sum, equal to the clients' own."""
+    _, _, w0 = federation
+    true, seen = {}, []
+    fm, data, _ = federation
+    app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16))
+    inner = app.train
+
+    def train(cid, msg):  # what each client computed, before any of it leaves
+        reply = inner(cid, msg)
+        true[cid] = (reply.config["num_examples"], reply.config["metrics"]["train_loss"])
+        return reply
+
+    app.train = train
+
+    def handler(cid, msg):
+        reply = app(cid, msg)
+        seen.append(reply)
+        return reply
+
+    out = run_round(InProcessRuntime(handler), IDS, 1, {c: i for i, c in enumerate(IDS)}, w0,
+                    w0.numel(), **PARAMS)  # fmt: skip
+    assert out.failure is None, out.failure
+    keys = [r for r in seen if r.type == "secagg/keys"]
+    assert len(keys) == N
+    assert all(r.config["num_examples"] == 1 and r.config["metrics"] == {} for r in keys)
+    assert not any("loss" in str(r.config) or "norm" in str(r.config) for r in seen)
+    w = {c: min(n, PARAMS["weight_cap"]) / PARAMS["weight_cap"] for c, (n, _) in true.items()}
+    expect = sum(w[c] * loss for c, (_, loss) in true.items()) / sum(w.values())
+    assert abs(out.train_loss - expect) < 1e-6

@@ -217,12 +217,18 @@ def test_node_with_another_model_is_refused(tmp_path, monkeypatch):
         over_flower(FLOWER_TINY, tmp_path, grid)
 
 
-def test_two_nodes_claiming_one_client_are_refused(tmp_path):
+def test_a_second_node_claiming_a_client_is_refused_and_the_run_goes_on(tmp_path, capsys):
+    """Node b claims node a's clients (e.g. a node that connected with a stolen id list):
+    the clients stay with a, b serves none of them, and the run completes."""
     nodes = split_nodes(FLOWER_TINY)
     a, b = list(nodes)[:2]
     nodes[b] = {"client-id": nodes[a]["client-id"]}
-    with pytest.raises(ConfigError, match="served by two nodes"):
-        over_flower(FLOWER_TINY, tmp_path, MemoryGrid(nodes))
+    summary = over_flower(FLOWER_TINY, tmp_path, MemoryGrid(nodes))
+    assert summary["rounds"] == 2
+    taken = nodes[a]["client-id"].split(",")
+    log = capsys.readouterr()
+    assert all(f"node {b} refused client {cid}: node {a} claimed it first" in log.out + log.err
+               for cid in taken)  # fmt: skip
 
 
 def test_unsupported_settings_are_refused_in_one_line(tmp_path):

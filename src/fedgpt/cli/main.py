@@ -297,6 +297,9 @@ def keys_secagg(
     out_dir: Annotated[Path, typer.Argument(help="folder for the registry and the keys")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
+    clients: Annotated[
+        str, typer.Option("--clients", help="client ids, comma-separated (default: the run's)")
+    ] = "",
 ):
     """SecAgg client identities (Ed25519) for the run's clients: registry.json (public,
     for every node and the server) and keys/ (one private key per client, mode 0600: give
@@ -304,8 +307,12 @@ def keys_secagg(
     from fedgpt.build import load_clients, load_run_config
     from fedgpt.privacy.secagg.identity import Identities
 
-    cfg = load_run_config(config, overrides or [])
-    ids = [c.client_id for c in load_clients(cfg)]
+    if clients:
+        ids = [c.strip() for c in clients.split(",") if c.strip()]
+    else:
+        ids = [c.client_id for c in load_clients(load_run_config(config, overrides or []))]
+    if not ids or len(set(ids)) != len(ids):
+        raise ConfigError("--clients: expected distinct client ids, comma-separated")
     if (out_dir / "registry.json").exists():
         raise ConfigError(f"{out_dir}: holds identities already (not overwritten)")
     Identities.generate(ids).write(out_dir)

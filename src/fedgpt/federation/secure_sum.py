@@ -48,6 +48,7 @@ class Collected:
     weights: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)
     failure: str | None = None  # the protocol failed as a whole (nothing aggregated)
+    train_loss: float | None = None  # when only its weighted mean was revealed (SecAgg)
 
 
 class SecureSum:
@@ -237,10 +238,12 @@ class SecAggSum(SecureSum):
         ex.bytes_up, ex.bytes_down = ex.bytes_up + out.bytes_up, ex.bytes_down + out.bytes_down
         if out.failure is not None:
             return Collected([], failure=out.failure)
-        n = {c: float(out.num_examples.get(c, 1)) for c in out.survivors}
         avg = (
             out.weighted_sum / out.weight
             if out.weighted_sum is not None and out.weight > 0
             else None
         )
-        return Collected(list(out.survivors), average=avg, weights=n, metrics=out.metrics)
+        return Collected(
+            list(out.survivors), average=avg, weights={c: 1.0 for c in out.survivors},
+            metrics=out.metrics, train_loss=out.train_loss,
+        )  # fmt: skip

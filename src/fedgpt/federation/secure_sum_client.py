@@ -62,11 +62,14 @@ class SecAggClient(SecureSumClient):
         reply = train(client_id, Message("train", {"round": rnd, "seed": c["seed"]}, msg.tensors))
         if reply.type != "train/result":
             return reply
-        n = reply.config["num_examples"]
+        n, metrics = reply.config["num_examples"], reply.config["metrics"]
         w = min(n, c["weight_cap"]) / c["weight_cap"]
-        x = encode(reply.tensors["delta"], w, c["range"], c["bits"])
+        x = encode(reply.tensors["delta"], w, c["range"], c["bits"], metrics.get("train_loss"))
         st = self.rounds[client_id] = sa.advertise(rnd, x, bool(c.get("post_quantum")))
-        return sa.keys_message(st, n, reply.config["metrics"], client_id, self.identities)
+        # n_k and the loss ride inside the masked vector; only a DP-SGD client's own
+        # epsilon (which the server must see to report the run's) travels beside it
+        kept = {k: metrics[k] for k in ("epsilon",) if k in metrics}
+        return sa.keys_message(st, 1, kept, client_id, self.identities)
 
     def state_dict(self) -> dict[str, bytes]:
         return {

@@ -99,6 +99,8 @@ class FedAvgFamily(Strategy):
         result.participants = got.participants
         result.client_metrics = {c: got.metrics.get(c, {}) for c in got.participants}
         result.tally(got.weights)
+        if got.train_loss is not None:
+            result.train_loss = got.train_loss
         return new, self._report(result, ex)
 
     def _aggregate(self, state, got: Collected, result: RoundResult):

@@ -95,8 +95,11 @@ class Identities:
         for c in wanted:
             if c not in index:
                 raise ConfigError(f"privacy.secagg_identities '{root}' holds no key of {c!r}")
-            raw = bytes.fromhex((root / "keys" / index[c]).read_text().strip())
-            own[c] = Ed25519PrivateKey.from_private_bytes(raw)
+            try:
+                raw = bytes.fromhex((root / "keys" / index[c]).read_text().strip())
+                own[c] = Ed25519PrivateKey.from_private_bytes(raw)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"privacy.secagg_identities, key of {c!r}: {exc}") from None
             if _public(own[c]) != registry.get(c):
                 raise ConfigError(f"privacy.secagg_identities: {c!r}'s key is not its registry's")
         return cls(own, registry)

@@ -25,7 +25,7 @@ from fedgpt.messages import Failure, Message
 from fedgpt.privacy.secagg import crypto, shamir
 from fedgpt.privacy.secagg.client import MASK_INFO, min_threshold, salt
 from fedgpt.privacy.secagg.identity import keys_statement
-from fedgpt.privacy.secagg.quantize import decode
+from fedgpt.privacy.secagg.quantize import META, decode_all, words
 from fedgpt.schemas import Expect, check_reply, envelope, nbytes, parse_reply
 
 
@@ -36,7 +36,7 @@ class SecAggOutcome:
     survivors: list[str] = field(default_factory=list)
     dropped: list[dict[str, str]] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)
-    num_examples: dict[str, int] = field(default_factory=dict)  # n_k as each client sent it
+    train_loss: float | None = None  # the w-weighted mean loss, from inside the masked sum
     bytes_up: int = 0
     bytes_down: int = 0
     failure: str | None = None
@@ -137,10 +137,11 @@ def run_round(
     if (why := out_of_range(total, len(u3), p.bits)) is not None:
         r.out.failure = why
         return r.out
-    r.out.weighted_sum, r.out.weight = decode(total, len(u3), p.value_range, p.bits)
+    r.out.weighted_sum, r.out.weight, r.out.train_loss = decode_all(
+        total, len(u3), p.value_range, p.bits
+    )
     r.out.survivors = u3
     r.out.metrics = {u: dict(keys[u][1].metrics) for u in u3}
-    r.out.num_examples = {u: keys[u][1].num_examples for u in u3}
     return r.out
 
 
@@ -166,6 +167,7 @@ class _Round:
 
     def __init__(self, runtime, on_reply, rnd: int, numel: int, p: SecAggParams, registry=None):
         self.out, self.rnd, self.numel, self.p = SecAggOutcome(), rnd, numel, p
+        self.words = words(numel)  # the encoding: values, metadata, weight
         self.registry = registry  # privacy.secagg.identity.Identities (public part), or None
         self.ex = _Exchange(runtime, on_reply, self.out, rnd)
         self.names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if p.post_quantum else ("c_pk", "s_pk")
@@ -256,8 +258,8 @@ class _Round:
             )  # fmt: skip
             for u in u2
         }
-        want = "secagg/masked_input"  # y: numel + 1 words
-        masked = self.ex(msgs, want, lambda u: Expect(want, rnd, self.numel))
+        want = "secagg/masked_input"  # y: self.words words
+        masked = self.ex(msgs, want, lambda u: Expect(want, rnd, self.numel + META))
         self._need(len(masked), "sent masked inputs")
         return masked
 
@@ -274,11 +276,11 @@ class _Round:
         """4. Ask the signers for the shares that remove every mask; the masked sum
         minus the survivors' self masks and the pairwise masks of the dropped."""
         b_sh, s_sh, pq = self._reveal(sorted(masked), gone, sigs)
-        total = np.zeros(self.numel + 1, dtype=np.uint64)
+        total = np.zeros(self.words, dtype=np.uint64)
         for u in sorted(masked):
             total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=np.uint64)
         for u in sorted(masked):  # remove self masks
-            total -= crypto.prg(self._secret(b_sh[u], f"{u}'s self mask"), self.numel + 1)
+            total -= crypto.prg(self._secret(b_sh[u], f"{u}'s self mask"), self.words)
         for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u
             s_sk = self._secret(s_sh[u], f"{u}'s mask key")
             for v in self.graph[u]:
@@ -349,5 +351,5 @@ class _Round:
         if self.p.post_quantum and (u, v) not in pq:
             raise _Abort(f"{v} did not reveal its post-quantum pair secret with {u}")
         seed = crypto.agree(s_sk, self.pk[v][1], MASK_INFO, salt(self.rnd), pq.get((u, v), b""))
-        m = crypto.prg(seed, self.numel + 1)
+        m = crypto.prg(seed, self.words)
         return m if u > v else (np.uint64(0) - m)

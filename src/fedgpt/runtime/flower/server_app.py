@@ -49,9 +49,10 @@ def wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
 def handshake(grid: Grid, nodes: list[int], cfg, fingerprint: str, numel: int, timeout: float):
     """Send each node the run's configuration; return ``{client id: node id}``.
 
-    A node whose model differs from the server's (another vocabulary or architecture), or
-    two nodes claiming the same client, stop the run with a one-line error. A node that
-    fails to answer is left out (logged).
+    A node whose model differs from the server's (another vocabulary or architecture)
+    stops the run with a one-line error. A client id belongs to the first node (in node-id
+    order) that claims it; a second claimant is refused that client, logged, and the run
+    goes on. A node that fails to answer is left out (logged).
     """
     from fedgpt.config import to_toml
 
@@ -60,8 +61,8 @@ def handshake(grid: Grid, nodes: list[int], cfg, fingerprint: str, numel: int, t
     text = to_toml(cfg)
     replies = rt.send_and_receive({k: Message(HELLO, {"config": text}) for k in key})
     node_of: dict[str, int] = {}
-    for k, reply in replies.items():
-        node = key[k]
+    for k in sorted(replies, key=lambda k: key[k]):
+        reply, node = replies[k], key[k]
         if isinstance(reply, Failure):
             say(f"node {node} left out: {reply.reason}")
             continue
@@ -74,7 +75,8 @@ def handshake(grid: Grid, nodes: list[int], cfg, fingerprint: str, numel: int, t
             )
         for cid in c.get("clients", []):
             if cid in node_of:
-                raise ConfigError(f"client {cid} is served by two nodes ({node_of[cid]}, {node})")
+                say(f"node {node} refused client {cid}: node {node_of[cid]} claimed it first")
+                continue
             node_of[cid] = node
     if not node_of:
         raise RunError("no SuperNode serves any client")

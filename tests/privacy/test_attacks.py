@@ -450,3 +450,70 @@ def test_secagg_sends_no_per_client_metadata_in_the_clear(federation):
     w = {c: min(n, PARAMS["weight_cap"]) / PARAMS["weight_cap"] for c, (n, _) in true.items()}
     expect = sum(w[c] * loss for c, (_, loss) in true.items()) / sum(w.values())
     assert abs(out.train_loss - expect) < 1e-6
+
+
+# --- differential privacy that holds against the server -----------------------------
+
+
+def test_dp_sgd_sampling_is_not_the_servers_to_know(federation):
+    """The server sends the round's seed; DP-SGD's Poisson samples were drawn from it, so
+    the server knew which records each step used. Now two trainings from the same seed
+    and weights use different samples (the OS CSPRNG), unless reproducible_noise is set;
+    and the reply carries n = 1 and no loss (each changes with one record)."""
+    from fedgpt.config import PrivacyConfig
+
+    fm, data, w0 = federation
+    ccfg = ClientConfig(local_steps=3, batch_size=2, seq_len=16)
+    msg = Message("train", {"round": 1, "seed": 5}, {"weights": w0})
+
+    def twice(reproducible: bool):
+        p = PrivacyConfig(mode="dp_sgd", noise_multiplier=1e-9, clip_norm=1.0,
+                          reproducible_noise=reproducible)  # fmt: skip
+        app = ClientApp.build(fm, data, ccfg, p)
+        return [app("c3", msg) for _ in range(2)]
+
+    a, b = twice(False)
+    assert (a.tensors["delta"] - b.tensors["delta"]).abs().max() > 1e-4  # other records
+    assert a.config["num_examples"] == 1 and set(a.config["metrics"]) == {
+        "steps", "seconds", "epsilon"}  # fmt: skip
+    c, d = twice(True)
+    assert torch.equal(c.tensors["delta"], d.tensors["delta"])
+
+
+def test_ckks_sends_no_per_client_metadata_in_the_clear(federation):
+    """Under CKKS the server got each client's n_k, loss and update norm beside its
+    ciphertext. Now n_k and the loss ride inside the ciphertext: every reply says n = 1
+    with no metric, and the round's mean loss and update match the plaintext round's."""
+    pytest.importorskip("tenseal")
+    from fedgpt.build import server_for
+    from fedgpt.config import load_config
+    from fedgpt.federation.secure_sum_client import CkksEncryption
+    from fedgpt.privacy.ckks import make_keys
+
+    fm, data, w0 = federation
+    secret, public = make_keys()
+    over = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.context=64",
+            "client.local_steps=1", "client.batch_size=2", "client.seq_len=16",
+            "federation.fraction=1.0", "federation.min_clients=8"]  # fmt: skip
+    seen = []
+
+    def run(secure: str):
+        cfg = load_config(None, [*over, f'privacy.secure_aggregation="{secure}"'])
+        sides = [CkksEncryption(secret)] if secure == "ckks" else []
+        app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16),
+                              secure=sides)  # fmt: skip
+
+        def tamper(cid, msg, reply):
+            seen.append((secure, reply))
+            return [(cid, reply)]
+
+        server = server_for(cfg, InProcessRuntime(app, tamper=tamper), IDS, fm,
+                            ckks_public=public if secure == "ckks" else None)  # fmt: skip
+        return server.run_round(server.init_state(w0))
+
+    (ck_state, ck), (pl_state, pl) = run("ckks"), run("none")
+    replies = [r for s, r in seen if s == "ckks" and r.type == "train/result"]
+    assert len(replies) == N
+    assert all(r.config["num_examples"] == 1 and r.config["metrics"] == {} for r in replies)
+    assert ck.train_loss == pytest.approx(pl.train_loss, rel=1e-5)
+    assert torch.allclose(ck_state.weights, pl_state.weights, atol=1e-5)

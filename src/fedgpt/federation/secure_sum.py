@@ -169,8 +169,10 @@ class CkksSum(PlainSum):
         self.server = server  # a CkksServer holding the public context only
         self._num_chunks = num_chunks
 
+    META = 3  # inside each plaintext after n_k·Δ_k: n_k, n_k·loss, n_k·[loss known]
+
     def collect(self, state, cohort, ex):
-        self.chunks = self._num_chunks(state.weights.numel())
+        self.chunks = self._num_chunks(state.weights.numel() + self.META)
         return super().collect(state, cohort, ex)
 
     def combine(self, good, state, ex):
@@ -184,18 +186,24 @@ class CkksSum(PlainSum):
                 bad = list(good)[exc.index]
                 ex.drop(bad, f"CKKS: {exc}")
                 del good[bad]
-        n = {c: float(m.config["num_examples"]) for c, m in good.items()}
+        n = {c: 1.0 for c in good}  # each n_k rides inside its ciphertext
         metrics = {c: m.config.get("metrics", {}) for c, m in good.items()}
         if not good:
             return Collected([], weights=n, metrics=metrics)
-        avg = self._decrypt(agg, list(good), state, ex)
-        if avg is None:
+        total = self._decrypt(agg, list(good), state, ex)
+        if total is None:
             return Collected([], weights=n, metrics=metrics)
-        return Collected(list(good), average=avg / sum(n.values()), weights=n, metrics=metrics)
+        numel = state.weights.numel()
+        count, loss_sum, known = (float(x) for x in total[numel:])
+        if not count > 0:
+            return Collected([], weights=n, metrics=metrics, failure="CKKS: the weights sum to 0")
+        loss = loss_sum / known if known > 0.5 else None
+        return Collected(list(good), average=total[:numel] / count, weights=n, metrics=metrics,
+                         train_loss=loss)  # fmt: skip
 
     def _decrypt(self, agg, holders: list[str], state, ex: Exchange) -> torch.Tensor | None:
         """The first participant able to decrypt the sum does it."""
-        numel, rnd = state.weights.numel(), state.round + 1
+        numel, rnd = state.weights.numel() + self.META, state.round + 1
         for cid in holders:
             msg = Message("ckks/decrypt", {"round": rnd, "numel": numel}, {}, {"aggregate": agg})
             reply = ex.send({cid: msg}).get(cid, Failure("no reply"))

@@ -15,10 +15,12 @@ Each keeps its state as bytes (``state_dict``) so any runtime can persist it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from fedgpt.messages import Message
 from fedgpt.privacy.secagg.client import RoundState
@@ -94,8 +96,17 @@ class CkksEncryption(SecureSumClient):
         self.ckks = CkksClient(secret)
 
     def encode(self, client_id: str, reply: Message) -> Message:
-        chunks = self.ckks.encrypt(reply.tensors["delta"] * reply.config["num_examples"])
-        return Message(reply.type, reply.config, {}, {"delta_ckks": chunks})
+        """Encrypt [n·Δ ; n ; n·ℓ]: the weight and the loss ride inside the ciphertext, so
+        the server reads only their sums; the reply says n = 1 and no metric (but a DP-SGD
+        client's own ε)."""
+        c = reply.config
+        n, loss = float(c["num_examples"]), c["metrics"].get("train_loss")
+        known = loss is not None and math.isfinite(loss)
+        meta = torch.tensor([n, n * loss if known else 0.0, n if known else 0.0])
+        chunks = self.ckks.encrypt(torch.cat([reply.tensors["delta"].double() * n, meta]))
+        kept = {k: c["metrics"][k] for k in ("epsilon",) if k in c["metrics"]}
+        config = {**c, "num_examples": 1, "metrics": kept}
+        return Message(reply.type, config, {}, {"delta_ckks": chunks})
 
     def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
         if msg.type != "ckks/decrypt":

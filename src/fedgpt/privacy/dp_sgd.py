@@ -2,7 +2,10 @@
 
 DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", Algorithm 1): each
 step draws a Poisson sample of the client's training windows with rate q = B/n (every
-window independently), computes per-sample gradients g_i, clips each to norm C,
+window independently, from the OS CSPRNG: the server, which sends the round's seed, must
+not know which records a step used, or the amplification by subsampling would not hold
+against it; from the seeded generator only with ``privacy.reproducible_noise``),
+computes per-sample gradients g_i, clips each to norm C,
 g̃ = (Σ_i g_i·min(1, C/‖g_i‖) + N(0, z²C²I)) / B, and steps the client's optimiser with g̃.
 Per-sample gradients and clipping are Opacus' (``GradSampleModule`` with functorch,
 ``DPOptimizer``); noise comes from FedGPT's source (the OS CSPRNG, or the seeded
@@ -12,7 +15,9 @@ update reveals about any one such window. An empty Poisson sample still takes a 
 (noise only), as the mechanism requires.
 
 Each client accounts its own ε: its rounds compose ``steps`` Poisson-subsampled Gaussian
-steps with its own q and z (``Accountant``).
+steps with its own q and z (``Accountant``). Its reply carries no record count (n = 1:
+equal weights) and no loss, since each changes with one record; only the timing and its
+ε (which, through q = B/n, still depends on n) go to the server.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from fedgpt.client.trainer import Failure, Update, lm_loss, make_optimizer
 from fedgpt.config import ClientConfig, PrivacyConfig
 from fedgpt.errors import FedGPTError
 from fedgpt.models.params import FlatModel
-from fedgpt.privacy.mechanisms import gaussian_noise
+from fedgpt.privacy.mechanisms import gaussian_noise, secure_uniform
 
 
 def _require_opacus():
@@ -99,7 +104,8 @@ def dp_sgd_update(
         )
         gsm.train()
         for step in range(cfg.local_steps):
-            mask = torch.rand(n, generator=gen) < q
+            u = torch.rand(n, generator=gen) if noise_gen is not None else secure_uniform(n)
+            mask = u < q
             opt.zero_grad(set_to_none=True)
             if not bool(mask.any()):
                 for p in params:  # an empty sample: zero per-sample gradients, noise only
@@ -160,7 +166,12 @@ class DPSGDTraining(Training):
             return result
         acc.history += [(p.noise_multiplier, q)] * c.local_steps
         self.steps[cid] = acc.history
-        return dataclasses.replace(result, metrics={**result.metrics, "epsilon": acc.epsilon()})
+        # neither the record count nor the loss leaves (each changes with one record):
+        # equal weights, timing and the client's own epsilon only
+        kept = {k: result.metrics[k] for k in ("steps", "seconds")}
+        return dataclasses.replace(
+            result, num_examples=1, metrics={**kept, "epsilon": acc.epsilon()}
+        )
 
     def state_dict(self) -> dict[str, bytes]:
         return {"dp_steps": json.dumps(self.steps).encode()}

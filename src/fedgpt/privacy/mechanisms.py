@@ -35,6 +35,12 @@ def secure_normal(n: int, std: float) -> torch.Tensor:
     return torch.from_numpy((z[:n] * std).astype(np.float32))
 
 
+def secure_uniform(n: int) -> torch.Tensor:
+    """``n`` uniform draws in [0, 1) (float64, 53 bits each) from the OS CSPRNG."""
+    raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) if n else np.zeros(0, np.uint64)
+    return torch.from_numpy((raw >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+
+
 def gaussian_noise(n: int, std: float, gen: torch.Generator | None = None) -> torch.Tensor:
     """N(0, std²) noise: from ``gen`` when given (reproducible), else from the OS CSPRNG."""
     if std == 0:

@@ -69,3 +69,22 @@ def with_identities(overrides: list[str], folder) -> list[str]:
     ids = [c.client_id for c in load_clients(load_run_config(None, list(overrides)))]
     Identities.generate(ids).write(folder)
     return [*overrides, f'privacy.secagg_identities="{folder}"']
+
+
+CAESAR = "Friends, Romans, countrymen, lend me your ears;\nI come to bury Caesar.\n"
+
+
+def caesar_clients(n: int):
+    """A tiny character model and ``n`` clients c0..c{n-1} holding 2..n+1 copies of one
+    speech (its first 30 tokens as test text): (bound flat model, {client: ClientData})."""
+    from fedgpt.client.trainer import ClientData
+    from fedgpt.config import ModelConfig
+    from fedgpt.models.build import build_char_gpt2
+    from fedgpt.models.params import bind_flat
+
+    b = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [CAESAR], 0)
+    data = {}
+    for i in range(n):
+        t = torch.from_numpy(b.codec.encode(CAESAR * (i + 2)))
+        data[f"c{i}"] = ClientData(f"c{i}", t, t[:30])
+    return bind_flat(b.model), data

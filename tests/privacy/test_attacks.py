@@ -7,32 +7,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import caesar_clients
 
-from fedgpt.client.trainer import ClientData
-from fedgpt.config import ClientConfig, ModelConfig
+from fedgpt.config import ClientConfig
 from fedgpt.federation.client_app import ClientApp
 from fedgpt.federation.secure_sum_client import SecAggClient
 from fedgpt.messages import Message
-from fedgpt.models.build import build_char_gpt2
-from fedgpt.models.params import bind_flat
 from fedgpt.privacy.secagg import shamir
 from fedgpt.privacy.secagg.identity import Identities, survivors_statement
 from fedgpt.privacy.secagg.quantize import bits_for
 from fedgpt.privacy.secagg.server import SecAggParams, _Round, run_round
 from fedgpt.runtime import InProcessRuntime
 
-TEXT = "Friends, Romans, countrymen, lend me your ears;\nI come to bury Caesar.\n"
 N = 8  # the complete graph: 7 neighbours each
 
 
 @pytest.fixture(scope="module")
 def federation():
-    b = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [TEXT], 0)
-    fm = bind_flat(b.model)
-    data = {}
-    for i in range(N):
-        t = torch.from_numpy(b.codec.encode(TEXT * (i + 2)))
-        data[f"c{i}"] = ClientData(f"c{i}", t, t[:30])
+    fm, data = caesar_clients(N)
     return fm, data, fm.flat.clone()  # training moves fm: every round starts from w0
 
 

@@ -6,32 +6,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import caesar_clients
 from safetensors.torch import load_file
 
-from fedgpt.client.trainer import ClientData
-from fedgpt.config import ClientConfig, ModelConfig, load_config
+from fedgpt.config import ClientConfig, load_config
 from fedgpt.errors import ConfigError
 from fedgpt.experiment import run_experiment
 from fedgpt.federation.client_app import ClientApp
-from fedgpt.models.build import build_char_gpt2
-from fedgpt.models.params import bind_flat
 from fedgpt.privacy.secagg import shamir
 from fedgpt.privacy.secagg.client import advertise, unmask
 from fedgpt.privacy.secagg.quantize import bits_for, decode, encode
 from fedgpt.privacy.secagg.server import neighbours, run_round
 from fedgpt.runtime import InProcessRuntime, Message
 
-TEXT = "Friends, Romans, countrymen, lend me your ears;\nI come to bury Caesar.\n"
 N = 10
 
 
 def setup(drop=None, tamper=None):
-    b = build_char_gpt2(ModelConfig(n_layer=2, n_embd=32, n_head=2, context=64), [TEXT], 0)
-    fm = bind_flat(b.model)
-    data = {}
-    for i in range(N):
-        t = torch.from_numpy(b.codec.encode(TEXT * (i + 2)))
-        data[f"c{i}"] = ClientData(f"c{i}", t, t[:30])
+    fm, data = caesar_clients(N)
     app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16))
     inputs, masked = {}, {}
 

@@ -177,11 +177,20 @@ class ClientAlgorithm:
         return [self.training, *self.steps]
 
     def state_dict(self) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        for part in self.parts():
-            out.update(part.state_dict())
-        return out
+        return state_of(self.parts())
 
     def load_state_dict(self, saved: Mapping[str, bytes]) -> None:
-        for part in self.parts():
-            part.load_state_dict(saved)
+        restore(self.parts(), saved)
+
+
+def state_of(parts) -> dict[str, bytes]:
+    """The parts' ``state_dict()`` s in one mapping (each part owns its keys)."""
+    out: dict[str, bytes] = {}
+    for part in parts:
+        out.update(part.state_dict())
+    return out
+
+
+def restore(parts, saved: Mapping[str, bytes]) -> None:
+    for part in parts:
+        part.load_state_dict(saved)

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from fedgpt.client.algorithm import ClientAlgorithm, ClientStep, LocalTraining
+from fedgpt.client.algorithm import (
+    ClientAlgorithm,
+    ClientStep,
+    LocalTraining,
+    restore,
+    state_of,
+)
 from fedgpt.client.trainer import ClientData, Failure
 from fedgpt.config import ClientConfig, PrivacyConfig
 from fedgpt.federation.secure_sum_client import SecAggClient, SecureSumClient
@@ -74,14 +80,10 @@ class ClientApp:
 
     def state_dict(self) -> dict[str, bytes]:
         """What these clients must remember between messages, as opaque bytes."""
-        out: dict[str, bytes] = {}
-        for part in self.parts():
-            out.update(part.state_dict())
-        return out
+        return state_of(self.parts())
 
     def load_state_dict(self, saved: Mapping[str, bytes]) -> None:
-        for part in self.parts():
-            part.load_state_dict(saved)
+        restore(self.parts(), saved)
 
     def __call__(self, client_id: str, msg: Message) -> Message:
         if msg.type == "train":

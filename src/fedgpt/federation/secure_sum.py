@@ -95,12 +95,11 @@ class PlainSum(SecureSum):
         }
         received = ex.send(msgs, hash_type="train/result")
         sizes = {t: int(m.sum()) for t, m in self.tier_masks.items()}
-        norm = 0.0 if self.chunks else self.cfg.federation.max_update_norm
         good: dict[str, Message] = {}
         for cid in cohort:
             reason = validate_reply(
                 received[cid], rnd, w.numel(), self.chunks, sizes, nonce=nonces[cid],
-                max_norm=norm, max_bytes=max_update_bytes(w.numel(), self.chunks),
+                max_bytes=max_update_bytes(w.numel(), self.chunks),
             )  # fmt: skip
             if reason is None:
                 good[cid] = received[cid]
@@ -111,16 +110,21 @@ class PlainSum(SecureSum):
         return self.combine(good, state, ex)
 
     def _outliers(self, good: dict[str, Message], ex: Exchange) -> dict[str, Message]:
-        """Refuse updates whose norm is more than ``federation.norm_outlier_factor`` times
-        the round's median norm (at least 3 updates; the median is robust to a minority)."""
-        factor = self.cfg.federation.norm_outlier_factor
-        if not factor or len(good) < 3:
+        """Refuse updates whose norm is above ``federation.max_update_norm``, or more than
+        ``federation.norm_outlier_factor`` times the round's median norm (with at least 3
+        updates; the median is robust to a minority). One norm per update."""
+        f = self.cfg.federation
+        bound, factor = f.max_update_norm, f.norm_outlier_factor if len(good) >= 3 else 0.0
+        if not bound and not factor:
             return good
         norms = {c: float(torch.linalg.vector_norm(m.tensors["delta"])) for c, m in good.items()}
-        median = float(torch.tensor(list(norms.values())).median())
+        median = float(torch.tensor(list(norms.values())).median()) if norms else 0.0
         kept = {}
         for c, m in good.items():
-            if median > 0 and norms[c] > factor * median:
+            if bound and norms[c] > bound:
+                ex.drop(c, f"update norm {norms[c]:.4g} above federation.max_update_norm = "
+                        f"{bound:g}")  # fmt: skip
+            elif factor and median > 0 and norms[c] > factor * median:
                 ex.drop(c, f"update norm {norms[c]:.4g} over {factor:g}x the median {median:.4g}")
             else:
                 kept[c] = m

@@ -133,38 +133,40 @@ def prepare_local(cfg, node_config) -> Local:
     return local
 
 
+def node_folder(node_config, key: str, configured: str, what: str) -> str:
+    """The folder a node reads its secrets from: node-config ``key``, else the run's
+    setting; a one-line error when neither names one."""
+    folder = str(node_config.get(key, "") or configured)
+    if not folder:
+        option = "ckks_keys" if key == "ckks-keys" else key.replace("-", "_")
+        raise ConfigError(
+            f"over Flower every node needs {what}: set privacy.{option} or node-config {key}"
+        )
+    return folder
+
+
 def fedgpt_client(cfg, local: Local, setup: dict, node_config):
     """FedGPT's ``ClientApp`` for this node's clients, wired as ``run_experiment`` wires
     it (attack simulation, device tiers, CKKS secret context)."""
     from fedgpt.build import build_client_app, device_tiers
 
-    prep, secret = local.prep, None
+    prep, secret, identities = local.prep, None, None
     all_ids = list(setup.get("clients", []))
-    if cfg.privacy.secure_aggregation == "ckks":
+    kind = cfg.privacy.secure_aggregation
+    if kind == "ckks":
         from pathlib import Path
 
         from fedgpt.privacy.ckks import read_context
 
-        keys = str(node_config.get("ckks-keys", "") or cfg.privacy.ckks_keys)
-        if not keys:
-            raise ConfigError(
-                'privacy.secure_aggregation = "ckks" over Flower needs the secret context on '
-                "each node: set privacy.ckks_keys or node-config ckks-keys"
-            )
+        keys = node_folder(node_config, "ckks-keys", cfg.privacy.ckks_keys, "the secret context")
         secret = read_context(Path(keys) / "secret_context.bin", "CKKS secret context")
-    tiers = device_tiers(cfg, prep, all_ids) if setup.get("tiers") else None
-    identities = None
-    if cfg.privacy.secure_aggregation == "secagg":
+    elif kind == "secagg":
         from fedgpt.privacy.secagg.identity import Identities
 
-        folder = str(node_config.get("secagg-identities", "") or cfg.privacy.secagg_identities)
-        if not folder:
-            raise ConfigError(
-                'privacy.secure_aggregation = "secagg" over Flower needs the signing keys of '
-                "the node's clients (`fedgpt keys secagg`): set privacy.secagg_identities or "
-                "node-config secagg-identities"
-            )
+        what = "the signing keys of the node's clients (`fedgpt keys secagg`)"
+        folder = node_folder(node_config, "secagg-identities", cfg.privacy.secagg_identities, what)
         identities = Identities.read(folder, list(prep.data))
+    tiers = device_tiers(cfg, prep, all_ids) if setup.get("tiers") else None
     return build_client_app(
         cfg, prep, all_ids, float(setup.get("z", 0.0)), tiers, secret, identities
     )

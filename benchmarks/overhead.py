@@ -9,7 +9,7 @@
 2. The client trainer's tokens/s against a plain PyTorch loop (same model, same batches,
    AdamW, gradient clipping), medians of repeated runs. Target: >= 0.9x.
 
-Usage: python benchmarks/overhead.py [--rounds 6] [--repeats 5] [--steps 30]
+Usage: python benchmarks/overhead.py [--rounds 6] [--repeats 5] [--steps 30] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ class Timer(Hooks):
         self.rows.append(row)
 
 
-def round_overhead(rounds: int) -> dict:
+def round_overhead(rounds: int, overrides: list[str] = ()) -> dict:
     cfg = load_config(
         None,
         [
             f"federation.rounds={rounds}",
             "baselines.enabled=false",
             f"federation.eval_every={rounds}",
+            *overrides,
         ],
     )
     timer = Timer()
@@ -139,11 +140,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="a configuration override for the measured run (repeatable)")  # fmt: skip
     args = ap.parse_args()
     result = {
         "torch_threads": torch.get_num_threads(),
+        "overrides": args.overrides,
         "trainer": trainer_ratio(args.repeats, args.steps),
-        "round": round_overhead(args.rounds),
+        "round": round_overhead(args.rounds, args.overrides),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))

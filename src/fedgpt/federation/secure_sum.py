@@ -4,7 +4,7 @@ individual updates or only their weighted sum.
 * ``none`` (:class:`PlainSum`): each client sends Δ_k in the clear; every reply is
   validated on its own and the aggregator sees them all;
 * ``secagg`` (:class:`SecAggSum`): pairwise-masked secure aggregation (Bonawitz et al.
-  2017; Bell et al. 2020 for SecAgg+) as four exchanges over the runtime; the server
+  2017; Bell et al. 2020 for SecAgg+) as five exchanges over the runtime; the server
   obtains Σ w_k Δ_k only (:mod:`fedgpt.privacy.secagg.server`);
 * ``ckks`` (:class:`CkksSum`): clients send CKKS ciphertexts of n_k Δ_k (Cheon et al.
   2017), the server adds them without the secret key and one key-holding participant

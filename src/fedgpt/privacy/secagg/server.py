@@ -1,4 +1,4 @@
-"""The server's side of SecAgg / SecAgg+: four message rounds over the runtime seam.
+"""The server's side of SecAgg / SecAgg+: five message rounds over the runtime seam.
 
 The server only ever holds public keys, sealed shares it cannot open, masked vectors, and
 the shares it asks for in the last step (self-mask shares of survivors, mask-key shares of
@@ -162,8 +162,9 @@ def out_of_range(total: np.ndarray, count: int, bits: int) -> str | None:
 
 
 class _Round:
-    """The four SecAgg stages of one round (Bonawitz et al. 2017, Fig. 4; SecAgg+ graph:
-    Bell et al. 2020): advertise keys, share keys, masked input, unmasking."""
+    """The five SecAgg stages of one round (Bonawitz et al. 2017, Fig. 4 with Fig. 5's
+    consistency check; SecAgg+ graph: Bell et al. 2020): advertise keys, share keys,
+    masked input, consistency check, unmasking."""
 
     def __init__(self, runtime, on_reply, rnd: int, numel: int, p: SecAggParams, registry=None):
         self.out, self.rnd, self.numel, self.p = SecAggOutcome(), rnd, numel, p

@@ -509,3 +509,41 @@ def test_ckks_sends_no_per_client_metadata_in_the_clear(federation):
     assert all(r.config["num_examples"] == 1 and r.config["metrics"] == {} for r in replies)
     assert ck.train_loss == pytest.approx(pl.train_loss, rel=1e-5)
     assert torch.allclose(ck_state.weights, pl_state.weights, atol=1e-5)
+
+
+def test_central_dp_cohorts_are_not_a_function_of_the_configuration(tiny_overrides, tmp_path):
+    """Central DP's ε counts on amplification by sampling, but the cohort was a function of
+    the seed in config.toml: any reader of the run folder knew who took part. Now the
+    server samples with a key from the OS: two runs of one configuration sample different
+    cohorts, and a resumed run takes the key back from its checkpoint (cohorts are a
+    function of key and round, so it samples as the uninterrupted run would)."""
+    import json
+
+    from fedgpt.config import load_config
+    from fedgpt.experiment import run_experiment
+    from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
+
+    over = [*tiny_overrides, 'privacy.mode="central_dp"', "privacy.noise_multiplier=0.5",
+            "privacy.clip_norm=1.0", "federation.rounds=6", "federation.min_clients=2",
+            "baselines.enabled=false", "federation.eval_every=100"]  # fmt: skip
+
+    def cohorts(run: str) -> list[list[str]]:
+        rows = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["participants"] for x in rows]
+
+    for run in ("a", "b"):
+        run_experiment(load_config(None, over), tmp_path / run)
+    assert cohorts("a") != cohorts("b")  # 6 rounds of 2 among the clients: ~never equal
+    state = load_checkpoint(latest_checkpoint(tmp_path / "a" / "checkpoints")).server_state
+    assert state["sampling.key"].dtype == torch.uint8 and state["sampling.key"].numel() == 32
+    # resumed: the key comes back from the checkpoint, so the cohorts go on as they would
+    short = [x for x in over if not x.startswith("federation.rounds")]
+    run_experiment(load_config(None, [*short, "federation.rounds=3"]), tmp_path / "e")
+    key3 = load_checkpoint(latest_checkpoint(tmp_path / "e" / "checkpoints")).server_state
+    run_experiment(load_config(None, over), tmp_path / "e", resume=True)
+    key6 = load_checkpoint(latest_checkpoint(tmp_path / "e" / "checkpoints")).server_state
+    assert torch.equal(key3["sampling.key"], key6["sampling.key"]) and len(cohorts("e")) == 6
+    seeded = [*over, "privacy.reproducible_noise=true"]
+    for run in ("c", "d"):
+        run_experiment(load_config(None, seeded), tmp_path / run)
+    assert cohorts("c") == cohorts("d")  # tests and exact reruns keep the seeded sampling

@@ -10,6 +10,7 @@ components yourself; the server is complete when constructed.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -24,6 +25,8 @@ from fedgpt.messages import Message, Reply, Runtime
 from fedgpt.schemas import Expect, parse_reply
 
 __all__ = ["FederatedServer", "RoundResult", "ServerState"]
+
+SAMPLING_KEY = "sampling.key"  # server state: the secret key of client sampling
 
 
 class FederatedServer:
@@ -48,12 +51,28 @@ class FederatedServer:
         self.on_eval_start: Callable[[int, int], None] | None = None
 
     def init_state(self, weights: torch.Tensor) -> ServerState:
-        return self.strategy.init(weights)
+        state = self.strategy.init(weights)
+        if self._secret_sampling():  # a key from the OS, kept in the server's checkpoints
+            state.opt_state[SAMPLING_KEY] = torch.frombuffer(
+                bytearray(os.urandom(32)), dtype=torch.uint8
+            ).clone()
+        return state
+
+    def _secret_sampling(self) -> bool:
+        """Whether the cohort must be unpredictable from the configuration: a mechanism
+        whose ε counts on amplification by sampling (central DP), unless
+        ``privacy.reproducible_noise``."""
+        mech = getattr(self.privacy, "mechanism", None)
+        return bool(getattr(mech, "secret_sampling", False)) and not (
+            self.cfg.privacy.reproducible_noise
+        )
 
     def run_round(self, state: ServerState) -> tuple[ServerState, RoundResult]:
         start = time.perf_counter()
         rnd, f = state.round + 1, self.cfg.federation
-        cohort = sample_clients(self.client_ids, rnd, self.cfg.seed, f.fraction, f.min_clients)
+        key = state.opt_state.get(SAMPLING_KEY)
+        seed = int.from_bytes(bytes(key.tolist()), "big") if key is not None else self.cfg.seed
+        cohort = sample_clients(self.client_ids, rnd, seed, f.fraction, f.min_clients)
         if self.on_round_start:
             self.on_round_start(rnd, cohort)
         new_state, result = self.strategy.round(

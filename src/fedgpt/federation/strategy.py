@@ -48,7 +48,7 @@ class Strategy:
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "federation.distill")
 
-EXTRA_STATE = ("attention.", "fedmd.")  # components' state beside the optimiser's
+EXTRA_STATE = ("attention.", "fedmd.", "sampling.")  # state beside the optimiser's
 
 
 class FedAvgFamily(Strategy):

@@ -25,7 +25,10 @@ derived from these declarations (:mod:`fedgpt.federation.compat`):
 * ``coverage`` — device tiers (partial slices) are carried;
 * ``releases_client_models`` — post-steps may use individual client models (FedDF's
   teachers); central DP releases only the noised mean;
-* ``active`` — it gives an accounted DP guarantee (ε is reported).
+* ``active`` — it gives an accounted DP guarantee (ε is reported);
+* ``secret_sampling`` — its ε counts on the cohort being unpredictable, so the server
+  samples clients with a key from the OS (kept in its checkpoints), not from the
+  configured seed (unless ``privacy.reproducible_noise``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class PrivacyMechanism:
     coverage: ClassVar[bool] = False
     releases_client_models: ClassVar[bool] = True
     active: ClassVar[bool] = True
+    secret_sampling: ClassVar[bool] = False
 
     def noise_multiplier(self, cfg: PrivacyConfig, sample_rate: float, rounds: int) -> float:
         return cfg.noise_multiplier
@@ -123,6 +127,7 @@ class DPSGD(PrivacyMechanism):
 
 @PRIVACY.register("central_dp")
 class CentralDPMechanism(PrivacyMechanism):
+    secret_sampling = True  # its ε counts on amplification by sampling: see FederatedServer
     server_clips = True
     replaces_aggregator = True
     releases_client_models = False

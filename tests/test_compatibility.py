@@ -15,7 +15,7 @@ from fedgpt.federation.compat import check
 
 AGGREGATORS = ["fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"]
 AGGREGATORS += ["fedatt", "attention"]
-MODES = ["none", "local_dp", "dp_sgd", "central_dp"]
+MODES = ["none", "local_dp", "dp_sgd", "central_dp", "distributed_dp"]
 SECURE = ["none", "secagg", "ckks"]
 DISTILL = ["none", "feddf", "fedmd"]
 
@@ -23,6 +23,8 @@ DISTILL = ["none", "feddf", "fedmd"]
 def refused(agg, mode, secure, distill, tiers, hybrid) -> bool:
     """The matrix of docs/aggregation.md, written independently of the code."""
     individual = agg != "fedavg"  # every other rule looks at individual updates
+    if mode == "distributed_dp" and secure != "secagg":  # its noise is added inside SecAgg
+        return True
     if secure != "none" and mode == "central_dp":
         return True
     if individual and (secure != "none" or mode == "central_dp"):

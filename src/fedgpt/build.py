@@ -36,7 +36,7 @@ from fedgpt.messages import Runtime
 from fedgpt.models.build import ModelBundle, build_model
 from fedgpt.models.params import FlatModel, bind_flat
 from fedgpt.privacy.engine import ServerPrivacy
-from fedgpt.privacy.mechanism import PRIVACY
+from fedgpt.privacy.mechanism import PRIVACY, mechanism_for
 from fedgpt.tasks import TASKS, Task
 
 
@@ -256,7 +256,9 @@ def build_strategy(
     if kind == "ckks":
         secure_sum = CkksSum(cfg, masks, server=ckks_server)
     elif kind == "secagg":
-        secure_sum = SECURE_SUMS.get(kind)(cfg, masks, registry=registry)
+        secure_sum = SECURE_SUMS.get(kind)(
+            cfg, masks, registry=registry, codec=privacy.secagg_codec
+        )
     else:
         secure_sum = SECURE_SUMS.get(kind)(cfg, masks)
     return FedAvgFamily(
@@ -357,7 +359,7 @@ def client_setup(cfg: RunConfig, ids: list[str], privacy: ServerPrivacy, tiers: 
     """What remote clients must learn from the server before the first round (the
     federation's client ids, the local noise multiplier, whether tiers apply), or None
     when nothing they do depends on it."""
-    needed = cfg.privacy.mode == "local_dp" or cfg.attack.fraction > 0 or bool(tiers)
+    needed = privacy.mechanism.clients_need_z or cfg.attack.fraction > 0 or bool(tiers)
     if not needed:
         return None
     return {"clients": list(ids), "z": float(privacy.z), "tiers": bool(tiers)}
@@ -390,7 +392,10 @@ def build_client_app(
     if cfg.privacy.secure_aggregation == "secagg":
         from fedgpt.federation.secure_sum_client import SecAggClient
 
-        secure.append(SecAggClient(cfg.privacy.secagg_threshold, identities))
+        f = cfg.federation
+        per_round = clients_per_round(len(all_ids), f.fraction, f.min_clients)
+        codec = mechanism_for(cfg.privacy).secagg_codec(cfg.privacy, noise_multiplier, per_round)
+        secure.append(SecAggClient(cfg.privacy.secagg_threshold, identities, codec))
     if ckks_secret is not None:  # the clients hold the secret context
         from fedgpt.federation.secure_sum_client import CkksEncryption
 

@@ -263,9 +263,11 @@ class PrivacyConfig(_Section):
     mode: str = Field(
         "none",
         description='"central_dp": DP-FedAvg, clip each update, noise the sum on the server '
-        '(client-level DP of the released model); "local_dp": each client clips and noises its '
-        'own update before sending it; "dp_sgd": record-level DP-SGD (Opacus) inside each '
-        'client; "none": no DP; or a mechanism registered by your code',
+        '(client-level DP of the released model); "distributed_dp": the same guarantee without '
+        "trusting the server: under secagg each client clips, rounds and adds its share of "
+        'Skellam noise, and only the noisy sum is unmasked; "local_dp": each client clips and '
+        'noises its own update before sending it; "dp_sgd": record-level DP-SGD (Opacus) inside '
+        'each client; "none": no DP; or a mechanism registered by your code',
     )
     clip_norm: float = Field(
         1.0,

@@ -35,6 +35,8 @@ def refusal(cfg, tiers: bool | None = None) -> str | None:
     tiers = tiers_requested(cfg) if tiers is None else tiers
     sa = f'secure_aggregation = "{p.secure_aggregation}"'
     mode = f'privacy.mode = "{p.mode}"'
+    if (why := mech().refusal(cfg)) is not None:
+        return why
     if mech.server_clips and not ss.reveals_individual:
         return (
             f"{mode} clips each update on the server, which cannot see updates under {sa}; "

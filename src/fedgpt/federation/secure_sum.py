@@ -223,9 +223,10 @@ class SecAggSum(SecureSum):
     reveals_individual = False
     coverage = False
 
-    def __init__(self, cfg, tier_masks=None, registry=None):
+    def __init__(self, cfg, tier_masks=None, registry=None, codec=None):
         super().__init__(cfg, tier_masks)
         self.registry = registry  # the clients' public identities (or None: not checked here)
+        self.codec = codec  # distributed DP's encoding (None: fixed point)
 
     def collect(self, state, cohort, ex):
         from fedgpt.privacy.secagg.quantize import bits_for
@@ -244,7 +245,8 @@ class SecAggSum(SecureSum):
             w, w.numel(), value_range=p.secagg_range, bits=bits_for(len(cohort)),
             weight_cap=p.secagg_weight_cap, threshold_fraction=p.secagg_threshold,
             k=p.secagg_neighbours, graph_seed=self.cfg.seed, post_quantum=p.post_quantum,
-            on_reply=arrival, registry=self.registry,
+            on_reply=arrival, registry=self.registry, codec=self.codec,
+            rotation_seed=client_seed(self.cfg.seed, rnd, "__rotation__"),
         )  # fmt: skip
         ex.dropped.extend(out.dropped)
         ex.bytes_up, ex.bytes_down = ex.bytes_up + out.bytes_up, ex.bytes_down + out.bytes_down

@@ -49,10 +49,11 @@ class SecureSumClient:
 class SecAggClient(SecureSumClient):
     name, prefix = "secagg", "secagg/"
 
-    def __init__(self, threshold_fraction: float = 0.5, identities=None):
+    def __init__(self, threshold_fraction: float = 0.5, identities=None, codec=None):
         self.rounds: dict[str, RoundState] = {}  # each client's secrets of the current round
         self.fraction = threshold_fraction  # its own privacy.secagg_threshold, not the server's
         self.identities = identities  # privacy.secagg.identity.Identities, or None
+        self.codec = codec  # distributed DP's privacy.skellam.SkellamCodec, or None
 
     def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
         from fedgpt.privacy.secagg import client as sa
@@ -65,9 +66,14 @@ class SecAggClient(SecureSumClient):
         if reply.type != "train/result":
             return reply
         n, metrics = reply.config["num_examples"], reply.config["metrics"]
-        w = min(n, c["weight_cap"]) / c["weight_cap"]
-        x = encode(reply.tensors["delta"], w, c["range"], c["bits"], metrics.get("train_loss"))
+        if self.codec is not None:  # clipped, rotated, rounded and noised by this client
+            x = self.codec.encode(reply.tensors["delta"], int(c["rotation"]))
+        else:
+            w = min(n, c["weight_cap"]) / c["weight_cap"]
+            loss = metrics.get("train_loss")
+            x = encode(reply.tensors["delta"], w, c["range"], c["bits"], loss)
         st = self.rounds[client_id] = sa.advertise(rnd, x, bool(c.get("post_quantum")))
+        st.min_sum = self.codec.min_sum if self.codec is not None else 0
         # n_k and the loss ride inside the masked vector; only a DP-SGD client's own
         # epsilon (which the server must see to report the run's) travels beside it
         kept = {k: metrics[k] for k in ("epsilon",) if k in metrics}
@@ -139,6 +145,7 @@ def dump_round_state(st: RoundState) -> dict:
         "pq_mask": {v: _hex(s) for v, s in st.pq_mask.items()},
         "t": st.t,
         "signed": st.signed,
+        "min_sum": st.min_sum,
     }
 
 
@@ -167,4 +174,5 @@ def load_round_state(d: dict) -> RoundState:
         pq_mask={v: bytes.fromhex(s) for v, s in d["pq_mask"].items()},
         t=int(d.get("t", 0)),
         signed=d.get("signed"),
+        min_sum=int(d.get("min_sum", 0)),
     )

@@ -11,6 +11,9 @@ round would exceed ``privacy.target_epsilon``. Each mechanism makes its own
 * :class:`LocalAccounting` (local DP): each client's ε is that of c releases with
   multiplier z/2 (:mod:`fedgpt.privacy.local_dp`), c = the rounds it took part in; the
   run reports the largest (each client enforces its own budget);
+* :class:`SkellamAccounting` (distributed DP): one Poisson-subsampled Skellam round per
+  round (:mod:`fedgpt.privacy.skellam_accountant`); the server refuses a round that would
+  exceed the target;
 * :class:`ClientReported` (DP-SGD): each client accounts its own record-level ε and
   reports it with its update; the run reports the largest.
 
@@ -100,3 +103,32 @@ class ClientReported(Accounting):
 
     def load_state(self, state: dict) -> None:
         self.client_epsilon = dict(state.get("client_epsilon", {}))
+
+
+class SkellamAccounting(Accounting):
+    """Distributed DP's ε: ``rounds`` rounds of the subsampled Skellam mechanism."""
+
+    def __init__(self, cfg: PrivacyConfig, z: float, sample_rate: float, codec):
+        self.cfg, self.z, self.q, self.codec, self.rounds = cfg, z, sample_rate, codec, 0
+
+    def _epsilon(self, rounds: int) -> float:
+        from fedgpt.privacy.skellam_accountant import MAX_DIM, epsilon
+
+        return epsilon(self.z, self.q, rounds, self.cfg.delta, clip=self.codec.clip,
+                       dim=MAX_DIM, scale=self.codec.scale)  # fmt: skip
+
+    def epsilon(self, participation):
+        return self._epsilon(self.rounds)
+
+    def would_exceed(self) -> bool:
+        target = self.cfg.target_epsilon
+        return target > 0 and self._epsilon(self.rounds + 1) > target * (1 + 1e-9)
+
+    def spend(self, client_metrics):
+        self.rounds += 1
+
+    def state(self) -> dict:
+        return {"rounds": self.rounds}
+
+    def load_state(self, state: dict) -> None:
+        self.rounds = int(state.get("rounds", 0))

@@ -25,6 +25,8 @@ class ServerPrivacy:
         self.sample_rate = per_round / num_clients
         self.z = self.mechanism.noise_multiplier(cfg, self.sample_rate, rounds)
         self.accounting = self.mechanism.accounting(cfg, self.z, self.sample_rate, per_round)
+        # how updates ride inside SecAgg's masked vectors (None: the fixed-point default)
+        self.secagg_codec = self.mechanism.secagg_codec(cfg, self.z, per_round)
         self.participation: dict[str, int] = {}
 
     @property

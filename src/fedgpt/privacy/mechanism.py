@@ -12,8 +12,9 @@ a server side:
 * ``noise_multiplier``: the configured one, or one calibrated to ``target_epsilon``.
 
 Built in: ``none`` (:class:`NoPrivacy`, the null object), ``local_dp``
-(:mod:`fedgpt.privacy.local_dp`), ``dp_sgd`` (:mod:`fedgpt.privacy.dp_sgd`) and
-``central_dp`` (:mod:`fedgpt.privacy.central_dp`).
+(:mod:`fedgpt.privacy.local_dp`), ``dp_sgd`` (:mod:`fedgpt.privacy.dp_sgd`),
+``central_dp`` (:mod:`fedgpt.privacy.central_dp`) and ``distributed_dp``
+(:mod:`fedgpt.privacy.skellam`: each client noises its own share of the sum under SecAgg).
 
 Each declares what it needs of the rest of the round, and the compatibility of a run is
 derived from these declarations (:mod:`fedgpt.federation.compat`):
@@ -28,7 +29,10 @@ derived from these declarations (:mod:`fedgpt.federation.compat`):
 * ``active`` — it gives an accounted DP guarantee (ε is reported);
 * ``secret_sampling`` — its ε counts on the cohort being unpredictable, so the server
   samples clients with a key from the OS (kept in its checkpoints), not from the
-  configured seed (unless ``privacy.reproducible_noise``).
+  configured seed (unless ``privacy.reproducible_noise``);
+* ``needs_secure_sum`` — the secure sum it only runs under (distributed DP: ``secagg``);
+* ``clients_need_z`` — clients noise with the run's noise multiplier, so remote clients
+  learn it (and the federation's clients) before the first round.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class PrivacyMechanism:
     releases_client_models: ClassVar[bool] = True
     active: ClassVar[bool] = True
     secret_sampling: ClassVar[bool] = False
+    needs_secure_sum: ClassVar[str] = ""
+    clients_need_z: ClassVar[bool] = False
 
     def noise_multiplier(self, cfg: PrivacyConfig, sample_rate: float, rounds: int) -> float:
         return cfg.noise_multiplier
@@ -82,6 +88,21 @@ class PrivacyMechanism:
         :class:`~fedgpt.privacy.engine.ServerPrivacy`)."""
         return aggregator
 
+    def refusal(self, cfg) -> str | None:
+        """Why this mechanism cannot run with the rest of ``cfg`` (one line), or None."""
+        need = self.needs_secure_sum
+        if need and cfg.privacy.secure_aggregation != need:
+            return (
+                f'privacy.mode = "{self.name}" adds its noise inside secure aggregation: set '
+                f'privacy.secure_aggregation = "{need}"'
+            )
+        return None
+
+    def secagg_codec(self, cfg: PrivacyConfig, z: float, per_round: int):
+        """The encoding of updates inside SecAgg's masked vectors, or None for the
+        fixed-point default (:mod:`fedgpt.privacy.secagg.quantize`)."""
+        return None
+
 
 PRIVACY: Registry[type[PrivacyMechanism]] = Registry("privacy mechanism", "privacy.mode")
 
@@ -99,6 +120,8 @@ class NoPrivacy(PrivacyMechanism):
 
 @PRIVACY.register("local_dp")
 class LocalDP(PrivacyMechanism):
+    clients_need_z = True
+
     def noise_multiplier(self, cfg, sample_rate, rounds):
         if cfg.noise_multiplier > 0 or cfg.target_epsilon == 0:
             return cfg.noise_multiplier
@@ -151,6 +174,53 @@ class CentralDPMechanism(PrivacyMechanism):
 
     def wrap(self, aggregator: Aggregator, privacy) -> Aggregator:
         return DPFedAvg(privacy.central, privacy.cfg.reproducible_noise, aggregator.ctx.seed)
+
+
+@PRIVACY.register("distributed_dp")
+class DistributedDP(PrivacyMechanism):
+    """Client-level DP of the released model without trusting the server: each client clips,
+    rounds and adds its Skellam share of the noise before SecAgg masks it
+    (:mod:`fedgpt.privacy.skellam`); the server unmasks only the noisy sum."""
+
+    secret_sampling = True
+    replaces_aggregator = True
+    releases_client_models = False
+    needs_secure_sum = "secagg"
+    clients_need_z = True
+
+    def noise_multiplier(self, cfg, sample_rate, rounds):
+        if cfg.noise_multiplier > 0 or cfg.target_epsilon == 0:
+            return cfg.noise_multiplier
+        from fedgpt.privacy.skellam import SkellamCodec
+        from fedgpt.privacy.skellam_accountant import MAX_DIM, plan_noise
+
+        scale = SkellamCodec(cfg.clip_norm, 1.0, 1, 1).scale
+        return plan_noise(cfg.target_epsilon, sample_rate, rounds, cfg.delta,
+                          clip=cfg.clip_norm, dim=MAX_DIM, scale=scale)  # fmt: skip
+
+    def refusal(self, cfg):
+        p = cfg.privacy
+        if p.adaptive_clipping:
+            return (
+                f'privacy.adaptive_clipping is central_dp\'s; privacy.mode = "{self.name}" '
+                "clips at the fixed privacy.clip_norm on each client"
+            )
+        if p.noise_multiplier == 0 and p.target_epsilon == 0:
+            return (
+                f'privacy.mode = "{self.name}" needs privacy.noise_multiplier > 0 or '
+                "privacy.target_epsilon > 0"
+            )
+        return super().refusal(cfg)
+
+    def secagg_codec(self, cfg, z, per_round):
+        from fedgpt.privacy.skellam import SkellamCodec, min_summands
+
+        return SkellamCodec(cfg.clip_norm, z, min_summands(per_round, cfg), per_round)
+
+    def accounting(self, cfg, z, sample_rate, per_round):
+        from fedgpt.privacy.accounting import SkellamAccounting
+
+        return SkellamAccounting(cfg, z, sample_rate, self.secagg_codec(cfg, z, per_round))
 
 
 class DPFedAvg(Aggregator):

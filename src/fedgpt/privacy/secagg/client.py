@@ -79,6 +79,7 @@ class RoundState:
     pq_mask: dict[str, bytes] = field(default_factory=dict)  # v -> ML-KEM part of s_uv
     t: int = 0  # the threshold this client accepted in step 1
     signed: list[str] | None = None  # the U3 it signed in the consistency check
+    min_sum: int = 0  # distributed DP: the fewest summands its noise share was sized for
 
     def public_keys(self) -> dict[str, list[bytes]]:
         keys = {"c_pk": [self.c_pk], "s_pk": [self.s_pk]}
@@ -183,10 +184,16 @@ def masked_input(st: RoundState, me: str, inbox: dict[str, list[bytes]], alive: 
 
 def sign_survivors(st: RoundState, me: str, u3: list[str], identities=None) -> bytes:
     """3. The signature on U3 (empty without an identity). Refused for a set that does
-    not hold this client, holds fewer than t + 1 clients, or differs from one it signed."""
+    not hold this client, holds fewer than t + 1 clients (or, under distributed DP, fewer
+    than the summands its noise share was sized for), or differs from one it signed."""
     u3 = sorted(u3)
     if me not in u3 or len(set(u3)) != len(u3) or len(u3) < st.t + 1:
         raise ValueError("consistency check refused: not a survivor set this client can sign")
+    if len(u3) < st.min_sum:
+        raise ValueError(
+            f"consistency check refused: {len(u3)} survivors, but this client's noise is "
+            f"sized for a sum of at least {st.min_sum}"
+        )
     if st.signed is not None and st.signed != u3:
         raise ValueError("consistency check refused: this client signed another set this round")
     st.signed = u3

@@ -25,7 +25,7 @@ from fedgpt.messages import Failure, Message
 from fedgpt.privacy.secagg import crypto, shamir
 from fedgpt.privacy.secagg.client import MASK_INFO, min_threshold, salt
 from fedgpt.privacy.secagg.identity import keys_statement
-from fedgpt.privacy.secagg.quantize import META, decode_all, words
+from fedgpt.privacy.secagg.quantize import decode_all, words
 from fedgpt.schemas import Expect, check_reply, envelope, nbytes, parse_reply
 
 
@@ -92,7 +92,10 @@ class _Exchange:
 class SecAggParams:
     """The round's settings: value range and bits of the quantisation, the weight cap,
     Shamir's threshold as a fraction of the neighbours, SecAgg+'s neighbours ``k`` (0 =
-    everyone), the graph's seed, and hybrid post-quantum key agreement."""
+    everyone), the graph's seed, hybrid post-quantum key agreement, and the encoding of the
+    inputs: ``codec`` None for fixed point (:mod:`fedgpt.privacy.secagg.quantize`), or
+    distributed DP's :class:`~fedgpt.privacy.skellam.SkellamCodec` with the round's
+    public ``rotation_seed``."""
 
     value_range: float
     bits: int
@@ -101,6 +104,8 @@ class SecAggParams:
     k: int
     graph_seed: int
     post_quantum: bool = False
+    codec: object = None
+    rotation_seed: int = 0
 
 
 class _Abort(Exception):
@@ -134,15 +139,29 @@ def run_round(
         r.out.failure = str(exc)
         return r.out
     p, u3 = r.p, sorted(masked)
-    if (why := out_of_range(total, len(u3), p.bits)) is not None:
+    if (why := _decode(r.out, total, len(u3), numel, p)) is not None:
         r.out.failure = why
         return r.out
-    r.out.weighted_sum, r.out.weight, r.out.train_loss = decode_all(
-        total, len(u3), p.value_range, p.bits
-    )
     r.out.survivors = u3
     r.out.metrics = {u: dict(keys[u][1].metrics) for u in u3}
     return r.out
+
+
+def _decode(out: SecAggOutcome, total, count: int, numel: int, p: SecAggParams) -> str | None:
+    """Fill ``out`` with what the unmasked ``total`` encodes, or say why it cannot be the
+    sum of ``count`` honest encodings."""
+    if p.codec is None:
+        why = out_of_range(total, count, p.bits)
+        if why is None:
+            out.weighted_sum, out.weight, out.train_loss = decode_all(
+                total, count, p.value_range, p.bits
+            )
+        return why
+    why = p.codec.check_sum(total, count, numel)
+    if why is None:  # the noisy sum of clipped updates, over the expected cohort
+        out.weighted_sum = p.codec.decode(total, numel, p.rotation_seed)
+        out.weight = float(p.codec.expected)
+    return why
 
 
 def out_of_range(total: np.ndarray, count: int, bits: int) -> str | None:
@@ -168,7 +187,8 @@ class _Round:
 
     def __init__(self, runtime, on_reply, rnd: int, numel: int, p: SecAggParams, registry=None):
         self.out, self.rnd, self.numel, self.p = SecAggOutcome(), rnd, numel, p
-        self.words = words(numel)  # the encoding: values, metadata, weight
+        # the encoding: values, metadata, weight (fixed point) or distributed DP's
+        self.words = p.codec.words(numel) if p.codec is not None else words(numel)
         self.registry = registry  # privacy.secagg.identity.Identities (public part), or None
         self.ex = _Exchange(runtime, on_reply, self.out, rnd)
         self.names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if p.post_quantum else ("c_pk", "s_pk")
@@ -182,6 +202,8 @@ class _Round:
         p, rnd = self.p, self.rnd
         cfg = {"round": rnd, "range": p.value_range, "bits": p.bits,
                "weight_cap": p.weight_cap, "post_quantum": p.post_quantum}  # fmt: skip
+        if p.codec is not None:
+            cfg["rotation"] = p.rotation_seed
         msgs = {
             c: Message("secagg/train", {**cfg, "seed": seeds[c]}, {"weights": weights})
             for c in chosen
@@ -260,7 +282,7 @@ class _Round:
             for u in u2
         }
         want = "secagg/masked_input"  # y: self.words words
-        masked = self.ex(msgs, want, lambda u: Expect(want, rnd, self.numel + META))
+        masked = self.ex(msgs, want, lambda u: Expect(want, rnd, self.words - 1))
         self._need(len(masked), "sent masked inputs")
         return masked
 

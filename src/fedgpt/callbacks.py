@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedgpt.federation.checkpoint import Checkpoint, save_checkpoint
 from fedgpt.federation.ledger import Ledger, utc_now
-from fedgpt.federation.state import RoundResult
+from fedgpt.federation.state import RoundResult, count
 
 
 class Hooks:
@@ -88,10 +88,12 @@ class LedgerWriter(Callback):
     def on_round(self, run, result, row, attempts) -> None:
         if self.ledger is None:
             return
-        s = run.state
+        s, cohort = run.state, row.get("cohort")
+        who = (row["participants"], row["dropped"], {}) if cohort else (
+            result.participants, result.dropped, result.update_hashes)  # fmt: skip
         self.ledger.append_round(
-            s.round, result.participants, result.dropped, result.update_hashes, s.weights,
-            s.opt_state, row.get("epsilon"), self.started, utc_now(), attempts - 1,
+            s.round, *who, s.weights, s.opt_state, row.get("epsilon"), self.started,
+            utc_now(), attempts - 1, cohort=cohort,
         )  # fmt: skip
 
     def on_end(self, run, summary) -> None:
@@ -136,7 +138,7 @@ class TensorBoard(Callback):
         for key in SCALARS:
             if isinstance(row.get(key), int | float):
                 self.writer.add_scalar(key, row[key], row["round"])
-        self.writer.add_scalar("participants", len(row["participants"]), row["round"])
+        self.writer.add_scalar("participants", count(row["participants"]), row["round"])
 
     def on_end(self, run, summary) -> None:
         if self.writer is not None:

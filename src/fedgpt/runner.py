@@ -25,6 +25,7 @@ from fedgpt.config import RunConfig, config_hash, to_toml
 from fedgpt.data import dataset_stats
 from fedgpt.errors import RunError, RunFailed
 from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
+from fedgpt.federation.cohort import conceal
 from fedgpt.federation.loop import FederatedServer
 from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.models.build import save_model
@@ -131,6 +132,9 @@ class Runner:
             )
         self.state = new_state
         row = result.row()
+        if self.privacy.mechanism.secret_sampling:  # who took part stays out of the clear
+            hashes = result.update_hashes
+            row |= conceal(self.run_dir, result.round, result.participants, result.dropped, hashes)
         row["client_steps"] = int(sum(m.get("steps", 0) for m in result.client_metrics.values()))
         if attempts > 1:
             row["retries"] = attempts - 1

@@ -527,8 +527,8 @@ def test_central_dp_cohorts_are_not_a_function_of_the_configuration(tiny_overrid
             "privacy.clip_norm=1.0", "federation.rounds=6", "federation.min_clients=2",
             "baselines.enabled=false", "federation.eval_every=100"]  # fmt: skip
 
-    def cohorts(run: str) -> list[list[str]]:
-        rows = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+    def cohorts(run: str) -> list[list[str]]:  # the server operator's private openings
+        rows = (tmp_path / run / "private" / "cohorts.jsonl").read_text().splitlines()
         return [json.loads(x)["participants"] for x in rows]
 
     for run in ("a", "b"):
@@ -542,8 +542,54 @@ def test_central_dp_cohorts_are_not_a_function_of_the_configuration(tiny_overrid
     key3 = load_checkpoint(latest_checkpoint(tmp_path / "e" / "checkpoints")).server_state
     run_experiment(load_config(None, over), tmp_path / "e", resume=True)
     key6 = load_checkpoint(latest_checkpoint(tmp_path / "e" / "checkpoints")).server_state
-    assert torch.equal(key3["sampling.key"], key6["sampling.key"]) and len(cohorts("e")) == 6
+    assert torch.equal(key3["sampling.key"], key6["sampling.key"]) and len(cohorts("e")) >= 6
     seeded = [*over, "privacy.reproducible_noise=true"]
     for run in ("c", "d"):
         run_experiment(load_config(None, seeded), tmp_path / run)
     assert cohorts("c") == cohorts("d")  # tests and exact reruns keep the seeded sampling
+
+
+@pytest.mark.parametrize("mode", ["central_dp", "distributed_dp"])
+def test_a_reader_of_the_run_folder_does_not_learn_the_cohorts(mode, tiny_overrides, tmp_path):
+    """Central DP's ε (and distributed DP's) counts on nobody knowing who took part; the
+    cohorts were listed in metrics.jsonl and the ledger. Now every artefact a model user
+    receives carries counts and a salted commitment only; the openings stay in private/,
+    ``fedgpt verify`` checks them, and a changed opening is caught."""
+    import json
+
+    from fedgpt.build import load_clients
+    from fedgpt.config import load_config
+    from fedgpt.experiment import run_experiment
+    from fedgpt.federation.verify import verify_run
+
+    over = [*tiny_overrides, f'privacy.mode="{mode}"', "privacy.noise_multiplier=0.5",
+            "federation.rounds=2", "federation.min_clients=4", "baselines.enabled=false",
+            "runtime.fail_fraction=0.3", "federation.fraction=0.5",
+            "privacy.reproducible_noise=true"]  # fmt: skip
+    if mode == "distributed_dp":
+        over.append('privacy.secure_aggregation="secagg"')
+    cfg = load_config(None, over)
+    run_experiment(cfg, tmp_path / "r")
+    run = tmp_path / "r"
+    ids = [c.client_id for c in load_clients(cfg)]
+    # what a model user receives: all but the server's own private/ and checkpoints/ (the
+    # checkpoints hold the sampling key, which gives the cohorts back by design)
+    public = [p for p in run.rglob("*")
+              if p.is_file() and not {"private", "checkpoints"} & set(p.parts)]  # fmt: skip
+    for p in public:
+        if p.suffix in (".jsonl", ".json", ".html", ".md", ".toml", ".txt"):
+            text = p.read_text(errors="replace")  # naming every client says nothing
+            named = {c for c in ids if c in text}
+            assert named in (set(), set(ids)), f"{p.name} names {sorted(named)[:3]}"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    opened = [json.loads(x) for x in (run / "private/cohorts.jsonl").read_text().splitlines()]
+    assert [r["participants"] for r in rows] == [len(o["participants"]) for o in opened]
+    assert any(d["client"] == "(hidden)" for r in rows for d in r["dropped"])
+    assert any(d["client"] in ids for o in opened for d in o["dropped"])
+    assert verify_run(run).ok
+    o = opened[0]
+    o["participants"] = sorted(o["participants"])[1:] + ["lear/LEAR"]  # claim another cohort
+    (run / "private/cohorts.jsonl").write_text("\n".join(json.dumps(x) for x in opened) + "\n")
+    assert verify_run(run).problems == [
+        "round 1: the cohort does not open to private/cohorts.jsonl"
+    ]

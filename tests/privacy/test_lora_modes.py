@@ -27,6 +27,12 @@ from fedgpt.experiment import run_experiment
             "federation.min_clients=3",
         ],
         ['privacy.secure_aggregation="ckks"'],
+        [
+            'privacy.mode="distributed_dp"',
+            'privacy.secure_aggregation="secagg"',
+            "federation.min_clients=3",
+            "privacy.noise_multiplier=0.5",
+        ],
     ],
 )
 def test_privacy_mode_with_lora(extra, tiny_overrides, tiny_checkpoint, tmp_path):

@@ -384,3 +384,25 @@ def test_server_stopped_mid_run_resumes_to_the_same_weights(tmp_path, monkeypatc
     ]
     pick = lambda es: [e["global_weights"] for e in es if e.get("kind") == "round"]  # noqa: E731
     assert pick(ours) == pick(theirs)
+
+
+def test_distributed_dp_runs_over_flower(tmp_path):
+    """Distributed DP's noise is drawn on the clients from the OS, so the weights cannot
+    equal another run's; the Flower run completes, reports the same ε as the accountant,
+    its ledger verifies, and the clients learned the run's noise multiplier."""
+    from fedgpt.build import client_setup, make_privacy
+    from fedgpt.privacy import skellam_accountant as sa
+
+    extra = ['privacy.mode="distributed_dp"', 'privacy.secure_aggregation="secagg"',
+             "federation.min_clients=3", "privacy.noise_multiplier=0.7"]  # fmt: skip
+    overrides = with_identities([*FLOWER_TINY, *extra], tmp_path / "identities")
+    summary = over_flower(overrides, tmp_path, MemoryGrid(split_nodes(overrides)))
+    rows = [json.loads(x) for x in (tmp_path / "fl/fl/metrics.jsonl").read_text().splitlines()]
+    n = summary["dataset"]["num_clients"]
+    want = sa.epsilon(0.7, 3 / n, 2, 1e-5, clip=1.0, dim=sa.MAX_DIM, scale=2**24)
+    assert summary["rounds"] == 2 and rows[-1]["epsilon"] == pytest.approx(want)
+    assert all(len(r["participants"]) == 3 for r in rows)
+    assert verify_run(tmp_path / "fl" / "fl").ok
+    cfg = load_config(None, overrides)
+    setup = client_setup(cfg, [f"c{i}" for i in range(n)], make_privacy(cfg, n), {})
+    assert setup["z"] == 0.7 and len(setup["clients"]) == n

@@ -321,7 +321,7 @@ class Ledger:
     def append_round(
         self,
         rnd: int,
-        participants: Sequence[str],
+        participants: Sequence[str] | int,
         dropped: Sequence[Mapping[str, str]],
         updates: Mapping[str, str],
         weights: torch.Tensor,
@@ -330,13 +330,16 @@ class Ledger:
         start: str,
         end: str,
         retries: int = 0,
+        cohort: str | None = None,
     ) -> dict:
+        """A round entry; with ``cohort`` (a hidden cohort, :mod:`fedgpt.federation.cohort`)
+        ``participants`` is a count and ``dropped`` names no client."""
         eps = None if epsilon is None else float(epsilon)
         entry = {
             "kind": "round",
             "round": rnd,
             "config_hash": self.config_hash,
-            "participants": list(participants),
+            "participants": participants if isinstance(participants, int) else list(participants),
             "dropped": [dict(d) for d in dropped],
             "updates": dict(sorted(updates.items())),
             "global_weights": weights_hash(weights),
@@ -347,6 +350,8 @@ class Ledger:
         }
         if retries:
             entry["retries"] = retries
+        if cohort is not None:
+            entry["cohort"] = cohort
         return self.append(entry)
 
     def append_model(self, model_dir: Path, rnd: int, weights: torch.Tensor) -> dict:

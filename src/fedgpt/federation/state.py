@@ -78,3 +78,9 @@ class RoundResult:
             **({"attention": self.attention} if self.attention else {}),
             **({"personal_accuracy": ev["personal_accuracy"]} if own else {}),
         }
+
+
+def count(participants) -> int:
+    """The number of participants of a ``metrics.jsonl`` row (a list, or a count where the
+    cohort is hidden)."""
+    return participants if isinstance(participants, int) else len(participants or [])

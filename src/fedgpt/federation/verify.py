@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from fedgpt.errors import RunError
+from fedgpt.federation.cohort import check_openings
 from fedgpt.federation.ledger import (
     LEDGER,
     PUBLIC_KEY,
@@ -113,6 +114,7 @@ def verify_run(run_dir: str | Path, check_model: bool = True) -> Verdict:
     v.rounds = rounds[-1].get("round", 0) if rounds else 0
     if rounds:
         _check_checkpoint(run_dir, rounds[-1], v, latest_checkpoint, load_file)
+    v.problems += check_openings(run_dir, rounds)
     model = entries[-1] if entries[-1] and entries[-1].get("kind") == "model" else None
     v.finished = model is not None
     if model is None:

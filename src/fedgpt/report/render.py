@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedgpt.federation.state import count
 from fedgpt.report.plots import Row, as_float, finite, human_bytes, nested
 
 MISSING = "—"
@@ -212,7 +213,7 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
     central = nested(summary, "baselines", "centralized")
     local = nested(summary, "baselines", "local_only")
     central_acc = central.get("test_accuracy") if isinstance(central, Mapping) else None
-    updates = sum(len(r.get("participants") or []) for r in rows)
+    updates = sum(count(r.get("participants")) for r in rows)
     table_rows = [
         [
             "federated",
@@ -318,7 +319,7 @@ def _rounds_table(rows: Sequence[Row]) -> Table:
             fmt_loss(r.get("train_loss")),
             fmt_loss(r.get("test_loss")),
             fmt_acc(r.get("test_accuracy")),
-            str(len(r.get("participants") or [])),
+            str(count(r.get("participants"))),
             str(len(r.get("dropped") or [])),
             human_bytes(r.get("bytes_up")),
             human_bytes(r.get("bytes_down")),

@@ -58,10 +58,10 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def with_identities(overrides: list[str], folder) -> list[str]:
-    """``overrides`` plus, under SecAgg, ``privacy.secagg_identities`` naming a folder of
+    """``overrides`` plus, under SecAgg or CKKS, ``privacy.secagg_identities`` naming a folder of
     fresh identities for the run's clients (as ``fedgpt keys secagg`` writes it): what
     every node of a Flower run needs."""
-    if not any("secure_aggregation" in o and "secagg" in o for o in overrides):
+    if not any("secure_aggregation" in o and ("secagg" in o or "ckks" in o) for o in overrides):
         return list(overrides)
     from fedgpt.build import load_clients, load_run_config
     from fedgpt.privacy.secagg.identity import Identities

@@ -56,7 +56,7 @@ def setup(*overrides, tamper=None, drop=None, fedmd=False, ckks=None):
     if ckks:
         from fedgpt.federation.secure_sum_client import CkksEncryption
 
-        secure.append(CkksEncryption(ckks[0]))
+        secure.append(CkksEncryption(ckks[0], expected=len(IDS)))
     public = enc(TEXT * 3) if fedmd else None
     if fedmd:
         from fedgpt.federation.fedmd import FedMDClient

@@ -254,7 +254,7 @@ def build_strategy(
     masks = {t: m for t, _, m in tiers.values()}
     kind = cfg.privacy.secure_aggregation
     if kind == "ckks":
-        secure_sum = CkksSum(cfg, masks, server=ckks_server)
+        secure_sum = CkksSum(cfg, masks, server=ckks_server, registry=registry)
     elif kind == "secagg":
         secure_sum = SECURE_SUMS.get(kind)(
             cfg, masks, registry=registry, codec=privacy.secagg_codec
@@ -320,11 +320,12 @@ def build_server(
 
 
 def secagg_identities(cfg: RunConfig, ids: list[str], own=None):
-    """SecAgg's client identities (:class:`~fedgpt.privacy.secagg.identity.Identities`):
-    read from ``privacy.secagg_identities`` (the private keys of ``own``, default ``ids``),
-    or, when that is empty, made fresh for ``ids`` (a run whose clients all live in this
-    process); None without SecAgg."""
-    if cfg.privacy.secure_aggregation != "secagg":
+    """The clients' identities under SecAgg and CKKS
+    (:class:`~fedgpt.privacy.secagg.identity.Identities`): read from
+    ``privacy.secagg_identities`` (the private keys of ``own``, default ``ids``), or, when
+    that is empty, made fresh for ``ids`` (a run whose clients all live in this process);
+    None without a secure sum."""
+    if cfg.privacy.secure_aggregation == "none":
         return None
     from fedgpt.privacy.secagg.identity import Identities
 
@@ -360,6 +361,7 @@ def client_setup(cfg: RunConfig, ids: list[str], privacy: ServerPrivacy, tiers: 
     federation's client ids, the local noise multiplier, whether tiers apply), or None
     when nothing they do depends on it."""
     needed = privacy.mechanism.clients_need_z or cfg.attack.fraction > 0 or bool(tiers)
+    needed |= SECURE_SUMS.get(cfg.privacy.secure_aggregation).clients_need_cohort
     if not needed:
         return None
     return {"clients": list(ids), "z": float(privacy.z), "tiers": bool(tiers)}
@@ -388,18 +390,17 @@ def build_client_app(
 
         bad = frozenset(malicious_clients(all_ids, cfg.attack.fraction, cfg.seed))
         after.append(Poison(bad, cfg.attack.kind, cfg.attack.scale))
-    secure = []
+    secure, f, p = [], cfg.federation, cfg.privacy
+    per_round = clients_per_round(len(all_ids), f.fraction, f.min_clients)
     if cfg.privacy.secure_aggregation == "secagg":
         from fedgpt.federation.secure_sum_client import SecAggClient
 
-        f = cfg.federation
-        per_round = clients_per_round(len(all_ids), f.fraction, f.min_clients)
         codec = mechanism_for(cfg.privacy).secagg_codec(cfg.privacy, noise_multiplier, per_round)
         secure.append(SecAggClient(cfg.privacy.secagg_threshold, identities, codec))
     if ckks_secret is not None:  # the clients hold the secret context
         from fedgpt.federation.secure_sum_client import CkksEncryption
 
-        secure.append(CkksEncryption(ckks_secret))
+        secure.append(CkksEncryption(ckks_secret, identities, p.secagg_threshold, per_round))
     return ClientApp.build(
         prep.fm, prep.data, cfg.client, cfg.privacy, noise_multiplier,
         task=build_task(cfg), before=[TierSlice(tiers)] if tiers else [], after=after,

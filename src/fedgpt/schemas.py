@@ -151,6 +151,7 @@ SCHEMAS: dict[str, type[_Config]] = {
     "secagg/signature": SecAggSignature,
     "secagg/shares_out": SecAggSharesOut,
     "ckks/aggregate": CkksAggregate,
+    "ckks/signature": SecAggSignature,
     "fedmd/logits": FedMDLogits,
 }
 
@@ -292,7 +293,7 @@ def check_payload(reply: Message, model: _Config, expect: Expect) -> str | None:
         return _blobs(reply, {*expect.keys, "sig"}, (1, 1), MAX_BLOB)
     if kind == "secagg/shares":
         return _blobs(reply, {f"to:{v}" for v in expect.peers}, (1, 3), MAX_BLOB)
-    if kind == "secagg/signature":
+    if kind in ("secagg/signature", "ckks/signature"):
         return _blobs(reply, {"sig"}, (1, 1), 64)
     if kind == "secagg/masked_input":
         y = reply.blobs.get("y")

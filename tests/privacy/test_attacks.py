@@ -491,7 +491,7 @@ def test_ckks_sends_no_per_client_metadata_in_the_clear(federation):
 
     def run(secure: str):
         cfg = load_config(None, [*over, f'privacy.secure_aggregation="{secure}"'])
-        sides = [CkksEncryption(secret)] if secure == "ckks" else []
+        sides = [CkksEncryption(secret, expected=N)] if secure == "ckks" else []
         app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16),
                               secure=sides)  # fmt: skip
 
@@ -593,3 +593,86 @@ def test_a_reader_of_the_run_folder_does_not_learn_the_cohorts(mode, tiny_overri
     assert verify_run(run).problems == [
         "round 1: the cohort does not open to private/cohorts.jsonl"
     ]
+
+
+@pytest.fixture(scope="module")
+def ckks_round(federation):
+    """Eight CKKS key holders with identities, each having trained and encrypted round 1:
+    (app, identities, {client: train reply}, public context)."""
+    pytest.importorskip("tenseal")
+    from fedgpt.federation.secure_sum_client import CkksEncryption
+    from fedgpt.privacy.ckks import make_keys
+
+    fm, data, w0 = federation
+    secret, public = make_keys()
+    ids = Identities.generate(IDS)
+    app = ClientApp.build(fm, data, ClientConfig(local_steps=1, batch_size=2, seq_len=16),
+                          secure=[CkksEncryption(secret, ids, 0.5, N)])  # fmt: skip
+    cfg = {"round": 1, "secure_aggregation": "ckks"}
+    replies = {c: app(c, Message("train", {**cfg, "seed": i}, {"weights": w0}))
+               for i, c in enumerate(IDS)}  # fmt: skip
+    return app, ids, replies, public
+
+
+def decrypt_request(replies, members, set_sigs, cts=None) -> Message:
+    blobs = {f"sig:{v}": [s] for v, s in set_sigs.items()}
+    for v in members:
+        blobs[f"ct:{v}"] = list((cts or {}).get(v, replies[v].blobs["delta_ckks"]))
+        blobs[f"ctsig:{v}"] = replies[v].blobs["ckks_sig"]
+    return Message("ckks/decrypt", {"round": 1, "numel": 10, "members": members}, {}, blobs)
+
+
+def test_ckks_decryption_oracle_is_closed(ckks_round):
+    """The server sent one client's ciphertext as "the aggregate" and a key holder
+    decrypted it. Now a key holder decrypts only a sum it adds up itself, of ciphertexts
+    signed by the members of a set that a majority of the cohort signed: asked for one
+    client's ciphertext (a set of 1), for a set it did not sign, or with encryptions of
+    zero in place of the other members', it refuses."""
+    import tenseal as ts
+
+    app, ids, replies, public = ckks_round
+    a = "c0"
+    with pytest.raises(ValueError, match="a set of 1 is not one this client signs"):
+        app("c1", Message("ckks/check", {"round": 1, "members": [a]}))
+    with pytest.raises(ValueError, match="not the set this client signed"):
+        app("c1", decrypt_request(replies, [a], {}))
+    # all eight sign the full set; the server substitutes encryptions of zero for c1..c7
+    sigs = {v: app(v, Message("ckks/check", {"round": 1, "members": IDS})).blobs["sig"][0]
+            for v in IDS}  # fmt: skip
+    ctx = ts.context_from(public)
+    n_chunks = len(replies[a].blobs["delta_ckks"])
+    zero = [ts.ckks_vector(ctx, [0.0] * 4096).serialize() for _ in range(n_chunks)]
+    fake = {v: zero for v in IDS if v != a}
+    with pytest.raises(ValueError, match="ciphertexts of c1 are not signed"):
+        app("c2", decrypt_request(replies, IDS, sigs, fake))
+    out = app("c2", decrypt_request(replies, IDS, sigs))  # the honest request is served
+    assert out.type == "ckks/aggregate"
+    with pytest.raises(ValueError, match="already decrypted this round"):
+        app("c2", decrypt_request(replies, IDS, sigs))
+
+
+def test_ckks_two_sets_cannot_both_be_decrypted(federation, ckks_round):
+    """The difference attack: half of the cohort is asked to sign the set with c0, the other
+    half the set without it, to decrypt both sums and subtract. A set needs 5 of the 8
+    members' signatures; each camp has 4, so neither sum is decrypted (round 2)."""
+    app, ids, replies, _ = ckks_round
+    cfg, w0 = {"round": 2, "secure_aggregation": "ckks"}, federation[2]
+    rnd2 = {c: app(c, Message("train", {**cfg, "seed": i}, {"weights": w0}))
+            for i, c in enumerate(IDS)}  # fmt: skip
+    with_a, without = IDS, IDS[1:]
+    camp_a, camp_b = IDS[:4], IDS[4:]
+    sig_a = {v: app(v, Message("ckks/check", {"round": 2, "members": with_a})).blobs["sig"][0]
+             for v in camp_a}  # fmt: skip
+    sig_b = {v: app(v, Message("ckks/check", {"round": 2, "members": without})).blobs["sig"][0]
+             for v in camp_b}  # fmt: skip
+    with pytest.raises(ValueError, match="signed another set this round"):
+        app("c1", Message("ckks/check", {"round": 2, "members": without}))
+
+    def request(members, sigs):
+        m = decrypt_request(rnd2, members, sigs)
+        return Message("ckks/decrypt", {**m.config, "round": 2}, {}, m.blobs)
+
+    with pytest.raises(ValueError, match="4 members signed the set, need 5"):
+        app("c1", request(with_a, sig_a))
+    with pytest.raises(ValueError, match="4 members signed the set, need 5"):
+        app("c5", request(without, sig_b))

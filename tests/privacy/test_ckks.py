@@ -92,12 +92,13 @@ def test_truncated_ciphertext_drops_only_its_sender(tiny_overrides, tmp_path, mo
             "baselines.enabled=false",
             'privacy.secure_aggregation="ckks"',
             "federation.rounds=1",
+            "federation.min_clients=3",  # two remain: a majority of the cohort may be summed
         ],
     )
     run_experiment(cfg, tmp_path / "r")
     row = json.loads((tmp_path / "r/metrics.jsonl").read_text().splitlines()[0])
     assert len(row["dropped"]) == 1 and row["dropped"][0]["reason"].startswith("CKKS:")
-    assert len(row["participants"]) == 1
+    assert len(row["participants"]) == 2
 
 
 def test_keys_command_and_config_errors(tmp_path):

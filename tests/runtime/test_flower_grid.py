@@ -300,6 +300,7 @@ def test_ckks_over_flower(tmp_path):
     node_keys.mkdir()
     (node_keys / "secret_context.bin").write_bytes((keys / "secret_context.bin").read_bytes())
     over = [*FLOWER_TINY, 'privacy.secure_aggregation="ckks"', f'privacy.ckks_keys="{keys}"']
+    over = with_identities(over, tmp_path / "identities")
     ref = in_process(over, tmp_path)
     nodes = split_nodes(FLOWER_TINY)
     for nc in nodes.values():

@@ -260,6 +260,14 @@ class BaselineConfig(_Section):
 class PrivacyConfig(_Section):
     """Differential privacy of what leaves the clients (see docs/privacy.md)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_key_name(cls, data):
+        """The name "ckks_shared_key" says what "ckks" is: one secret key for all clients."""
+        if isinstance(data, dict) and data.get("secure_aggregation") == "ckks_shared_key":
+            data = {**data, "secure_aggregation": "ckks"}
+        return data
+
     mode: str = Field(
         "none",
         description='"central_dp": DP-FedAvg, clip each update, noise the sum on the server '
@@ -299,11 +307,14 @@ class PrivacyConfig(_Section):
     count_noise_std: float = Field(
         0.0, ge=0.0, description="adaptive clipping: noise std of the unclipped count; 0 = m/20"
     )
-    secure_aggregation: Literal["none", "secagg", "ckks"] = Field(
+    secure_aggregation: Literal["none", "secagg", "ckks", "ckks_shared_key"] = Field(
         "none",
         description='"secagg": pairwise-masked secure aggregation (SecAgg/SecAgg+), the server '
-        'learns only the sum; "ckks": clients send CKKS-encrypted updates (TenSEAL), the server '
-        "sums them without the secret key and a key-holding client decrypts only the sum",
+        'learns only the sum; "ckks" (also spelled "ckks_shared_key"): clients send signed '
+        "CKKS-encrypted updates (TenSEAL), the server sums them without the secret key and a "
+        "key-holding client decrypts only a sum it adds up itself of a set a majority signed; "
+        "every client holds the one secret key, so a server colluding with any client reads "
+        "every update (docs/threat-model.md)",
     )
     post_quantum: bool = Field(
         False,
@@ -329,10 +340,10 @@ class PrivacyConfig(_Section):
     )
     secagg_identities: str = Field(
         "",
-        description="secagg: folder of the clients' long-term signing keys (registry.json and "
-        "keys/, from `fedgpt keys secagg`); clients sign their round keys and the survivor "
-        "set and check their peers' against the registry. Needed over Flower; in-process "
-        "runs make fresh ones when empty",
+        description="secagg and ckks: folder of the clients' long-term signing keys "
+        "(registry.json and keys/, from `fedgpt keys secagg`); clients sign their round keys "
+        "or ciphertexts and the set summed, and check their peers' against the registry. "
+        "Needed over Flower; in-process runs make fresh ones when empty",
     )
     ckks_keys: str = Field(
         "",

@@ -55,6 +55,7 @@ class SecureSum:
     name: ClassVar[str] = ""
     reveals_individual: ClassVar[bool] = True
     coverage: ClassVar[bool] = True
+    clients_need_cohort: ClassVar[bool] = False  # remote clients learn the client ids first
 
     def __init__(self, cfg, tier_masks: dict[str, torch.Tensor] | None = None):
         self.cfg = cfg  # the RunConfig
@@ -159,32 +160,52 @@ class PlainSum(SecureSum):
 
 @SECURE_SUMS.register("ckks")
 class CkksSum(PlainSum):
-    """CKKS ciphertexts of n_k Δ_k, summed without the secret key; one key holder
-    decrypts the sum. An unreadable ciphertext drops its sender and the sum is redone."""
+    """CKKS ciphertexts of n_k Δ_k, signed by their senders; the members of the sum sign
+    the set, and one key holder adds the signed ciphertexts itself and decrypts that sum
+    (:mod:`fedgpt.privacy.ckks_guard`). An unreadable or unsigned ciphertext drops its
+    sender."""
 
     reveals_individual = False
     coverage = False
+    clients_need_cohort = True  # a key holder checks the set's size against the cohort
     train_config: ClassVar[dict] = {"secure_aggregation": "ckks"}
 
-    def __init__(self, cfg, tier_masks=None, server=None):
+    def __init__(self, cfg, tier_masks=None, server=None, registry=None):
         from fedgpt.privacy.ckks import num_chunks
 
         super().__init__(cfg, tier_masks)
         self.server = server  # a CkksServer holding the public context only
+        self.registry = registry  # the clients' public identities (or None: not checked)
         self._num_chunks = num_chunks
 
     META = 3  # inside each plaintext after n_k·Δ_k: n_k, n_k·loss, n_k·[loss known]
 
     def collect(self, state, cohort, ex):
         self.chunks = self._num_chunks(state.weights.numel() + self.META)
+        self.expected = len(cohort)
         return super().collect(state, cohort, ex)
+
+    def _signed(self, good: dict[str, Message], rnd: int) -> dict[str, Message]:
+        """The replies whose ciphertexts carry their sender's registered signature."""
+        from fedgpt.privacy.ckks_guard import ciphertext_statement
+
+        if self.registry is None:
+            return good
+        return {c: m for c, m in good.items() if self.registry.verify(
+            c, m.blobs.get("ckks_sig", [b""])[0],
+            ciphertext_statement(rnd, c, m.blobs["delta_ckks"]))}  # fmt: skip
 
     def combine(self, good, state, ex):
         from fedgpt.privacy.ckks import CiphertextError
 
+        signed = self._signed(good, state.round + 1)
+        for c in set(good) - set(signed):
+            ex.drop(c, "CKKS: ciphertexts not signed by the client's registered identity")
+        good = signed
         while good:
             try:
-                agg = self.server.sum([good[c].blobs["delta_ckks"] for c in good])
+                # the sum is the decryptor's to make; adding here names unreadable senders
+                self.server.sum([good[c].blobs["delta_ckks"] for c in good])
                 break
             except CiphertextError as exc:
                 bad = list(good)[exc.index]
@@ -194,9 +215,9 @@ class CkksSum(PlainSum):
         metrics = {c: m.config.get("metrics", {}) for c, m in good.items()}
         if not good:
             return Collected([], weights=n, metrics=metrics)
-        total = self._decrypt(agg, list(good), state, ex)
+        total = self._decrypt(good, state, ex)
         if total is None:
-            return Collected([], weights=n, metrics=metrics)
+            return Collected([], weights=n, metrics=metrics, failure="CKKS: no sum decrypted")
         numel = state.weights.numel()
         count, loss_sum, known = (float(x) for x in total[numel:])
         if not count > 0:
@@ -205,11 +226,25 @@ class CkksSum(PlainSum):
         return Collected(list(good), average=total[:numel] / count, weights=n, metrics=metrics,
                          train_loss=loss)  # fmt: skip
 
-    def _decrypt(self, agg, holders: list[str], state, ex: Exchange) -> torch.Tensor | None:
-        """The first participant able to decrypt the sum does it."""
-        numel, rnd = state.weights.numel() + self.META, state.round + 1
-        for cid in holders:
-            msg = Message("ckks/decrypt", {"round": rnd, "numel": numel}, {}, {"aggregate": agg})
+    def _decrypt(self, good: dict[str, Message], state, ex: Exchange) -> torch.Tensor | None:
+        """The members sign the set; the first that can then decrypts its sum."""
+        numel, rnd, members = state.weights.numel() + self.META, state.round + 1, sorted(good)
+        check = {c: Message("ckks/check", {"round": rnd, "members": members}) for c in members}
+        sigs = {}
+        for c, reply in ex.send(check).items():
+            if check_reply(reply, Expect("ckks/signature", rnd)) is None:
+                sigs[c] = reply.blobs.get("sig", [b""])[0]
+            else:
+                ex.drop(c, f"CKKS check: {check_reply(reply, Expect('ckks/signature', rnd))}")
+        blobs = {f"sig:{c}": [s] for c, s in sigs.items() if s}
+        for c in members:
+            blobs[f"ct:{c}"] = list(good[c].blobs["delta_ckks"])
+            blobs |= (
+                {f"ctsig:{c}": good[c].blobs["ckks_sig"]} if "ckks_sig" in good[c].blobs else {}
+            )
+        for cid in sigs:
+            msg = Message("ckks/decrypt", {"round": rnd, "numel": numel, "members": members},
+                          {}, blobs)  # fmt: skip
             reply = ex.send({cid: msg}).get(cid, Failure("no reply"))
             if check_reply(reply, Expect("ckks/aggregate", rnd, numel)) is None:
                 return reply.tensors["aggregate"]

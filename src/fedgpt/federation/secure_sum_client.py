@@ -92,19 +92,24 @@ class SecAggClient(SecureSumClient):
 
 
 class CkksEncryption(SecureSumClient):
-    """``ckks``: for a client that holds the secret context (``secret``)."""
+    """``ckks``: for a client that holds the secret context (``secret``); it decrypts only
+    a sum it adds up itself, of one agreed set of signed ciphertexts
+    (:mod:`fedgpt.privacy.ckks_guard`; ``expected``: the round's cohort m, ``identities``:
+    the clients' signing keys)."""
 
     name, prefix = "ckks", "ckks/"
 
-    def __init__(self, secret: bytes):
+    def __init__(self, secret: bytes, identities=None, fraction: float = 0.5, expected: int = 0):
         from fedgpt.privacy.ckks import CkksClient
+        from fedgpt.privacy.ckks_guard import DecryptGuard
 
         self.ckks = CkksClient(secret)
+        self.guard = DecryptGuard(expected, fraction, identities)
 
     def encode(self, client_id: str, reply: Message) -> Message:
-        """Encrypt [n·Δ ; n ; n·ℓ]: the weight and the loss ride inside the ciphertext, so
-        the server reads only their sums; the reply says n = 1 and no metric (but a DP-SGD
-        client's own ε)."""
+        """Encrypt [n·Δ ; n ; n·ℓ] and sign the ciphertexts: the weight and the loss ride
+        inside, so the server reads only their sums; the reply says n = 1 and no metric
+        (but a DP-SGD client's own ε)."""
         c = reply.config
         n, loss = float(c["num_examples"]), c["metrics"].get("train_loss")
         known = loss is not None and math.isfinite(loss)
@@ -112,13 +117,37 @@ class CkksEncryption(SecureSumClient):
         chunks = self.ckks.encrypt(torch.cat([reply.tensors["delta"].double() * n, meta]))
         kept = {k: c["metrics"][k] for k in ("epsilon",) if k in c["metrics"]}
         config = {**c, "num_examples": 1, "metrics": kept}
-        return Message(reply.type, config, {}, {"delta_ckks": chunks})
+        blobs = {"delta_ckks": chunks}
+        if sig := self.guard.sign_ciphertexts(client_id, int(c["round"]), chunks):
+            blobs["ckks_sig"] = [sig]
+        return Message(reply.type, config, {}, blobs)
 
     def handle(self, client_id: str, msg: Message, train: Callable) -> Message:
+        from fedgpt.privacy.ckks import add
+
+        rnd, members = int(msg.config["round"]), list(msg.config.get("members", []))
+        if msg.type == "ckks/check":
+            sig = self.guard.sign_members(client_id, rnd, members)
+            return Message("ckks/signature", {"round": rnd}, {}, {"sig": [sig]} if sig else {})
         if msg.type != "ckks/decrypt":
             raise ValueError(f"unknown message type {msg.type!r}")
-        agg = self.ckks.decrypt(msg.blobs["aggregate"], int(msg.config["numel"]))
-        return Message("ckks/aggregate", {"round": msg.config["round"]}, {"aggregate": agg})
+        b = msg.blobs
+        cts = {k[3:]: v for k, v in b.items() if k.startswith("ct:")}
+        ct_sigs = {k[6:]: v[0] for k, v in b.items() if k.startswith("ctsig:") and v}
+        set_sigs = {k[4:]: v[0] for k, v in b.items() if k.startswith("sig:") and v}
+        parts = self.guard.check_decrypt(client_id, rnd, members, cts, ct_sigs, set_sigs)
+        agg = self.ckks.decrypt(add(self.ckks.ctx, parts), int(msg.config["numel"]))
+        return Message("ckks/aggregate", {"round": rnd}, {"aggregate": agg})
+
+    def state_dict(self) -> dict[str, bytes]:
+        g = self.guard
+        return {"ckks": json.dumps({"signed": g.signed, "decrypted": sorted(g.decrypted)}).encode()}
+
+    def load_state_dict(self, saved: Mapping[str, bytes]) -> None:
+        if "ckks" in saved:
+            d = json.loads(saved["ckks"])
+            self.guard.signed = {c: (int(r), list(u)) for c, (r, u) in d["signed"].items()}
+            self.guard.decrypted = {(c, int(r)) for c, r in d["decrypted"]}
 
 
 def _hex(b: bytes) -> str:

@@ -129,24 +129,25 @@ class CkksServer:
             raise FedGPTError("the server's CKKS context must not hold the secret key")
 
     def sum(self, updates: Sequence[Sequence[bytes]]) -> list[bytes]:
-        """Σ_k Enc(x_k), chunk by chunk (additions only). Raises ``CiphertextError`` with
-        the index of an update that cannot be read."""
-        ts = _ts()
-        n_chunks = len(updates[0])
-        out = []
-        for c in range(n_chunks):
-            acc = None
-            for k, chunks in enumerate(updates):
-                try:
-                    v = ts.ckks_vector_from(self.ctx, chunks[c])
-                except Exception as exc:  # noqa: BLE001
-                    raise CiphertextError(f"ciphertext {c} unreadable: {exc}", index=k) from None
-                if acc is None:
-                    acc = v
-                else:
-                    acc += v
-            out.append(acc.serialize())
-        return out
+        """Σ_k Enc(x_k) (:func:`add`)."""
+        return add(self.ctx, updates)
+
+
+def add(ctx, updates: Sequence[Sequence[bytes]]) -> list[bytes]:
+    """Σ_k Enc(x_k), chunk by chunk (additions only), in context ``ctx`` (public or
+    secret). Raises ``CiphertextError`` with the index of an update that cannot be read."""
+    ts = _ts()
+    out = []
+    for c in range(len(updates[0])):
+        acc = None
+        for k, chunks in enumerate(updates):
+            try:
+                v = ts.ckks_vector_from(ctx, chunks[c])
+            except Exception as exc:  # noqa: BLE001
+                raise CiphertextError(f"ciphertext {c} unreadable: {exc}", index=k) from None
+            acc = v if acc is None else acc + v
+        out.append(acc.serialize())
+    return out
 
 
 def num_chunks(numel: int, slots: int = 4096) -> int:

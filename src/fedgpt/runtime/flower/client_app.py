@@ -160,7 +160,7 @@ def fedgpt_client(cfg, local: Local, setup: dict, node_config):
 
         keys = node_folder(node_config, "ckks-keys", cfg.privacy.ckks_keys, "the secret context")
         secret = read_context(Path(keys) / "secret_context.bin", "CKKS secret context")
-    elif kind == "secagg":
+    if kind in ("secagg", "ckks"):
         from fedgpt.privacy.secagg.identity import Identities
 
         what = "the signing keys of the node's clients (`fedgpt keys secagg`)"

@@ -219,7 +219,7 @@ def test_undecodable_ckks_ciphertext_is_dropped():
     server, w0 = setup(
         'privacy.secure_aggregation="ckks"', tamper=on("a", garble), ckks_public=public
     )
-    server.runtime.handler.secure["ckks"] = CkksEncryption(secret)
+    server.runtime.handler.secure["ckks"] = CkksEncryption(secret, expected=len(IDS))
     _, result = server.run_round(server.init_state(w0))
     assert result.participants == ["b", "c", "d"]
     assert result.dropped[0]["client"] == "a" and "unreadable" in result.dropped[0]["reason"]

@@ -62,6 +62,7 @@ CI = [
     "fedatt-none-none-none",
     "fedavg-central_dp-none-none",
     "fedavg-local_dp-secagg-none",
+    "fedavg-distributed_dp-secagg-none",
     "fedavg-none-ckks-none",
     "fedavg-none-none-fedmd",
     "fedavg-none-none-feddf-hybrid",

@@ -15,6 +15,7 @@ from rich.progress import (
 )
 
 from fedgpt.callbacks import Hooks
+from fedgpt.federation.state import count
 
 
 def _fmt(v, spec: str) -> str:
@@ -25,7 +26,7 @@ def round_line(row: dict) -> str:
     return (
         f"round {row['round']:>3}  train_loss {_fmt(row['train_loss'], '.4f')}  "
         f"test_loss {_fmt(row['test_loss'], '.4f')}  acc {_fmt(row['test_accuracy'], '.4f')}  "
-        f"clients {len(row['participants'])}  dropped {len(row['dropped'])}  "
+        f"clients {count(row['participants'])}  dropped {len(row['dropped'])}  "
         f"up {row['bytes_up'] / 2**20:.1f} MiB  {row['seconds']:.1f}s"
     )
 

@@ -67,7 +67,7 @@ class SecAggClient(SecureSumClient):
             return reply
         n, metrics = reply.config["num_examples"], reply.config["metrics"]
         if self.codec is not None:  # clipped, rotated, rounded and noised by this client
-            x = self.codec.encode(reply.tensors["delta"], int(c["rotation"]))
+            x = self.codec.encode(reply.tensors["delta"], int(c["rotation"]), int(c["seed"]))
         else:
             w = min(n, c["weight_cap"]) / c["weight_cap"]
             loss = metrics.get("train_loss")

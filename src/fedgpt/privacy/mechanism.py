@@ -215,7 +215,9 @@ class DistributedDP(PrivacyMechanism):
     def secagg_codec(self, cfg, z, per_round):
         from fedgpt.privacy.skellam import SkellamCodec, min_summands
 
-        return SkellamCodec(cfg.clip_norm, z, min_summands(per_round, cfg), per_round)
+        return SkellamCodec(
+            cfg.clip_norm, z, min_summands(per_round, cfg), per_round, cfg.reproducible_noise
+        )
 
     def accounting(self, cfg, z, sample_rate, per_round):
         from fedgpt.privacy.accounting import SkellamAccounting

@@ -30,7 +30,9 @@ s, rotates back (x = D H x' / √d) and divides by the expected cohort m: the sa
 estimator as central DP's (McMahan et al. 2018, f̃_f).
 
 Rounding and noise are drawn from a Philox generator keyed with 128 bits from the OS for
-each encoding (the server sees neither); the signs D come from the round's public seed.
+each encoding (the server sees neither) — keyed with the client's round seed only with
+``privacy.reproducible_noise`` (tests, exact reruns: then whoever knows the seed can
+remove the noise); the signs D come from the round's public seed.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class SkellamCodec:
     noise_multiplier: float
     min_sum: int
     expected: int
+    reproducible: bool = False  # privacy.reproducible_noise: rounding and noise seeded
 
     @property
     def scale(self) -> float:
@@ -149,9 +152,11 @@ class SkellamCodec:
         """Δ₂ of one client's rounded vector (scaled units)."""
         return rounded_bound(self.scale * self.clip, padded(numel))
 
-    def encode(self, delta: torch.Tensor, rotation_seed: int, rng=None) -> np.ndarray:
-        """The client's Z_{2^64} words: steps 1–5 of the module docstring."""
-        rng = rng if rng is not None else os_generator()
+    def encode(self, delta: torch.Tensor, rotation_seed: int, seed: int = 0) -> np.ndarray:
+        """The client's Z_{2^64} words: steps 1–5 of the module docstring (``seed``: the
+        client's round seed, used only when ``reproducible``)."""
+        rng = np.random.Generator(np.random.Philox(key=seed)) if self.reproducible else (
+            os_generator())  # fmt: skip
         x = delta.detach().double().flatten()
         x = x * min(1.0, self.clip / (float(x.norm()) + 1e-12))
         d = padded(x.numel())

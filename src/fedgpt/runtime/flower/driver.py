@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedgpt.errors import ConfigError
+from fedgpt.federation.state import count
 
 Log = Callable[[str], None]
 
@@ -83,7 +84,7 @@ class LogHooks:
 
     def round_done(self, row: dict) -> None:
         self.log(
-            f"round {row['round']}: participants {len(row['participants'])}, "
+            f"round {row['round']}: participants {count(row['participants'])}, "
             f"dropped {len(row['dropped'])}, train_loss {row['train_loss']}, "
             f"test_loss {row['test_loss']}, {row['seconds']:.2f} s"
         )

@@ -33,6 +33,7 @@ from fedgpt.federation.loop import FederatedServer
 from fedgpt.privacy.local_dp import LocalDPRelease
 from fedgpt.runner import (  # noqa: F401  (re-exported)
     Runner,
+    check_new_run_dir,
     new_run_dir,
     resume_config,
     run_round_with_retries,
@@ -47,6 +48,8 @@ def run_experiment(
     """Run (or continue) the federation described by ``cfg`` in ``run_dir``."""
     hooks = hooks or Hooks()
     t_start = time.perf_counter()
+    if not resume:  # before a minute of preparation: a run folder is never overwritten
+        check_new_run_dir(run_dir)
     hooks.stage("preparing data and model", None)
     prep = prepare(cfg)  # every input is checked before anything is written
     return run_prepared(cfg, prep, run_dir, resume, hooks, t_start)

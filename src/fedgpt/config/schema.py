@@ -457,7 +457,14 @@ class RuntimeConfig(_Section):
 class RunConfig(_Section):
     """The whole run."""
 
-    name: str = Field("shakespeare", min_length=1, description="run name (folder under out_dir)")
+    name: str = Field(
+        "shakespeare",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+ -]*$",
+        description="run name: one folder under out_dir (letters, digits, _ . + - and spaces; "
+        "no path separators, not starting with a dot)",
+    )
     seed: int = Field(0, ge=0, description="seed of every random draw in the run")
     out_dir: str = Field("runs", description="parent folder of run folders")
     data: DataConfig = Field(default_factory=DataConfig)

@@ -3,8 +3,10 @@
 Layout: ``checkpoints/round_000012/{weights.safetensors, server_state.safetensors,
 state.json}``. Every random draw of a round is keyed by (seed, round, client), so the
 seed and the next round number determine all future randomness; the torch global RNG
-state is saved as well. Files are written to a temporary folder and renamed, so a crash
-never leaves a half-written checkpoint behind.
+state is saved as well. Files are written to a temporary folder, fsynced with a
+``manifest.json`` of their SHA-256, and the folder is renamed into place and its parent
+fsynced (:mod:`fedgpt.files`). Resume takes the newest checkpoint whose manifest verifies
+and that loads (:func:`usable_checkpoint`), and says which newer ones it skipped and why.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedgpt.errors import RunError
+from fedgpt.files import manifest, replace_dir, sha256_file, write_atomic
 
 
 @dataclass
@@ -43,8 +46,8 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
     state["torch_rng_state"] = torch.get_rng_state()
     save_file(state, tmp / "server_state.safetensors")
     (tmp / "state.json").write_text(json.dumps({"round": ckpt.round, **ckpt.meta}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    write_atomic(tmp / "manifest.json", json.dumps(manifest(tmp), indent=2))
+    replace_dir(tmp, final)
     for old in sorted(root.glob("round_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -55,13 +58,52 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def damage(path: Path) -> str | None:
+    """Why checkpoint folder ``path`` cannot be trusted (a file missing, or not the one its
+    manifest hashed), or None."""
+    listed = path / "manifest.json"
+    if not listed.is_file():  # written before manifests: its files must at least exist
+        missing = [n for n in FILES if not (path / n).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    try:
+        hashes = json.loads(listed.read_text())
+    except (OSError, ValueError):
+        return "manifest.json is unreadable"
+    for name in FILES:
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if hashes.get(name) != sha256_file(f):
+            return f"{name} differs from its manifest (torn or corrupted)"
+    return None
+
+
+def usable_checkpoint(root: Path) -> tuple[Checkpoint | None, Path | None, list[str]]:
+    """The newest checkpoint under ``root`` that verifies and loads: (checkpoint, its
+    folder, one line per newer one skipped with the reason)."""
+    skipped = []
+    for path in sorted(root.glob("round_*"), reverse=True):
+        why = damage(path)
+        if why is None:
+            try:
+                return load_checkpoint(path), path, skipped
+            except RunError as exc:
+                why = str(exc)
+        skipped.append(f"skipped checkpoint {path.name}: {why}")
+    return None, None, skipped
+
+
+FILES = ("weights.safetensors", "server_state.safetensors", "state.json")
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     try:
         meta = json.loads((path / "state.json").read_text())
         weights = load_file(path / "weights.safetensors")["weights"]
         state = load_file(path / "server_state.safetensors")
-    except (OSError, ValueError, KeyError) as exc:
-        raise RunError(f"checkpoint '{path}' is unreadable: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise RunError(f"checkpoint '{path}' is unreadable: {why}") from None
     rng = state.pop("torch_rng_state", None)
     if rng is not None:
         torch.set_rng_state(rng)

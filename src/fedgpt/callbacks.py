@@ -106,7 +106,8 @@ class Checkpoints(Callback):
             "clients": len(run.server.client_ids),
             "privacy": run.privacy.state(),
         }
-        ckpt = Checkpoint(s.round, s.weights, s.opt_state, meta)
+        clients = run.client_state() if run.client_state is not None else {}
+        ckpt = Checkpoint(s.round, s.weights, s.opt_state, meta, clients)
         save_checkpoint(run.run_dir / "checkpoints", ckpt, keep=cfg.federation.checkpoint_keep)
 
 

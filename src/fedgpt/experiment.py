@@ -99,14 +99,17 @@ def run_prepared(
         def baselines(rows: list[dict], last_eval: dict) -> dict:
             return run_baselines(cfg, prep, server, rows, last_eval, hooks)
 
-    def restore_clients(meta: dict) -> None:  # in-process: the clients' local-DP counts
-        if (ldp := app.algorithm.step(LocalDPRelease)) is not None:
-            ldp.releases = dict(meta.get("privacy", {}).get("participation", {}))
+    def restore_clients(ck) -> None:  # in-process: everything the clients carry
+        if ck.clients:
+            app.load_state_dict(ck.clients)
+        elif (ldp := app.algorithm.step(LocalDPRelease)) is not None:  # older checkpoints
+            ldp.releases = dict(ck.meta.get("privacy", {}).get("participation", {}))
 
     return Runner(
         cfg, prep, server, privacy, run_dir, hooks, resume=resume,
         on_attempt=faults.set_attempt if faults is not None else None,
-        restore_clients=restore_clients, baselines=baselines, t_start=t_start,
+        restore_clients=restore_clients, client_state=app.state_dict, baselines=baselines,
+        t_start=t_start,
     ).run()  # fmt: skip
 
 

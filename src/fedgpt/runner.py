@@ -24,7 +24,7 @@ from fedgpt.callbacks import Callback, Hooks, default_callbacks
 from fedgpt.config import RunConfig, config_hash, to_toml
 from fedgpt.data import dataset_stats
 from fedgpt.errors import RunError, RunFailed
-from fedgpt.federation.checkpoint import usable_checkpoint
+from fedgpt.federation.checkpoint import Checkpoint, usable_checkpoint
 from fedgpt.federation.cohort import conceal
 from fedgpt.federation.loop import FederatedServer
 from fedgpt.federation.state import RoundResult, ServerState
@@ -36,8 +36,10 @@ EMPTY_ROUNDS = 3  # consecutive rounds in which every client failed: the run sto
 
 class Runner:
     """See the module docstring. ``on_attempt(k)`` is called before attempt k of a round
-    (a fault injector redraws); ``restore_clients(meta)`` receives a resumed checkpoint's
-    metadata (in-process: the clients' local-DP release counts); ``baselines(rows,
+    (a fault injector redraws); ``client_state()`` gives what the clients carry between
+    rounds (saved in every checkpoint) and ``restore_clients(checkpoint)`` puts it back on
+    resume (in-process: DP-SGD accounting, local-DP releases, optimiser memory, FedMD
+    models, secure-sum state); ``baselines(rows,
     last_eval)`` adds the baselines; ``extra`` is merged into the summary."""
 
     def __init__(
@@ -52,7 +54,8 @@ class Runner:
         callbacks: list[Callback] | None = None,
         resume: bool = False,
         on_attempt: Callable[[int], None] | None = None,
-        restore_clients: Callable[[dict], None] | None = None,
+        restore_clients: Callable[[Checkpoint], None] | None = None,
+        client_state: Callable[[], dict[str, bytes]] | None = None,
         baselines: Callable[[list[dict], dict], dict] | None = None,
         extra: dict | None = None,
         t_start: float | None = None,
@@ -61,6 +64,7 @@ class Runner:
         self.run_dir, self.hooks = Path(run_dir), hooks or Hooks()
         self.callbacks = default_callbacks() if callbacks is None else callbacks
         self.resumed, self.on_attempt, self.restore_clients = resume, on_attempt, restore_clients
+        self.client_state = client_state  # what the clients carry, saved in checkpoints
         self.baselines, self.extra = baselines, extra or {}
         self.t_start = time.perf_counter() if t_start is None else t_start
         self.config_hash = config_hash(cfg)
@@ -111,7 +115,7 @@ class Runner:
             self.state = ServerState(ck.round, ck.weights, ck.server_state)
             self.privacy.load_state(ck.meta.get("privacy", {}))
             if self.restore_clients is not None:
-                self.restore_clients(ck.meta)
+                self.restore_clients(ck)
             self.hooks.log(f"resuming after round {ck.round} from {latest}")
         rows, torn = read_jsonl(self.run_dir / "metrics.jsonl")
         if torn:

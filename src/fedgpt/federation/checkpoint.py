@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ class Checkpoint:
     weights: torch.Tensor
     server_state: dict[str, torch.Tensor]
     meta: dict
+    clients: dict[str, bytes] = field(default_factory=dict)  # ClientApp.state_dict()
 
 
 def _dir(root: Path, rnd: int) -> Path:
@@ -45,6 +46,10 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
     state = {k: v.contiguous() for k, v in ckpt.server_state.items()}
     state["torch_rng_state"] = torch.get_rng_state()
     save_file(state, tmp / "server_state.safetensors")
+    if ckpt.clients:  # what the in-process clients carry between rounds, as bytes
+        raw = {k: torch.frombuffer(bytearray(v), dtype=torch.uint8) if v else torch.zeros(0,
+               dtype=torch.uint8) for k, v in ckpt.clients.items()}  # fmt: skip
+        save_file(raw, tmp / CLIENTS)
     (tmp / "state.json").write_text(json.dumps({"round": ckpt.round, **ckpt.meta}, indent=2))
     write_atomic(tmp / "manifest.json", json.dumps(manifest(tmp), indent=2))
     replace_dir(tmp, final)
@@ -69,7 +74,7 @@ def damage(path: Path) -> str | None:
         hashes = json.loads(listed.read_text())
     except (OSError, ValueError):
         return "manifest.json is unreadable"
-    for name in FILES:
+    for name in [*FILES, *([CLIENTS] if CLIENTS in hashes else [])]:
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
@@ -94,6 +99,7 @@ def usable_checkpoint(root: Path) -> tuple[Checkpoint | None, Path | None, list[
 
 
 FILES = ("weights.safetensors", "server_state.safetensors", "state.json")
+CLIENTS = "client_state.safetensors"
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -101,10 +107,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         meta = json.loads((path / "state.json").read_text())
         weights = load_file(path / "weights.safetensors")["weights"]
         state = load_file(path / "server_state.safetensors")
+        raw = load_file(path / CLIENTS) if (path / CLIENTS).is_file() else {}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise RunError(f"checkpoint '{path}' is unreadable: {why}") from None
     rng = state.pop("torch_rng_state", None)
     if rng is not None:
         torch.set_rng_state(rng)
-    return Checkpoint(round=int(meta.pop("round")), weights=weights, server_state=state, meta=meta)
+    clients = {k: v.numpy().tobytes() for k, v in raw.items()}
+    return Checkpoint(int(meta.pop("round")), weights, state, meta, clients)

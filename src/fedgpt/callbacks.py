@@ -20,6 +20,7 @@ from pathlib import Path
 from fedgpt.federation.checkpoint import Checkpoint, save_checkpoint
 from fedgpt.federation.ledger import Ledger, utc_now
 from fedgpt.federation.state import RoundResult, count
+from fedgpt.files import append_line, read_jsonl, write_atomic
 
 
 class Hooks:
@@ -41,23 +42,18 @@ class Callback:
 
 
 def read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of ``metrics.jsonl`` (a torn last line left out)."""
+    return read_jsonl(path)[0]
 
 
 class MetricsFile(Callback):
     """``metrics.jsonl``: rewritten up to the resumed round at the start, then appended."""
 
     def on_start(self, run) -> None:
-        path = run.run_dir / "metrics.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in run.rows))
-        tmp.replace(path)
+        write_atomic(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.rows))
 
     def on_round(self, run, result, row, attempts) -> None:
-        with (run.run_dir / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_line(run.run_dir / "metrics.jsonl", json.dumps(row))
 
 
 class LedgerWriter(Callback):
@@ -110,7 +106,8 @@ class Checkpoints(Callback):
             "clients": len(run.server.client_ids),
             "privacy": run.privacy.state(),
         }
-        ckpt = Checkpoint(s.round, s.weights, s.opt_state, meta)
+        clients = run.client_state() if run.client_state is not None else {}
+        ckpt = Checkpoint(s.round, s.weights, s.opt_state, meta, clients)
         save_checkpoint(run.run_dir / "checkpoints", ckpt, keep=cfg.federation.checkpoint_keep)
 
 

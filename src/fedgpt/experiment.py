@@ -33,6 +33,7 @@ from fedgpt.federation.loop import FederatedServer
 from fedgpt.privacy.local_dp import LocalDPRelease
 from fedgpt.runner import (  # noqa: F401  (re-exported)
     Runner,
+    check_new_run_dir,
     new_run_dir,
     resume_config,
     run_round_with_retries,
@@ -47,6 +48,8 @@ def run_experiment(
     """Run (or continue) the federation described by ``cfg`` in ``run_dir``."""
     hooks = hooks or Hooks()
     t_start = time.perf_counter()
+    if not resume:  # before a minute of preparation: a run folder is never overwritten
+        check_new_run_dir(run_dir)
     hooks.stage("preparing data and model", None)
     prep = prepare(cfg)  # every input is checked before anything is written
     return run_prepared(cfg, prep, run_dir, resume, hooks, t_start)
@@ -96,14 +99,17 @@ def run_prepared(
         def baselines(rows: list[dict], last_eval: dict) -> dict:
             return run_baselines(cfg, prep, server, rows, last_eval, hooks)
 
-    def restore_clients(meta: dict) -> None:  # in-process: the clients' local-DP counts
-        if (ldp := app.algorithm.step(LocalDPRelease)) is not None:
-            ldp.releases = dict(meta.get("privacy", {}).get("participation", {}))
+    def restore_clients(ck) -> None:  # in-process: everything the clients carry
+        if ck.clients:
+            app.load_state_dict(ck.clients)
+        elif (ldp := app.algorithm.step(LocalDPRelease)) is not None:  # older checkpoints
+            ldp.releases = dict(ck.meta.get("privacy", {}).get("participation", {}))
 
     return Runner(
         cfg, prep, server, privacy, run_dir, hooks, resume=resume,
         on_attempt=faults.set_attempt if faults is not None else None,
-        restore_clients=restore_clients, baselines=baselines, t_start=t_start,
+        restore_clients=restore_clients, client_state=app.state_dict, baselines=baselines,
+        t_start=t_start,
     ).run()  # fmt: skip
 
 

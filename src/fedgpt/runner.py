@@ -20,14 +20,15 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from fedgpt.callbacks import Callback, Hooks, default_callbacks, read_rows
+from fedgpt.callbacks import Callback, Hooks, default_callbacks
 from fedgpt.config import RunConfig, config_hash, to_toml
 from fedgpt.data import dataset_stats
 from fedgpt.errors import RunError, RunFailed
-from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
+from fedgpt.federation.checkpoint import Checkpoint, usable_checkpoint
 from fedgpt.federation.cohort import conceal
 from fedgpt.federation.loop import FederatedServer
 from fedgpt.federation.state import RoundResult, ServerState
+from fedgpt.files import read_jsonl, write_atomic
 from fedgpt.models.build import save_model
 
 EMPTY_ROUNDS = 3  # consecutive rounds in which every client failed: the run stops
@@ -35,8 +36,10 @@ EMPTY_ROUNDS = 3  # consecutive rounds in which every client failed: the run sto
 
 class Runner:
     """See the module docstring. ``on_attempt(k)`` is called before attempt k of a round
-    (a fault injector redraws); ``restore_clients(meta)`` receives a resumed checkpoint's
-    metadata (in-process: the clients' local-DP release counts); ``baselines(rows,
+    (a fault injector redraws); ``client_state()`` gives what the clients carry between
+    rounds (saved in every checkpoint) and ``restore_clients(checkpoint)`` puts it back on
+    resume (in-process: DP-SGD accounting, local-DP releases, optimiser memory, FedMD
+    models, secure-sum state); ``baselines(rows,
     last_eval)`` adds the baselines; ``extra`` is merged into the summary."""
 
     def __init__(
@@ -51,7 +54,8 @@ class Runner:
         callbacks: list[Callback] | None = None,
         resume: bool = False,
         on_attempt: Callable[[int], None] | None = None,
-        restore_clients: Callable[[dict], None] | None = None,
+        restore_clients: Callable[[Checkpoint], None] | None = None,
+        client_state: Callable[[], dict[str, bytes]] | None = None,
         baselines: Callable[[list[dict], dict], dict] | None = None,
         extra: dict | None = None,
         t_start: float | None = None,
@@ -60,6 +64,7 @@ class Runner:
         self.run_dir, self.hooks = Path(run_dir), hooks or Hooks()
         self.callbacks = default_callbacks() if callbacks is None else callbacks
         self.resumed, self.on_attempt, self.restore_clients = resume, on_attempt, restore_clients
+        self.client_state = client_state  # what the clients carry, saved in checkpoints
         self.baselines, self.extra = baselines, extra or {}
         self.t_start = time.perf_counter() if t_start is None else t_start
         self.config_hash = config_hash(cfg)
@@ -83,8 +88,10 @@ class Runner:
         return summary
 
     def _start(self) -> None:
+        if not self.resumed:
+            check_new_run_dir(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(to_toml(self.cfg))
+        write_atomic(self.run_dir / "config.toml", to_toml(self.cfg))
         hooks = self.hooks
         self.server.on_reply = lambda cid, reply: hooks.advance()
         self.server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
@@ -99,18 +106,21 @@ class Runner:
         hooks.rounds(total, self.state.round)
 
     def _restore(self) -> None:
-        latest = latest_checkpoint(self.run_dir / "checkpoints")
-        if latest is not None:
-            ck = load_checkpoint(latest)
+        ck, latest, skipped = usable_checkpoint(self.run_dir / "checkpoints")
+        for line in skipped:
+            self.hooks.log(line)
+        if ck is not None:
             if ck.weights.shape != self.prep.init.shape:
                 raise RunError(f"--resume: checkpoint '{latest}' does not fit this model")
             self.state = ServerState(ck.round, ck.weights, ck.server_state)
             self.privacy.load_state(ck.meta.get("privacy", {}))
             if self.restore_clients is not None:
-                self.restore_clients(ck.meta)
+                self.restore_clients(ck)
             self.hooks.log(f"resuming after round {ck.round} from {latest}")
-        rows = read_rows(self.run_dir / "metrics.jsonl")
-        self.rows = [r for r in rows if r["round"] <= self.state.round]
+        rows, torn = read_jsonl(self.run_dir / "metrics.jsonl")
+        if torn:
+            self.hooks.log("metrics.jsonl: cut back a torn last line")
+        self.rows = [r for r in rows if r.get("round", 0) <= self.state.round]
 
     def _round(self) -> RoundResult | None:
         """One round with its retries; None when the run stops before or after it."""
@@ -166,7 +176,7 @@ class Runner:
         summary["federated_seconds"] = sum(r["seconds"] for r in rows)
         summary["seconds"] = time.perf_counter() - self.t_start
         summary["config_path"] = "config.toml"
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         for cb in self.callbacks:
             cb.on_saved(self, summary)
         return summary
@@ -199,6 +209,21 @@ class Runner:
                 "accountant": cfg.privacy.accountant,
             },
         }  # fmt: skip
+
+
+RUN_FILES = ("config.toml", "ledger.jsonl", "metrics.jsonl", "checkpoints", "summary.json")
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a run folder that would overwrite another run (or is not a folder)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"'{run_dir}' is a file, not a run folder: choose another --out")
+    if run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES):
+        raise RunError(
+            f"'{run_dir}' holds a run already: continue it with --resume {run_dir}, or choose "
+            "a new --out"
+        )
 
 
 def new_run_dir(cfg: RunConfig) -> Path:

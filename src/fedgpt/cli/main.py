@@ -77,7 +77,7 @@ def run(
     """Run a federated fine-tuning (default: LEAF Shakespeare, one client per role)."""
     from fedgpt.build import load_run_config
     from fedgpt.cli.progress import QuietHooks, RichHooks
-    from fedgpt.experiment import new_run_dir, resume_config, run_experiment
+    from fedgpt.experiment import check_new_run_dir, new_run_dir, resume_config, run_experiment
 
     overrides = list(set_ or [])
     if rounds is not None:
@@ -92,6 +92,7 @@ def run(
     else:
         cfg = load_run_config(config, overrides)
         run_dir = out or new_run_dir(cfg)
+        check_new_run_dir(run_dir)
     hooks = QuietHooks() if quiet else RichHooks()
     with hooks:
         summary = run_experiment(cfg, run_dir, resume=resume is not None, hooks=hooks)

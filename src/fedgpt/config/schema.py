@@ -12,7 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # no infinities or NaNs anywhere: a key that takes a number takes a finite one
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(_Section):
@@ -70,7 +73,9 @@ class ModelConfig(_Section):
     n_layer: int = Field(2, ge=1, description="transformer blocks of the built model")
     n_embd: int = Field(64, ge=8, description="width of the built model")
     n_head: int = Field(2, ge=1, description="attention heads of the built model")
-    context: int = Field(128, ge=8, description="maximum sequence length of the built model")
+    context: int = Field(
+        128, ge=8, le=32768, description="maximum sequence length of the built model"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout of the built model")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
@@ -87,7 +92,7 @@ class ClientConfig(_Section):
     """Local training on each client."""
 
     optimizer: Literal["sgd", "adamw"] = Field("adamw", description="local optimiser")
-    lr: float = Field(3e-3, gt=0, description="local learning rate")
+    lr: float = Field(3e-3, gt=0, le=100.0, description="local learning rate")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(
         0.0, ge=0.0, description="decoupled (AdamW) or L2 (SGD) weight decay"
@@ -167,7 +172,7 @@ class FederationConfig(_Section):
         description="server update rule: fedavg, fedavgm (Hsu et al. 2019), fedadam, fedyogi, "
         "fedadagrad (Reddi et al. 2021), or one registered by your code",
     )
-    server_lr: float = Field(1.0, gt=0, description="server learning rate eta")
+    server_lr: float = Field(1.0, gt=0, le=100.0, description="server learning rate eta")
     server_momentum: float = Field(0.5, ge=0.0, lt=1.0, description="FedAvgM server momentum")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi/FedAdagrad first moment")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi second-moment decay")
@@ -285,6 +290,7 @@ class PrivacyConfig(_Section):
     noise_multiplier: float = Field(
         1.0,
         ge=0.0,
+        le=1e6,
         description="noise std / clip norm (z); 0 with target_epsilon > 0 = calibrate z so that "
         "the planned rounds spend exactly target_epsilon",
     )
@@ -457,8 +463,15 @@ class RuntimeConfig(_Section):
 class RunConfig(_Section):
     """The whole run."""
 
-    name: str = Field("shakespeare", min_length=1, description="run name (folder under out_dir)")
-    seed: int = Field(0, ge=0, description="seed of every random draw in the run")
+    name: str = Field(
+        "shakespeare",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+ -]*$",
+        description="run name: one folder under out_dir (letters, digits, _ . + - and spaces; "
+        "no path separators, not starting with a dot)",
+    )
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of every random draw in the run")
     out_dir: str = Field("runs", description="parent folder of run folders")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

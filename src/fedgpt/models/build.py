@@ -161,14 +161,21 @@ def save_model(bundle: ModelBundle, out: str | Path) -> Path:
     A LoRA model is saved merged (a plain causal LM) and its adapters beside it in
     ``adapter/`` (loadable with PEFT).
     """
+    import shutil
+
+    from fedgpt.files import replace_dir
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")  # built whole, then renamed into place
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     model = bundle.model
     if bundle.lora:
-        model.save_pretrained(out / "adapter", safe_serialization=True)
+        model.save_pretrained(tmp / "adapter", safe_serialization=True)
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    bundle.tokenizer.save_pretrained(out)
-    return out
+    model.save_pretrained(tmp, safe_serialization=True)
+    bundle.tokenizer.save_pretrained(tmp)
+    return replace_dir(tmp, out)

@@ -80,6 +80,8 @@ def plan_noise(
     (bisection on z; ε is decreasing in z)."""
     if not target_epsilon > 0:
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon}")
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1 to plan noise for, got {steps}")
     _check(1.0, sample_rate, steps, delta)
     lo, hi = 0.0, 1.0
     while epsilon(hi, sample_rate, steps, delta, kind) > target_epsilon:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgpt.errors import RunError
+from fedgpt.files import write_atomic
 from fedgpt.report.plots import make_plots
 from fedgpt.report.render import build_report, render_html, render_markdown
 
@@ -100,6 +101,6 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
     blocks = build_report(run_dir, rows, summary, config_text, plots)
     md_path = run_dir / "report.md"
     html_path = run_dir / "report.html"
-    md_path.write_text(render_markdown(blocks), encoding="utf-8")
-    html_path.write_text(render_html(blocks), encoding="utf-8")
+    write_atomic(md_path, render_markdown(blocks))
+    write_atomic(html_path, render_html(blocks))
     return md_path, html_path

@@ -100,6 +100,8 @@ def plan_noise(
     """The smallest noise multiplier whose ε after ``rounds`` is ≤ ``target_epsilon``."""
     if not target_epsilon > 0:
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon}")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1 to plan noise for, got {rounds}")
     lo, hi = 0.0, 1.0
     while epsilon(hi, sample_rate, rounds, delta, **shape) > target_epsilon:
         lo, hi = hi, hi * 2

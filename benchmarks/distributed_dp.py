@@ -11,7 +11,9 @@ default SecAgg threshold (noise sized for t + 1 of the cohort) and at
 Target: distributed DP's final test accuracy within 10 % of central DP's.
 
 Usage: python benchmarks/distributed_dp.py [--rounds 200] [--fraction 0.05] [--epsilon 8]
-       [--set KEY=VALUE ...]
+       [--only central|default|high ...] [--results NAME] [--set KEY=VALUE ...]
+       python benchmarks/distributed_dp.py --rows LOG [--rows LOG ...]  (the table from the
+       JSON rows that runs printed, e.g. configurations run in parallel with --only)
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ from pathlib import Path
 from fedgpt.build import load_run_config
 from fedgpt.experiment import run_experiment
 
-RESULTS = Path(__file__).parent / "results" / "distributed_dp"
+RESULTS = Path(__file__).parent / "results"
 
 
-def configurations(high: float) -> dict[str, list[str]]:
+def configurations(high: float) -> dict[str, tuple[str, list[str]]]:
     secagg = ['privacy.mode="distributed_dp"', 'privacy.secure_aggregation="secagg"']
     return {
-        "central_dp": ['privacy.mode="central_dp"'],
-        "distributed_dp": secagg,
-        f"distributed_dp, threshold {high}": [*secagg, f"privacy.secagg_threshold={high}"],
-    }
+        "central": ("central_dp", ['privacy.mode="central_dp"']),
+        "default": ("distributed_dp", secagg),
+        "high": (f"distributed_dp, threshold {high}",
+                 [*secagg, f"privacy.secagg_threshold={high}"]),
+    }  # fmt: skip
 
 
 def run(name: str, extra: list[str], args, out: Path) -> dict:
@@ -64,20 +67,32 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--high-threshold", type=float, default=0.9)
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=["central", "default", "high"],
+        help="run only these configurations (repeatable; default: all three)",
+    )
+    ap.add_argument("--results", default="distributed_dp", help="results file name")
     ap.add_argument("--set", action="append", default=[], help="a configuration override")
+    ap.add_argument("--rows", action="append", default=[], help="rows printed by earlier runs")
     args = ap.parse_args()
-    rows = []
+    rows = [json.loads(x) for f in args.rows for x in Path(f).read_text().splitlines()
+            if x.startswith('{"configuration"')]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in configurations(args.high_threshold).items():
+        for key, (name, extra) in configurations(args.high_threshold).items():
+            if (args.only and key not in args.only) or args.rows:
+                continue
             rows.append(run(name, extra, args, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]["test_accuracy"]
+    base = next((r["test_accuracy"] for r in rows if r["configuration"] == "central_dp"), None)
     for r in rows:
         r["accuracy_vs_central"] = r["test_accuracy"] / base if base else None
     result = {"rounds": args.rounds, "fraction": args.fraction, "target_epsilon": args.epsilon,
               "overrides": args.set, "rows": rows}  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / args.results
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Default task, {args.rounds} rounds, fraction {args.fraction}, target ε = "
         f"{args.epsilon}, δ = 1e-5 (`python benchmarks/distributed_dp.py`).",
@@ -86,11 +101,12 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        ratio = "" if r["accuracy_vs_central"] is None else f"{r['accuracy_vs_central']:.3f}"
         lines.append(
             f"| {r['configuration']} | {r['epsilon']:.3f} | {r['noise_multiplier']:.4f} | "
-            f"{r['test_accuracy']:.4f} | {r['accuracy_vs_central']:.3f} | {r['seconds']:.0f} |"
+            f"{r['test_accuracy']:.4f} | {ratio} | {r['seconds']:.0f} |"
         )
-    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -249,9 +249,13 @@ def test_resume_continues_the_chain(tmp_path):
     assert v.ok and v.rounds == 4, v.problems
     kinds = [json.loads(x)["kind"] for x in lines_of(cut)]
     assert kinds == ["header", "round", "round", "round", "config", "round", "model"]
-    # a checkpoint that disagrees with the ledger refuses to resume
-    ck = cut / "checkpoints/round_000004/weights.safetensors"
-    flip_data_bytes(ck, np.random.default_rng(3), 1)
+    # a checkpoint that disagrees with the ledger refuses to resume: one byte changed and
+    # its manifest rewritten to match (a torn file without that is skipped instead)
+    from fedgpt.files import manifest
+
+    folder = cut / "checkpoints/round_000004"
+    flip_data_bytes(folder / "weights.safetensors", np.random.default_rng(3), 1)
+    (folder / "manifest.json").write_text(json.dumps(manifest(folder)))
     with pytest.raises(RunError, match="weights differ"):
         run_experiment(config(tmp_path, "federation.rounds=5"), cut, resume=True)
 

@@ -40,3 +40,26 @@ def test_planning_noise_for_no_steps_is_refused():
     out = CliRunner().invoke(app, ["privacy", "plan", "--steps", "0", "--target-epsilon", "1",
                                    "--sample-rate", "0.1", "--delta", "1e-5"])  # fmt: skip
     assert out.exit_code == 2 and "steps must be >= 1" in out.output
+
+
+def test_an_unknown_key_says_which_one_was_meant(tmp_path):
+    out = CliRunner().invoke(app, ["run", "--set", "federation.roundz=3"])
+    assert out.exit_code == 2
+    assert "unknown config key 'federation.roundz'; did you mean 'federation.rounds'?" in out.output
+
+
+def test_ckks_keys_are_never_overwritten(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["keys", "ckks", str(tmp_path / "k")]).exit_code == 0
+    secret = (tmp_path / "k" / "secret_context.bin").read_bytes()
+    again = runner.invoke(app, ["keys", "ckks", str(tmp_path / "k")])
+    assert again.exit_code == 2 and "holds CKKS keys already" in again.output
+    assert (tmp_path / "k" / "secret_context.bin").read_bytes() == secret
+    (tmp_path / "file").write_text("x")
+    onto = runner.invoke(app, ["keys", "ckks", str(tmp_path / "file")])
+    assert onto.exit_code == 2 and "is a file" in onto.output
+
+
+def test_version():
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.startswith("fedgpt ")

@@ -33,6 +33,26 @@ app.add_typer(data_app, name="data")
 app.add_typer(privacy_app, name="privacy")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fedgpt {version('fedgpt')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Privacy-preserving federated fine-tuning of language models."""
+
+
 def user_errors(fn):
     """Turn FedGPTError into one line on stderr and exit code 2 (a user mistake), and
     RunFailed into one line and exit code 1 (the run failed)."""
@@ -287,6 +307,13 @@ def keys_ckks(out_dir: Annotated[Path, typer.Argument(help="folder for the two c
     public_context.bin for the server."""
     from fedgpt.privacy.ckks import write_keys
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: is a file, not a folder for keys")
+    if (out_dir / "secret_context.bin").exists() or (out_dir / "public_context.bin").exists():
+        raise ConfigError(
+            f"{out_dir}: holds CKKS keys already (not overwritten: clients holding the old "
+            "secret would break); choose another folder"
+        )
     secret, public = write_keys(out_dir)
     typer.echo(f"clients (secret, mode 0600): {secret}")
     typer.echo(f"server (public, no secret key): {public}")

@@ -27,10 +27,25 @@ def _describe(err: dict[str, Any]) -> str:
     kind = err["type"]
     got = err.get("input")
     if kind == "extra_forbidden":
-        return f"unknown config key '{key}'"
+        return f"unknown config key '{key}'{_did_you_mean(err['loc'])}"
     if kind == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")  # our validators name their keys
     return f"config key '{key}': {err['msg'].lower()}, got {got!r}"
+
+
+def _did_you_mean(loc) -> str:
+    """'; did you mean 'x'?' for the closest key of the same section, or ''."""
+    import difflib
+
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
 
 
 def validate(data: dict[str, Any]) -> RunConfig:

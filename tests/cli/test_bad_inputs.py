@@ -22,6 +22,7 @@ BAD_CONFIGS = [
     "privacy.clip_norm=-inf",
     "model.context=100000000",
     "privacy.delta=1.5",
+    'data.path="/tmp"',
 ]
 
 

@@ -48,6 +48,15 @@ class DataConfig(_Section):
         0, ge=0, description="keep a seeded random sample of this many clients; 0 = all"
     )
 
+    @model_validator(mode="after")
+    def _path_needs_dir(self) -> DataConfig:
+        if self.path and self.source != "dir":
+            raise ValueError(
+                f'data.path is set but data.source = "{self.source}": set data.source = "dir" '
+                "to train on your own data (or drop data.path)"
+            )
+        return self
+
 
 class LoraConfig(_Section):
     """Low-rank adapters (Hu et al. 2021) via PEFT: only adapter weights train and travel."""

@@ -38,3 +38,29 @@ def test_run_names_stay_inside_out_dir(name):
     with pytest.raises(ConfigError, match="name"):
         load_config(None, [f"name={name!r}".replace("'", '"') if "\x00" not in name else
                            'name="x\\u0000y"'])  # fmt: skip
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "federation.rounds=1", "baselines.enabled=false"])
+    run = tmp_path / "r"
+    run_experiment(cfg, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    out = CliRunner().invoke(app, ["run", "--resume", str(run)])
+    assert out.exit_code == 0 and "finished all 1 rounds, nothing to resume" in out.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_ctrl_c_says_how_to_resume(tiny_overrides, tmp_path, monkeypatch):
+    import fedgpt.experiment
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedgpt.experiment, "run_experiment", interrupted)
+    sets = sum((["--set", o] for o in tiny_overrides), [])
+    out = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "r"), *sets])
+    assert out.exit_code == 130
+    assert (
+        f"interrupted after round 0 (saved): continue with fedgpt run --resume {tmp_path / 'r'}"
+        in out.output
+    )

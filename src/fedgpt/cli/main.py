@@ -109,14 +109,37 @@ def run(
             raise ConfigError("--resume takes the configuration saved in the run folder; drop -c")
         cfg = resume_config(resume, overrides)
         run_dir = resume
+        done = _rounds_done(run_dir)
+        if done >= cfg.federation.rounds and (run_dir / "summary.json").is_file():
+            typer.echo(
+                f"{run_dir}: finished all {done} rounds, nothing to resume (more rounds: "
+                f"fedgpt run --resume {run_dir} --rounds {done + 10})"
+            )
+            return
     else:
         cfg = load_run_config(config, overrides)
         run_dir = out or new_run_dir(cfg)
         check_new_run_dir(run_dir)
     hooks = QuietHooks() if quiet else RichHooks()
-    with hooks:
-        summary = run_experiment(cfg, run_dir, resume=resume is not None, hooks=hooks)
+    try:
+        with hooks:
+            summary = run_experiment(cfg, run_dir, resume=resume is not None, hooks=hooks)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted after round {_rounds_done(run_dir)} (saved): continue with "
+            f"fedgpt run --resume {run_dir}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
     _print_summary(summary, run_dir)
+
+
+def _rounds_done(run_dir: Path) -> int:
+    """The round of the newest checkpoint in ``run_dir`` (0 without one)."""
+    from fedgpt.federation.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    return int(latest.name.removeprefix("round_")) if latest is not None else 0
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:

@@ -146,7 +146,9 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['run_name']}: next-character test accuracy")
+    from fedgpt.report.render import unit
+
+    table = Table(title=f"{summary['run_name']}: {unit(summary)} test accuracy")
     for col in ("method", "test loss", "perplexity", "accuracy"):
         table.add_column(col)
     fed = summary["federated"]

@@ -472,6 +472,24 @@ class RuntimeConfig(_Section):
 class RunConfig(_Section):
     """The whole run."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_from_data(cls, data):
+        """A run on your own data is named after its folder unless ``name`` is set."""
+        d = data.get("data") if isinstance(data, dict) else None
+        if (
+            isinstance(d, dict)
+            and "name" not in data
+            and d.get("source") == "dir"
+            and d.get("path")
+        ):
+            folder = str(d["path"]).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+            name = "".join(
+                c if (c.isascii() and c.isalnum()) or c in "_.+- " else "_" for c in folder
+            )
+            data = {**data, "name": name.lstrip(". ")[:100] or "data"}
+        return data
+
     name: str = Field(
         "shakespeare",
         min_length=1,

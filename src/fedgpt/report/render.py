@@ -139,6 +139,12 @@ def _federated(rows: Sequence[Row], summary: Mapping[str, Any]) -> dict[str, Any
     return result
 
 
+def unit(summary: Mapping[str, Any]) -> str:
+    """ "next-character" for the character models FedGPT builds, else "next-token"."""
+    name = str(nested(summary, "model", "name") or "")
+    return "next-character" if name.startswith("char-") or not name else "next-token"
+
+
 def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
     fed = _federated(rows, summary)
     rounds = summary.get("rounds", len(rows))
@@ -146,7 +152,7 @@ def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
     with_clients = f" with {fmt_int(clients)} clients" if finite(clients) is not None else ""
     parts = [
         f"After {fmt_int(rounds)} rounds{with_clients}, the federated model reaches a "
-        f"next-character test accuracy of {fmt_acc(fed.get('test_accuracy'))} (test loss "
+        f"{unit(summary)} test accuracy of {fmt_acc(fed.get('test_accuracy'))} (test loss "
         f"{fmt_loss(fed.get('test_loss'))}, perplexity {fmt_ppl(fed.get('perplexity'))})."
     ]
     central = nested(summary, "baselines", "centralized")
@@ -353,7 +359,7 @@ def build_report(
     """Assemble the report blocks for one run folder."""
     run_name = str(summary.get("run_name") or Path(run_dir).name)
     captions = {
-        "evaluation": "Test loss and next-character accuracy per round",
+        "evaluation": f"Test loss and {unit(summary)} accuracy per round",
         "train_loss": "Training loss per round",
         "traffic": "Bytes uploaded and downloaded per round",
         "epsilon": "Differential-privacy epsilon per round",

@@ -35,7 +35,13 @@ def evaluate_run(run_dir: str | Path, data: str | Path, seq_len: int | None = No
 
     run_dir, data = Path(run_dir), Path(data)
     bundle = load_run_model(run_dir)
+    if seq_len is not None and seq_len < 1:
+        raise DataError(f"--seq-len must be >= 1, got {seq_len}")
     seq = seq_len or _run_seq_len(run_dir)
+    mc = getattr(bundle.model, "config", None)
+    context = getattr(mc, "n_positions", None) or getattr(mc, "max_position_embeddings", None)
+    if context and seq >= context:
+        raise DataError(f"--seq-len {seq} must be below the model's context of {context}")
     if data.is_dir():
         clients = load_client_dir(data)
     elif data.is_file():

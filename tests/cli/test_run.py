@@ -78,6 +78,9 @@ def test_two_client_two_round_run_writes_every_output(tiny_overrides, tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output)
     assert ev["tokens"] == len(text.read_text()) - 1 and 0 <= ev["accuracy"] <= 1
+    for bad, why in (("-3", "must be >= 1"), ("64", "below the model's context of 64")):
+        res = runner.invoke(app, ["eval", str(out), "--data", str(text), "--seq-len", bad])
+        assert res.exit_code == 2 and why in res.output, res.output
 
 
 class StopAt(Hooks):

@@ -83,12 +83,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def manifest(folder: Path) -> dict[str, str]:
-    """{relative path: SHA-256} of every file under ``folder`` but the manifest."""
+def manifest(folder: Path, skip: tuple[str, ...] = ("manifest.json",)) -> dict[str, str]:
+    """{relative posix path: SHA-256} of every file under ``folder`` (but ``skip``)."""
     return {
         p.relative_to(folder).as_posix(): sha256_file(p)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.name not in skip
     }
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from fedgpt.errors import RunError
+from fedgpt.files import manifest
 from fedgpt.messages import Message
 
 GENESIS = "0" * 64
@@ -115,11 +116,7 @@ def state_hash(state: Mapping[str, torch.Tensor]) -> str:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """``relative/posix/path -> SHA-256`` of every file under ``folder``."""
-    return {
-        p.relative_to(folder).as_posix(): sha256_hex(p.read_bytes())
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+    return manifest(folder, skip=())
 
 
 def utc_now() -> str:

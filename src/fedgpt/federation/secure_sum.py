@@ -182,7 +182,6 @@ class CkksSum(PlainSum):
 
     def collect(self, state, cohort, ex):
         self.chunks = self._num_chunks(state.weights.numel() + self.META)
-        self.expected = len(cohort)
         return super().collect(state, cohort, ex)
 
     def _signed(self, good: dict[str, Message], rnd: int) -> dict[str, Message]:
@@ -232,10 +231,10 @@ class CkksSum(PlainSum):
         check = {c: Message("ckks/check", {"round": rnd, "members": members}) for c in members}
         sigs = {}
         for c, reply in ex.send(check).items():
-            if check_reply(reply, Expect("ckks/signature", rnd)) is None:
+            if (why := check_reply(reply, Expect("ckks/signature", rnd))) is None:
                 sigs[c] = reply.blobs.get("sig", [b""])[0]
             else:
-                ex.drop(c, f"CKKS check: {check_reply(reply, Expect('ckks/signature', rnd))}")
+                ex.drop(c, f"CKKS check: {why}")
         blobs = {f"sig:{c}": [s] for c, s in sigs.items() if s}
         for c in members:
             blobs[f"ct:{c}"] = list(good[c].blobs["delta_ckks"])

@@ -4,12 +4,15 @@ Hugging Face checkpoint saved to disk and loaded back (never from a hub)."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the per-user key store and the clients' receipts live in a folder of the test session
+os.environ["FEDGPT_HOME"] = tempfile.mkdtemp(prefix="fedgpt-home-")
 torch.set_num_threads(1)
 
 TINY = [

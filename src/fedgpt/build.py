@@ -367,6 +367,16 @@ def client_setup(cfg: RunConfig, ids: list[str], privacy: ServerPrivacy, tiers: 
     return {"clients": list(ids), "z": float(privacy.z), "tiers": bool(tiers)}
 
 
+def receipts_root(cfg: RunConfig, node_setting: str = "") -> str | None:
+    """Where clients keep their receipts: a node's ``receipts-dir``, else
+    ``runtime.receipts_dir``, else ``$FEDGPT_HOME/receipts``; None when the run sends none."""
+    if not (cfg.runtime.receipts and cfg.runtime.ledger):
+        return None
+    from fedgpt.federation.ledger_keys import fedgpt_home
+
+    return node_setting or cfg.runtime.receipts_dir or str(fedgpt_home() / "receipts")
+
+
 def build_client_app(
     cfg: RunConfig,
     prep: Prepared,
@@ -375,14 +385,17 @@ def build_client_app(
     tiers: dict | None = None,
     ckks_secret: bytes | None = None,
     identities=None,
+    receipts_dir: str | None = None,
 ):
     """The client side for the clients whose data ``prep`` holds, the same on every
     runtime: the task, local training with its client steps (device tier slice, attack
     simulation, local DP / DP-SGD with ``noise_multiplier``, CKKS encryption with
     ``ckks_secret``) and FedMD's own models. ``all_ids`` are the federation's clients
-    (the seeded choice of simulated attackers is over all of them)."""
+    (the seeded choice of simulated attackers is over all of them); the clients keep the
+    server's receipts under ``receipts_dir`` (None: they keep none)."""
     from fedgpt.client.steps import TierSlice
     from fedgpt.federation.client_app import ClientApp
+    from fedgpt.federation.receipts import ReceiptBook
 
     after = []
     if cfg.attack.fraction > 0:
@@ -405,6 +418,7 @@ def build_client_app(
         prep.fm, prep.data, cfg.client, cfg.privacy, noise_multiplier,
         task=build_task(cfg), before=[TierSlice(tiers)] if tiers else [], after=after,
         secure=secure, fedmd=fedmd_client(cfg, prep) if cfg.federation.distill == "fedmd" else None,
+        receipts=ReceiptBook(receipts_dir) if receipts_dir else None,
     )  # fmt: skip
 
 

@@ -4,12 +4,16 @@
 * :class:`LedgerWriter` — the signed, hash-chained ``ledger.jsonl`` (before the
   checkpoint: a resume cuts entries past it);
 * :class:`Checkpoints` — ``checkpoints/round_*`` (weights, server state, privacy state);
+* :class:`Receipts` — each participant's signed receipt of the ledger's head, once the
+  round's checkpoint is on disk (fedgpt.federation.receipts);
 * :class:`TensorBoard` — scalars for ``tensorboard --logdir RUN_DIR/tensorboard``;
 * :class:`Progress` — the :class:`Hooks` a CLI draws progress bars with.
 
 A callback sees ``on_start(run)``, ``on_round_start(run)``, ``on_round(run, result, row,
 attempts)`` and
-``on_end(run, summary)``; ``run`` is the runner (its ``cfg``, ``state``, ``run_dir``...).
+``on_end(run, summary)``, ``on_saved(run, summary)`` (``summary.json`` written) and
+``on_closed(run, summary)`` (every file written); ``run`` is the runner (its ``cfg``,
+``state``, ``run_dir``...).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Callback:
     def on_round(self, run, result: RoundResult, row: dict, attempts: int) -> None: ...
     def on_end(self, run, summary: dict) -> None: ...
     def on_saved(self, run, summary: dict) -> None: ...  # summary.json is written
+    def on_closed(self, run, summary: dict) -> None: ...  # every file of the run is written
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -69,14 +74,17 @@ class LedgerWriter(Callback):
         if not r.ledger:
             return
         if not run.resumed:
-            self.ledger = Ledger.start(run.run_dir, r.ledger_key, run.config_hash)
-            return
-        state = run.state
-        self.ledger = Ledger.resume(
-            run.run_dir, r.ledger_key, run.config_hash, state.round, state.weights
-        )
+            self.ledger = Ledger.start(run.run_dir, r.ledger_key, run.config_hash, run.run_id)
+        else:
+            state = run.state
+            self.ledger = Ledger.resume(
+                run.run_dir, r.ledger_key, run.config_hash, state.round, state.weights, run.run_id
+            )
+        run.ledger = self.ledger
         if self.ledger is None:
             run.hooks.log("no ledger.jsonl to continue: the rest of this run keeps none")
+            return
+        run.hooks.log(f"ledger key fingerprint {self.ledger.fingerprint}")
 
     def on_round_start(self, run) -> None:
         self.started = utc_now()
@@ -95,6 +103,12 @@ class LedgerWriter(Callback):
     def on_end(self, run, summary) -> None:
         if self.ledger is not None:
             self.ledger.append_model(run.run_dir / "model", run.state.round, run.state.weights)
+            summary["ledger"] = {"public_key_fingerprint": self.ledger.fingerprint}
+
+    def on_closed(self, run, summary) -> None:
+        if self.ledger is not None:
+            planned, done = run.cfg.federation.rounds, run.state.round
+            self.ledger.append_final(run.run_dir, planned, done, run.stopped)
 
 
 class Checkpoints(Callback):
@@ -109,6 +123,21 @@ class Checkpoints(Callback):
         clients = run.client_state() if run.client_state is not None else {}
         ckpt = Checkpoint(s.round, s.weights, s.opt_state, meta, clients)
         save_checkpoint(run.run_dir / "checkpoints", ckpt, keep=cfg.federation.checkpoint_keep)
+
+
+class Receipts(Callback):
+    """Each client that took part in the round gets the signed ledger head and the hash of
+    its update as received (``runtime.receipts``; fedgpt.federation.receipts). Sent once
+    the round's checkpoint is on disk, so a resumed run never redoes a receipted round."""
+
+    def on_round(self, run, result, row, attempts) -> None:
+        ledger = getattr(run, "ledger", None)
+        if ledger is None or not run.cfg.runtime.receipts:
+            return
+        hashes = result.update_hashes
+        who = sorted(set(result.participants) | set(hashes))
+        receipts = {c: ledger.receipt(result.round, c, hashes.get(c), run.run_id) for c in who}
+        run.server.send_receipts(result.round, run.run_id, receipts)
 
 
 SCALARS = ("train_loss", "test_loss", "test_accuracy", "perplexity", "epsilon", "bytes_up")
@@ -157,6 +186,9 @@ class Report(Callback):
 
 
 def default_callbacks() -> list[Callback]:
-    """What every run writes, in order: ledger, metrics, checkpoint, curves, progress,
-    report."""
-    return [LedgerWriter(), MetricsFile(), Checkpoints(), TensorBoard(), Progress(), Report()]
+    """What every run writes, in order: ledger, metrics, checkpoint, receipts, curves,
+    progress, report."""
+    return [
+        LedgerWriter(), MetricsFile(), Checkpoints(), Receipts(), TensorBoard(), Progress(),
+        Report(),
+    ]  # fmt: skip

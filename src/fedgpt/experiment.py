@@ -24,6 +24,7 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
     make_privacy,
     prepare,
     prepare_with,
+    receipts_root,
     secagg_identities,
 )
 from fedgpt.callbacks import Hooks
@@ -72,7 +73,10 @@ def run_prepared(
     faults = FaultInjector.from_config(cfg, ids)
     privacy, tiers = make_privacy(cfg, len(ids)), device_tiers(cfg, prep, ids)
     identities = secagg_identities(cfg, ids)
-    app = build_client_app(cfg, prep, ids, privacy.z, tiers, keys[0] if keys else None, identities)
+    app = build_client_app(
+        cfg, prep, ids, privacy.z, tiers, keys[0] if keys else None, identities,
+        receipts_dir=receipts_root(cfg),
+    )  # fmt: skip
     runtime = InProcessRuntime(app, faults=faults, timeout=cfg.runtime.round_timeout or None)
     server, privacy, tiers = build_server(
         cfg, prep, runtime, ids, keys[1] if keys else None, privacy=privacy, tiers=tiers,

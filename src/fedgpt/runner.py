@@ -15,6 +15,7 @@ took part raises :class:`~fedgpt.errors.RunFailed` after writing what happened.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,6 +73,8 @@ class Runner:
         self.rows: list[dict] = []
         self.last_eval: dict | None = None
         self.stopped: str | None = None
+        self.run_id = ""  # the run folder's identity (RUN_DIR/run.json), set at the start
+        self.ledger = None  # the LedgerWriter's ledger, if the run keeps one
 
     def run(self) -> dict:
         self._start()
@@ -92,6 +95,7 @@ class Runner:
             check_new_run_dir(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.toml", to_toml(self.cfg))
+        self.run_id = run_identity(self.run_dir)
         hooks = self.hooks
         self.server.on_reply = lambda cid, reply: hooks.advance()
         self.server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
@@ -179,6 +183,8 @@ class Runner:
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         for cb in self.callbacks:
             cb.on_saved(self, summary)
+        for cb in self.callbacks:
+            cb.on_closed(self, summary)
         return summary
 
     def _summary(self) -> dict:
@@ -209,6 +215,24 @@ class Runner:
                 "accountant": cfg.privacy.accountant,
             },
         }  # fmt: skip
+
+
+RUN_ID = "run.json"
+
+
+def run_identity(run_dir: Path) -> str:
+    """The run folder's identity: 128 random bits from the OS, made once and kept in
+    ``RUN_DIR/run.json`` (participants key their receipts and state on it)."""
+    path = run_dir / RUN_ID
+    try:
+        run_id = str(json.loads(path.read_text())["run_id"])
+        if len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id):
+            return run_id
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    run_id = os.urandom(16).hex()
+    write_atomic(path, json.dumps({"run_id": run_id}))
+    return run_id
 
 
 RUN_FILES = ("config.toml", "ledger.jsonl", "metrics.jsonl", "checkpoints", "summary.json")

@@ -26,6 +26,7 @@ from fedgpt.federation.ledger import (
     sign,
     weights_hash,
 )
+from fedgpt.federation.ledger_keys import fedgpt_home
 from fedgpt.federation.verify import verify_run
 from fedgpt.runtime import Message
 
@@ -58,12 +59,18 @@ def write_lines(run_dir, lines):
 def test_tiny_run_verifies_and_records_each_round(run):
     res = runner.invoke(app, ["verify", str(run)])
     assert res.exit_code == 0, res.output
-    assert res.output.startswith("OK:") and "2 rounds" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    out = res.output.strip().splitlines()
+    assert out[-1].startswith("OK:") and "2 rounds" in out[-1] and "NOT pinned" in out[-1]
+    assert [x for x in out[:-1] if not x.startswith("note: ")] == []
     entries = [json.loads(x) for x in lines_of(run)]
-    assert [e["kind"] for e in entries] == ["header", "round", "round", "model"]
+    assert [e["kind"] for e in entries] == ["header", "round", "round", "model", "final"]
     assert entries[0]["prev"] == "0" * 64
-    assert stat.S_IMODE((run / "server_key.pem").stat().st_mode) == 0o600
+    # the signing key is outside the run folder, in the per-user store, mode 0600
+    assert not list(run.rglob("*key.pem")) or [p.name for p in run.rglob("*key.pem")] == [
+        "ledger_public_key.pem"
+    ]
+    store = fedgpt_home() / "keys/ledger_key.pem"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     for e, row in zip(entries[1:3], rows, strict=True):
         assert e["round"] == row["round"] and e["participants"] == row["participants"]
@@ -239,7 +246,7 @@ def test_resume_continues_the_chain(tmp_path):
     assert verify_run(cut).ok, verify_run(cut).problems
     a = [json.loads(x) for x in lines_of(tmp_path / "full")]
     b = [json.loads(x) for x in lines_of(cut)]
-    assert [e["kind"] for e in b] == ["header", "round", "round", "round", "model"]
+    assert [e["kind"] for e in b] == ["header", "round", "round", "round", "model", "final"]
     for x, y in zip(a[1:], b[1:], strict=True):
         for key in ("round", "updates", "global_weights", "server_state", "participants"):
             assert x.get(key) == y.get(key)
@@ -248,7 +255,7 @@ def test_resume_continues_the_chain(tmp_path):
     v = verify_run(cut)
     assert v.ok and v.rounds == 4, v.problems
     kinds = [json.loads(x)["kind"] for x in lines_of(cut)]
-    assert kinds == ["header", "round", "round", "round", "config", "round", "model"]
+    assert kinds == ["header", "round", "round", "round", "config", "round", "model", "final"]
     # a checkpoint that disagrees with the ledger refuses to resume: one byte changed and
     # its manifest rewritten to match (a torn file without that is skipped instead)
     from fedgpt.files import manifest

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from fedgpt.errors import ConfigError, FedGPTError, RunFailed
+from fedgpt.errors import ConfigError, FedGPTError, RunError, RunFailed
 
 app = typer.Typer(
     name="fedgpt",
@@ -246,20 +246,56 @@ def generate(
 
 @app.command()
 @user_errors
-def verify(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="run folder")],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="pin the signer: the ledger's public key (PEM) kept apart from the run"),
+    ] = None,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(help="pin the signer by its fingerprint (64 hex digits, printed by the run)"),
+    ] = None,
+    receipts: Annotated[
+        list[Path] | None,
+        typer.Option(help="a participant's receipts folder or file (repeatable)"),
+    ] = None,
+    allow_incomplete: Annotated[
+        bool, typer.Option(help="accept a ledger without its final entry (a run in progress)")
+    ] = False,
+) -> None:
     """Check a run's signed ledger: hash chain, signatures, consecutive rounds, config hash,
-    last checkpoint and saved model. Exit 0: intact; 1: problems listed; 2: not a run."""
+    last checkpoint, saved model and every published file; against a pinned key and the
+    participants' receipts when given. Exit 0: intact; 1: problems listed; 2: bad input."""
+    from fedgpt.federation.ledger_keys import pinned_fingerprint
+    from fedgpt.federation.receipts import receipt_files
     from fedgpt.federation.verify import verify_run
 
-    v = verify_run(run_dir)
+    pin = pinned_fingerprint(public_key, fingerprint)
+    files = []
+    for d in receipts or []:
+        if not d.exists():
+            raise RunError(f"--receipts '{d}': no such file or folder")
+        files += receipt_files([d])
+    if receipts and not files:
+        raise RunError(f"--receipts: no receipts.jsonl under {', '.join(map(str, receipts))}")
+    v = verify_run(run_dir, pinned=pin, receipts=files, allow_incomplete=allow_incomplete)
+    for note in v.notes:
+        typer.echo(f"note: {note}")
     if not v.ok:
         for problem in v.problems:
             typer.echo(problem)
         typer.echo(f"FAILED: {run_dir}: {len(v.problems)} problem(s) in the ledger or run")
         raise typer.Exit(1)
     checked = "chain, signatures, config" + (", checkpoint" if v.rounds else "")
-    state = "model matches" if v.finished else "run not finished, no model yet"
-    typer.echo(f"OK: {run_dir}: {v.rounds} rounds, {v.entries} entries; {checked} intact; {state}")
+    checked += ", every published file" if v.finished else ""
+    state = "finished, model matches" if v.finished else "INCOMPLETE (no final entry)"
+    key = "pinned key" if v.pinned else f"key {v.fingerprint[:16]}... NOT pinned"
+    held = f"; {v.receipts} receipt(s) agree" if v.receipts else ""
+    typer.echo(
+        f"OK: {run_dir}: {v.rounds} rounds, {v.entries} entries; {checked} intact; {state}; "
+        f"{key}{held}"
+    )
 
 
 AccountantOpt = Annotated[

@@ -420,7 +420,18 @@ class RuntimeConfig(_Section):
     ledger_key: str = Field(
         "",
         description="Ed25519 private key (PEM) that signs the ledger, created there (mode 0600) "
-        "if missing; empty = a fresh key per run, kept in the run folder as server_key.pem",
+        "if missing; empty = the per-user key store, $FEDGPT_HOME/keys/ledger_key.pem "
+        "(FEDGPT_HOME defaults to ~/.local/share/fedgpt); never inside the run folder",
+    )
+    receipts: bool = Field(
+        True,
+        description="after each round every participant receives a signed receipt of the "
+        "ledger's head and keeps it (`fedgpt verify RUN --receipts DIR`; docs/ledger.md)",
+    )
+    receipts_dir: str = Field(
+        "",
+        description="in-process runs: the folder the simulated clients keep their receipts in "
+        "(RECEIPTS/<run_id>/<client>/receipts.jsonl); empty = $FEDGPT_HOME/receipts",
     )
     round_timeout: float = Field(
         0.0,

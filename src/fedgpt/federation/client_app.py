@@ -10,6 +10,7 @@ can persist (the Flower runtime keeps them in the node's ``context.state``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from fedgpt.client.algorithm import (
@@ -21,6 +22,8 @@ from fedgpt.client.algorithm import (
 )
 from fedgpt.client.trainer import ClientData, Failure
 from fedgpt.config import ClientConfig, PrivacyConfig
+from fedgpt.federation.ledger import payload_hash
+from fedgpt.federation.receipts import RECEIPT, ReceiptBook
 from fedgpt.federation.secure_sum_client import SecAggClient, SecureSumClient
 from fedgpt.messages import Message
 from fedgpt.models.params import FlatModel
@@ -48,6 +51,10 @@ def client_algorithm(
     return ClientAlgorithm(fm, data, task if task is not None else CausalLM(), training, steps)
 
 
+SENT = "receipts.sent"  # state_dict key: the hash of each client's last update
+UPDATE_TYPES = ("train/result", "secagg/masked_input", "fedmd/logits")
+
+
 class ClientApp:
     """Answers ``train``, ``evaluate``, the secure sums' messages and ``fedmd/train`` for
     the clients whose data it holds."""
@@ -58,8 +65,11 @@ class ClientApp:
         cfg: ClientConfig,
         secure: Sequence[SecureSumClient] = (),
         fedmd=None,
+        receipts: ReceiptBook | None = None,
     ):
         self.algorithm, self.cfg, self.fedmd = algorithm, cfg, fedmd
+        self.receipts = receipts  # where these clients keep the server's receipts
+        self.sent: dict[str, list] = {}  # client -> [round, hash of the update it sent]
         self.secure: dict[str, SecureSumClient] = {"secagg": SecAggClient()}
         self.secure.update({s.name: s for s in secure})
 
@@ -80,12 +90,22 @@ class ClientApp:
 
     def state_dict(self) -> dict[str, bytes]:
         """What these clients must remember between messages, as opaque bytes."""
-        return state_of(self.parts())
+        return {**state_of(self.parts()), SENT: json.dumps(self.sent).encode()}
 
     def load_state_dict(self, saved: Mapping[str, bytes]) -> None:
+        saved = dict(saved)
+        self.sent = json.loads(saved.pop(SENT, b"{}"))
         restore(self.parts(), saved)
 
     def __call__(self, client_id: str, msg: Message) -> Message:
+        reply = self._answer(client_id, msg)
+        if reply.type in UPDATE_TYPES:  # what the server's ledger will hash as "update"
+            self.sent[client_id] = [msg.config.get("round"), payload_hash(reply)]
+        return reply
+
+    def _answer(self, client_id: str, msg: Message) -> Message:
+        if msg.type == RECEIPT:
+            return self._receipt(client_id, msg)
         if msg.type == "train":
             reply = self.train(client_id, msg)
             if (kind := msg.config.get("secure_aggregation")) and reply.type == "train/result":
@@ -103,6 +123,13 @@ class ClientApp:
             if msg.type.startswith(side.prefix):
                 return side.handle(client_id, msg, self.train)
         raise ValueError(f"unknown message type {msg.type!r}")
+
+    def _receipt(self, client_id: str, msg: Message) -> Message:
+        if self.receipts is None:
+            return Message("ledger/receipt/result", {"kept": False, "problem": "no receipt book"})
+        raw = (msg.blobs.get("receipt") or [b""])[0]
+        rnd, sent = self.sent.get(client_id, [None, None])
+        return self.receipts.keep(client_id, raw, sent if rnd == msg.config.get("round") else None)
 
     def _encode(self, kind: str, client_id: str, reply: Message) -> Message:
         side = self.secure.get(kind)

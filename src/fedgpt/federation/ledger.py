@@ -5,13 +5,17 @@ sorted, no spaces, ASCII only). Line 1 is the header (public key, config hash); 
 ``round`` entry per round (participants, dropped clients with reasons, SHA-256 of every
 update payload as it arrived, SHA-256 of the new global weights and of the server
 optimiser state, epsilon spent, start/end time in UTC); a ``config`` entry where a resumed
-run changed its configuration; a final ``model`` entry with the hashes of the saved model.
+run changed its configuration; at the end a ``model`` entry with the hashes of the saved
+model and a ``final`` entry (rounds planned and completed, why the run stopped, the SHA-256
+of every file the run publishes). Each participant keeps a signed receipt of the ledger's
+head after each of its rounds (:meth:`Ledger.receipt`, fedgpt.federation.receipts).
 
 * Chain: every entry's ``prev`` is the SHA-256 of the previous line's bytes (``GENESIS``,
   64 zeros, for the header), so deleting, inserting or reordering lines breaks a link.
 * Signature: ``sig`` is an Ed25519 signature (RFC 8032, via ``cryptography``) over the
   canonical JSON of the entry without ``sig``; the public key is kept in the run folder
-  (``ledger_public_key.pem``) and in the header.
+  (``ledger_public_key.pem``) and in the header, the private key outside the run folder
+  (fedgpt.federation.ledger_keys).
 * Hashes: a tensor is hashed as name, dtype, shape and raw bytes; a blob as its raw bytes;
   global weights as their raw float32 bytes (the flat trainable parameters).
 
@@ -33,14 +37,21 @@ from pathlib import Path
 import torch
 
 from fedgpt.errors import RunError
-from fedgpt.files import manifest
+from fedgpt.federation.ledger_keys import (
+    PUBLIC_KEY,
+    fingerprint,
+    key_path,
+    load_or_create,
+    public_pem,
+    public_raw_hex,
+)
+from fedgpt.files import manifest, write_atomic
 from fedgpt.messages import Message
 
 GENESIS = "0" * 64
 VERSION = 1
 LEDGER = "ledger.jsonl"
-PUBLIC_KEY = "ledger_public_key.pem"
-PRIVATE_KEY = "server_key.pem"
+KINDS_BEFORE_END = ("header", "config", "round")  # what a resume keeps
 
 
 # --- hashing -------------------------------------------------------------------------
@@ -123,76 +134,7 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# --- keys ----------------------------------------------------------------------------
-
-
-def key_path(run_dir: Path, ledger_key: str) -> Path:
-    """Where the signing key lives: ``runtime.ledger_key`` or ``RUN_DIR/server_key.pem``."""
-    return Path(ledger_key) if ledger_key else run_dir / PRIVATE_KEY
-
-
-def _write_private(path: Path, key) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    path.chmod(0o600)
-
-
-def load_private_key(path: Path):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise RunError(f"ledger key '{path}' is unreadable: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise RunError(f"ledger key '{path}' is not an Ed25519 private key")
-    return key
-
-
-def new_private_key(path: Path):
-    """A fresh Ed25519 key (OS CSPRNG) written to ``path`` with mode 0600."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    _write_private(path, key)
-    return key
-
-
-def public_raw_hex(public_key) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return raw.hex()
-
-
-def _public_pem(public_key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def load_public_key(path: Path):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError("not an Ed25519 public key")
-    return key
-
+# --- keys (fedgpt.federation.ledger_keys) -------------------------------------------
 
 # --- writing -------------------------------------------------------------------------
 
@@ -217,11 +159,11 @@ class Ledger:
         self.config_hash = config_hash
 
     @classmethod
-    def start(cls, run_dir: Path, ledger_key: str, config_hash: str) -> Ledger:
-        """A new ledger (and, unless ``ledger_key`` names an existing key, a new key)."""
-        kp = key_path(run_dir, ledger_key)
-        key = load_private_key(kp) if ledger_key and kp.is_file() else new_private_key(kp)
-        (run_dir / PUBLIC_KEY).write_bytes(_public_pem(key.public_key()))
+    def start(cls, run_dir: Path, ledger_key: str, config_hash: str, run_id: str = "") -> Ledger:
+        """A new ledger signed with the key at ``runtime.ledger_key`` or in the per-user key
+        store (created there if missing); the run folder gets only the public key."""
+        key = load_or_create(key_path(run_dir, ledger_key))
+        write_atomic(run_dir / PUBLIC_KEY, public_pem(key.public_key()))
         path = run_dir / LEDGER
         path.write_bytes(b"")
         led = cls(path, key, None, config_hash)
@@ -232,8 +174,19 @@ class Ledger:
             "config_hash": config_hash,
             "created": utc_now(),
         }
+        if run_id:
+            header["run_id"] = run_id
         led.append(header)
         return led
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.key.public_key())
+
+    @property
+    def head(self) -> str:
+        """SHA-256 of the last line: it commits to every entry before it."""
+        return sha256_hex(self.last or b"")
 
     @classmethod
     def resume(
@@ -243,6 +196,7 @@ class Ledger:
         config_hash: str,
         rnd: int,
         weights: torch.Tensor,
+        run_id: str = "",
     ) -> Ledger | None:
         """Continue the ledger of a resumed run at round ``rnd``: entries past it (a crash
         can leave one, or half of one) are cut, the rest must verify and end with the
@@ -250,30 +204,36 @@ class Ledger:
         when the run kept no ledger so far (it cannot start one mid-run)."""
         path = run_dir / LEDGER
         if not path.is_file():
-            return cls.start(run_dir, ledger_key, config_hash) if rnd == 0 else None
+            return cls.start(run_dir, ledger_key, config_hash, run_id) if rnd == 0 else None
         kp = key_path(run_dir, ledger_key)
         if not kp.is_file():
-            raise RunError(f"--resume: the ledger's signing key '{kp}' is missing")
-        key = load_private_key(kp)
+            raise RunError(
+                f"--resume: the ledger's signing key '{kp}' is missing (set runtime.ledger_key "
+                "to the key that signed this run)"
+            )
+        key = load_or_create(kp)
         keep: list[bytes] = []
         for raw in _lines(path.read_bytes()):
             try:
                 entry = json.loads(raw)
             except ValueError:
                 break
-            if not isinstance(entry, dict) or entry.get("kind") not in (
-                "header",
-                "config",
-                "round",
-            ):
+            if not isinstance(entry, dict) or entry.get("kind") not in KINDS_BEFORE_END:
                 break
             if entry["kind"] == "round" and entry.get("round", 0) > rnd:
                 break
             keep.append(raw)
         if not keep:
             if rnd == 0:
-                return cls.start(run_dir, ledger_key, config_hash)
+                return cls.start(run_dir, ledger_key, config_hash, run_id)
             raise RunError(f"--resume: the ledger '{path}' has no readable header")
+        signer = json.loads(keep[0]).get("public_key")
+        if signer != public_raw_hex(key.public_key()):
+            raise RunError(
+                f"--resume: the key at '{kp}' did not sign this ledger (fingerprint "
+                f"{fingerprint(key.public_key())[:16]}...): set runtime.ledger_key to the key "
+                "that did"
+            )
         entries, problems = check_chain(keep, key.public_key())
         if problems:
             raise RunError(f"--resume: the ledger does not verify: {problems[0]}")
@@ -285,9 +245,7 @@ class Ledger:
             raise RunError(
                 f"--resume: the checkpoint's weights differ from round {rnd} in the ledger"
             )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(b"".join(line + b"\n" for line in keep))
-        tmp.replace(path)
+        write_atomic(path, b"".join(line + b"\n" for line in keep))
         current = [e["config_hash"] for e in entries if e["kind"] in ("header", "config")][-1]
         led = cls(path, key, keep[-1], current)
         if current != config_hash:
@@ -362,6 +320,58 @@ class Ledger:
             }
         )
 
+    def append_final(
+        self, run_dir: Path, planned: int, completed: int, stopped: str | None
+    ) -> dict:
+        """The last entry: rounds planned and completed, why the run stopped early, and
+        the SHA-256 of every file the run publishes (all of the run folder but the ledger,
+        ``private/`` and dot-files: metrics, summary, report, model, checkpoints...)."""
+        return self.append(
+            {
+                "kind": "final",
+                "rounds_planned": planned,
+                "rounds_completed": completed,
+                "stopped": stopped,
+                "files": published_files(run_dir),
+                "time": utc_now(),
+            }
+        )
+
+    def receipt(self, rnd: int, client: str, update: str | None, run_id: str) -> bytes:
+        """The signed receipt a participant keeps for round ``rnd``: the ledger's head
+        right after that round's entry, and the hash of the client's update as received
+        (``federation.receipts``)."""
+        return sign(
+            {
+                "kind": "receipt",
+                "run_id": run_id,
+                "round": rnd,
+                "client": client,
+                "head": self.head,
+                "update": update,
+                "public_key": public_raw_hex(self.key.public_key()),
+            },
+            self.key,
+        )
+
+
+def published_files(run_dir: Path) -> dict[str, str]:
+    """``path -> SHA-256`` of every file of the run folder the final entry covers."""
+    return {
+        name: digest
+        for name, digest in manifest(Path(run_dir), skip=()).items()
+        if not _unpublished(name)
+    }
+
+
+def _unpublished(name: str) -> bool:
+    parts = name.split("/")
+    return (
+        name in ("ledger.jsonl", "server_key.pem")
+        or parts[0] == "private"
+        or any(p.startswith(".") for p in parts)
+    )
+
 
 # --- verification --------------------------------------------------------------------
 
@@ -425,12 +435,29 @@ def check_chain(lines: Sequence[bytes], public_key) -> tuple[list[dict | None], 
             if entry.get("config_hash") != current_config:
                 problems.append(f"{where}: config hash differs from the configuration in force")
         elif kind == "model":
-            if i != len(lines):
+            final_next = i == len(lines) - 1 and _kind_of(lines[-1]) == "final"
+            if i != len(lines) and not final_next:
                 problems.append(f"{where}: a model entry before the end of the ledger")
             if entry.get("round") != last_round:
                 problems.append(
                     f"{where}: model of round {entry.get('round')!r}, last round is {last_round}"
                 )
+        elif kind == "final":
+            if i != len(lines):
+                problems.append(f"{where}: a final entry before the end of the ledger")
+            if entry.get("rounds_completed") != last_round:
+                problems.append(
+                    f"{where}: final entry says {entry.get('rounds_completed')!r} rounds, "
+                    f"the ledger holds {last_round}"
+                )
         else:
             problems.append(f"{where}: unknown kind {kind!r}")
     return entries, problems
+
+
+def _kind_of(raw: bytes):
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    return entry.get("kind") if isinstance(entry, dict) else None

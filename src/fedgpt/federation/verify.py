@@ -15,23 +15,28 @@ from fedgpt.errors import RunError
 from fedgpt.federation.cohort import check_openings
 from fedgpt.federation.ledger import (
     LEDGER,
-    PUBLIC_KEY,
     _lines,
     check_chain,
     file_hashes,
-    load_public_key,
+    published_files,
     sha256_hex,
     state_hash,
     weights_hash,
 )
+from fedgpt.federation.ledger_keys import PUBLIC_KEY, fingerprint, load_public_key
 
 
 @dataclass
 class Verdict:
     rounds: int = 0
     entries: int = 0
-    finished: bool = False
+    finished: bool = False  # a final entry closes the ledger
+    fingerprint: str = ""  # of the key the ledger verifies under
+    pinned: bool = False  # that key is the one the verifier pinned
+    receipts: int = 0  # receipts held against the ledger
+    planned: int | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what verify could not check
 
     @property
     def ok(self) -> bool:
@@ -69,11 +74,20 @@ def _ledger_enabled(cfg_path: Path) -> bool:
     return bool(runtime.get("ledger", True))
 
 
-def verify_run(run_dir: str | Path, check_model: bool = True) -> Verdict:
+def verify_run(
+    run_dir: str | Path,
+    check_model: bool = True,
+    pinned: str | None = None,
+    receipts: list[Path] | tuple = (),
+    allow_incomplete: bool = False,
+) -> Verdict:
     """Check a run folder's ledger: chain, signatures, rounds, config hash against
     ``config.toml``, last round against the last checkpoint (weights, optimiser state),
-    model entry against ``model/`` (file hashes and trainable weights). Raises
-    ``RunError`` when ``run_dir`` is not a run folder or kept no ledger."""
+    model entry against ``model/`` (file hashes and trainable weights), the final entry
+    against every published file; the key against ``pinned`` (a fingerprint) and the
+    ledger against the participants' ``receipts`` files. A ledger without its final entry
+    is a problem unless ``allow_incomplete``. Raises ``RunError`` when ``run_dir`` is not
+    a run folder or kept no ledger."""
     from safetensors.torch import load_file
 
     from fedgpt.federation.checkpoint import latest_checkpoint
@@ -94,6 +108,19 @@ def verify_run(run_dir: str | Path, check_model: bool = True) -> Verdict:
     except (OSError, ValueError, TypeError) as exc:
         v.problems.append(f"{PUBLIC_KEY}: unreadable ({str(exc).splitlines()[0][:80]})")
         return v
+    v.fingerprint = fingerprint(public_key)
+    if pinned is not None:
+        v.pinned = v.fingerprint == pinned
+        if not v.pinned:
+            v.problems.append(
+                f"key: the ledger is signed by {v.fingerprint[:16]}..., not by the pinned key "
+                f"{pinned[:16]}... (re-signed or another signer)"
+            )
+    else:
+        v.notes.append(
+            "no key pinned (--public-key or --fingerprint): this checks only that the folder "
+            "agrees with itself; whoever can write it could have re-signed everything"
+        )
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         v.problems.append(f"entry {len(_lines(data))}: not terminated by a newline (cut short?)")
@@ -115,14 +142,66 @@ def verify_run(run_dir: str | Path, check_model: bool = True) -> Verdict:
     if rounds:
         _check_checkpoint(run_dir, rounds[-1], v, latest_checkpoint, load_file)
     v.problems += check_openings(run_dir, rounds)
-    model = entries[-1] if entries[-1] and entries[-1].get("kind") == "model" else None
-    v.finished = model is not None
+    tail = [e for e in entries[-2:] if e]
+    model = next((e for e in tail if e.get("kind") == "model"), None)
+    final = tail[-1] if tail and tail[-1].get("kind") == "final" else None
+    v.finished, v.planned = final is not None, _planned_rounds(cfg_path)
     if model is None:
         if (run_dir / "summary.json").is_file() or (run_dir / "model").is_dir():
             v.problems.append("model: the run saved a model but the ledger has no model entry")
     elif check_model:
         _check_model(run_dir / "model", model, rounds[-1] if rounds else None, v)
+    if final is not None:
+        _check_final(run_dir, final, v)
+    else:
+        why = (
+            f"incomplete: the ledger has no final entry ({v.rounds} round(s) recorded, the "
+            f"configuration plans {v.planned}); the rounds after the last entry, if any, "
+            "cannot be known from this folder"
+        )
+        (v.notes if allow_incomplete else v.problems).append(why)
+    if receipts:
+        from fedgpt.federation.receipts import check_receipts
+
+        run_id = entries[0].get("run_id") if entries and entries[0] else None
+        v.receipts, found, notes = check_receipts(receipts, run_id, lines, entries)
+        v.problems += found
+        v.notes += notes
+    else:
+        v.notes.append("no receipts given (--receipts): a history rewritten with the key "
+                       "itself would not be seen")  # fmt: skip
     return v
+
+
+def _planned_rounds(cfg_path: Path) -> int | None:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        rounds = tomllib.loads(cfg_path.read_text()).get("federation", {}).get("rounds")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return rounds if isinstance(rounds, int) else None
+
+
+def _check_final(run_dir: Path, final: dict, v: Verdict) -> None:
+    """The final entry against the configuration and every file the run publishes."""
+    planned, done = final.get("rounds_planned"), final.get("rounds_completed")
+    if v.planned is not None and planned != v.planned:
+        v.problems.append(f"final: {planned!r} rounds planned, config.toml plans {v.planned}")
+    if isinstance(planned, int) and isinstance(done, int) and done < planned:
+        if not final.get("stopped"):
+            v.problems.append(f"final: {done} of {planned} rounds and no reason for stopping")
+    want = final.get("files") if isinstance(final.get("files"), dict) else {}
+    have = published_files(run_dir)
+    for name in sorted(set(want) | set(have)):
+        if name not in have:
+            v.problems.append(f"final: {name} is missing")
+        elif name not in want:
+            v.problems.append(f"final: {name} is not in the final entry (added later)")
+        elif want[name] != have[name]:
+            v.problems.append(f"final: {name} differs from the final entry")
 
 
 def _check_checkpoint(run_dir: Path, last: dict, v: Verdict, latest_checkpoint, load_file):

@@ -9,7 +9,9 @@ calls) and encodes the replies. What else it does is what Flower's process model
   ``client-id`` (comma-separated ids) and/or ``data-path`` (a FedGPT user-data folder, one
   sub-folder per client, see :mod:`fedgpt.data.userdata`). Optional ``model-path`` (this
   node's copy of the shared checkpoint, overrides ``model.path``) and ``ckks-keys`` (the
-  folder holding ``secret_context.bin``, overrides ``privacy.ckks_keys``).
+  folder holding ``secret_context.bin``, overrides ``privacy.ckks_keys``), ``receipts-dir``
+  (where the node's clients keep the server's signed receipts; default
+  ``$FEDGPT_HOME/receipts`` on the node's machine).
 * **The run's configuration** arrives with the first (``fedgpt/hello``) message and is
   kept in ``context.state`` for the rest of the run, with the run-wide values only the
   server knows (``fedgpt/setup``: all client ids, the local-DP noise multiplier).
@@ -148,7 +150,7 @@ def node_folder(node_config, key: str, configured: str, what: str) -> str:
 def fedgpt_client(cfg, local: Local, setup: dict, node_config):
     """FedGPT's ``ClientApp`` for this node's clients, wired as ``run_experiment`` wires
     it (attack simulation, device tiers, CKKS secret context)."""
-    from fedgpt.build import build_client_app, device_tiers
+    from fedgpt.build import build_client_app, device_tiers, receipts_root
 
     prep, secret, identities = local.prep, None, None
     all_ids = list(setup.get("clients", []))
@@ -167,8 +169,9 @@ def fedgpt_client(cfg, local: Local, setup: dict, node_config):
         folder = node_folder(node_config, "secagg-identities", cfg.privacy.secagg_identities, what)
         identities = Identities.read(folder, list(prep.data))
     tiers = device_tiers(cfg, prep, all_ids) if setup.get("tiers") else None
+    receipts = receipts_root(cfg, str(node_config.get("receipts-dir", "") or ""))
     return build_client_app(
-        cfg, prep, all_ids, float(setup.get("z", 0.0)), tiers, secret, identities
+        cfg, prep, all_ids, float(setup.get("z", 0.0)), tiers, secret, identities, receipts
     )
 
 

@@ -70,4 +70,5 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
     rows = [json.loads(x)["round"] for x in (cut / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(1, 15))
     res = runner.invoke(app, ["verify", str(cut)])
-    assert res.exit_code == 0 and res.output.startswith("OK:") and "14 rounds" in res.output
+    ok = res.output.strip().splitlines()[-1]
+    assert res.exit_code == 0 and ok.startswith("OK:") and "14 rounds" in ok

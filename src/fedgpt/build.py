@@ -84,7 +84,29 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     clients = load_clients(cfg)
-    return prepare_with(cfg, clients, build_model(cfg.model, (c.train for c in clients), cfg.seed))
+    prep = prepare_with(cfg, clients, build_model(cfg.model, (c.train for c in clients), cfg.seed))
+    check_usable(prep, cfg.data.path or cfg.data.source)
+    return prep
+
+
+def check_usable(prep: Prepared, where: str) -> None:
+    """A federation that could not train or could not be evaluated is refused before it
+    starts (one ``DataError``): some client needs 2 tokens of training text, some client
+    2 tokens of test text."""
+    from fedgpt.errors import DataError
+
+    if not prep.data:
+        return
+    if all(d.train.numel() < 2 for d in prep.data.values()):
+        raise DataError(
+            f"{where}: every client's training text is too short (fewer than 2 tokens): "
+            "nothing to train on"
+        )
+    if all(d.test.numel() < 2 for d in prep.data.values()):
+        raise DataError(
+            f"{where}: no client has any test text (2 tokens or more): add test.jsonl files "
+            "or more lines to split (data.train_fraction)"
+        )
 
 
 def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle) -> Prepared:

@@ -29,7 +29,7 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
 )
 from fedgpt.callbacks import Hooks
 from fedgpt.client.attack import Poison
-from fedgpt.config import RunConfig
+from fedgpt.config import RunConfig, check_paths
 from fedgpt.federation.loop import FederatedServer
 from fedgpt.privacy.local_dp import LocalDPRelease
 from fedgpt.runner import (  # noqa: F401  (re-exported)
@@ -50,6 +50,7 @@ def run_experiment(
     hooks = hooks or Hooks()
     t_start = time.perf_counter()
     if not resume:  # before a minute of preparation: a run folder is never overwritten
+        check_paths(cfg)
         check_new_run_dir(run_dir)
     hooks.stage("preparing data and model", None)
     prep = prepare(cfg)  # every input is checked before anything is written

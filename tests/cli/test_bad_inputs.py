@@ -23,13 +23,83 @@ BAD_CONFIGS = [
     "model.context=100000000",
     "privacy.delta=1.5",
     'data.path="/tmp"',
+    'name=""',
+    'name="a\\u0000b"',
+    'name="xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"',
+    'out_dir="/proc/fedgpt"',
+    'out_dir="/etc/hostname"',
+    'runtime.ledger_key="/tmp"',
+    "data.min_chars=-1",
+    "data.train_fraction=0",
+    "data.train_fraction=1.5",
+    "data.max_clients=-1",
+    'data.plays=["nope"]',
+    'data.source="s3"',
+    "model.n_layer=0",
+    "model.n_embd=-1",
+    "model.n_head=0",
+    "model.n_head=3",
+    "model.dropout=1.5",
+    "model.context=0",
+    "model.lora.r=0",
+    "model.lora.alpha=nan",
+    'model.path="/nonexistent/model"',
+    'task.kind="x"',
+    'client.optimizer="lbfgs"',
+    "client.lr=-1",
+    "client.momentum=2",
+    "client.local_steps=-1",
+    "client.batch_size=0",
+    "client.seq_len=0",
+    "client.grad_clip=nan",
+    "client.prox_mu=-1",
+    "client.local_epochs=-1",
+    "federation.rounds=0",
+    "federation.rounds=-5",
+    "federation.fraction=0",
+    "federation.fraction=2",
+    "federation.min_clients=0",
+    'federation.server_optimizer="sgdx"',
+    "federation.server_momentum=1.5",
+    "federation.beta1=1",
+    "federation.tau=0",
+    'federation.distill="kd"',
+    "federation.eval_every=0",
+    "federation.checkpoint_keep=0",
+    'federation.aggregator.kind="median2"',
+    "federation.max_examples=0",
+    "baselines.lr=inf",
+    "baselines.local_val_fraction=1",
+    'privacy.mode="strong"',
+    "privacy.delta=0",
+    "privacy.target_epsilon=-1",
+    'privacy.accountant="gdp"',
+    "privacy.target_quantile=1.5",
+    'privacy.secure_aggregation="he"',
+    "privacy.secagg_threshold=0",
+    "privacy.secagg_range=0",
+    "privacy.clip_norm=0",
+    "attack.fraction=1.5",
+    'attack.kind="x"',
+    'devices.tier="x"',
+    "runtime.threads=-1",
+    "runtime.round_timeout=-1",
+    "runtime.fail_fraction=2",
+    'runtime.drop_after_stage="x"',
+    "runtime.straggle_delay=nan",
+    'seed="abc"',
+    "federation.rounds=1.5",
+    'data.plays="lear"',
+    "runtime.ledger=2",
+    "data.plays=[[[[1]]]]",
+    'runtime.receipts_dir="/etc/hostname"',
 ]
 
 
 @pytest.mark.parametrize("setting", BAD_CONFIGS)
 def test_a_bad_setting_exits_2_in_one_line_and_writes_nothing(setting, tmp_path):
     out = CliRunner().invoke(
-        app, ["run", "--set", setting, "--set", f'out_dir="{tmp_path / "runs"}"', "--no-baselines"]
+        app, ["run", "--set", f'out_dir="{tmp_path / "runs"}"', "--no-baselines", "--set", setting]
     )
     key = setting.split("=")[0]
     assert out.exit_code == 2, out.output
@@ -64,3 +134,7 @@ def test_ckks_keys_are_never_overwritten(tmp_path):
 def test_version():
     out = CliRunner().invoke(app, ["--version"])
     assert out.exit_code == 0 and out.output.startswith("fedgpt ")
+
+
+def test_the_corpus_is_large_enough():
+    assert len(set(BAD_CONFIGS)) >= 60

@@ -256,3 +256,12 @@ def test_a_client_flags_a_receipt_for_an_update_it_did_not_send(run):
     forged = {**good, "public_key": public_raw_hex(other.public_key())}
     assert "another key" in book.keep("c", sign(forged, other), "1" * 64).config["problem"]
     assert "another client" in book.keep("d", sign(good, key), None).config["problem"]
+
+
+def test_keys_ledger_shows_the_fingerprint_a_run_signs_with(tmp_path):
+    key = tmp_path / "k.pem"
+    res = runner.invoke(app, ["keys", "ledger", "--key", str(key)])
+    assert res.exit_code == 0
+    assert res.output.strip().endswith(fingerprint(load_private_key(key).public_key()))
+    res = runner.invoke(app, ["keys", "ledger", "--key", str(tmp_path)])
+    assert res.exit_code == 2 and "not a file" in res.stderr

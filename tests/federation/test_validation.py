@@ -317,7 +317,9 @@ def test_below_quorum_after_retries_the_run_stops_with_the_model_unchanged(tmp_p
     assert (out / "metrics.jsonl").read_text() == ""
     v = verify_run(out)
     assert v.ok and v.rounds == 0, v.problems
-    model = json.loads((out / "ledger.jsonl").read_text().splitlines()[-1])
+    model, final = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()[-2:]]
+    assert final["kind"] == "final" and final["rounds_completed"] == 0
+    assert "quorum not reached" in final["stopped"]
     from fedgpt.experiment import prepare
     from fedgpt.federation.ledger import weights_hash
 

@@ -113,7 +113,7 @@ class Aggregator:
         raise NotImplementedError
 
 
-AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator", "federation.aggregator")
+AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator", "federation.aggregator.kind")
 
 
 def aggregate(

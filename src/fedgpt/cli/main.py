@@ -97,6 +97,7 @@ def run(
     """Run a federated fine-tuning (default: LEAF Shakespeare, one client per role)."""
     from fedgpt.build import load_run_config
     from fedgpt.cli.progress import QuietHooks, RichHooks
+    from fedgpt.config import check_paths
     from fedgpt.experiment import check_new_run_dir, new_run_dir, resume_config, run_experiment
 
     overrides = list(set_ or [])
@@ -118,9 +119,11 @@ def run(
             return
     else:
         cfg = load_run_config(config, overrides)
+        check_paths(cfg)
         run_dir = out or new_run_dir(cfg)
         check_new_run_dir(run_dir)
-    hooks = QuietHooks() if quiet else RichHooks()
+    # bars only on a terminal; elsewhere (a log file, CI) plain lines
+    hooks = QuietHooks() if quiet or not sys.stderr.isatty() else RichHooks()
     try:
         with hooks:
             summary = run_experiment(cfg, run_dir, resume=resume is not None, hooks=hooks)
@@ -359,6 +362,22 @@ def privacy_spent(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -
     for r in rows:
         if "epsilon" in r:
             typer.echo(f"{r['round']:>5}  {r['epsilon']:.6g}  {r['delta']:g}")
+
+
+@keys_app.command("ledger")
+@user_errors
+def keys_ledger(
+    key: Annotated[
+        Path | None,
+        typer.Option(help="the key file (runtime.ledger_key); default: the per-user key store"),
+    ] = None,
+) -> None:
+    """Show (creating it if missing) the ledger signing key and its fingerprint, which
+    others pin with `fedgpt verify RUN --fingerprint`."""
+    from fedgpt.federation.ledger_keys import STORE_KEY, fedgpt_home, fingerprint, load_or_create
+
+    path = key or fedgpt_home() / STORE_KEY
+    typer.echo(f"{path}: fingerprint {fingerprint(load_or_create(path).public_key())}")
 
 
 @keys_app.command("ckks")

@@ -9,6 +9,7 @@ from fedgpt.config.load import (
     to_toml,
     validate,
 )
+from fedgpt.config.paths import check_paths
 from fedgpt.config.schema import (
     AttackConfig,
     BaselineConfig,
@@ -23,6 +24,7 @@ from fedgpt.config.schema import (
 )
 
 __all__ = [
+    "check_paths",
     "AttackConfig",
     "BaselineConfig",
     "ClientConfig",

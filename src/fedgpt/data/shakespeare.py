@@ -446,8 +446,8 @@ def shakespeare_clients(
     if isinstance(plays, str) or isinstance(exclude_plays, str):
         raise DataError("plays and exclude_plays must be lists of play names, not a string")
     if plays is not None:
-        _check_names(plays, valid, "plays")
-    _check_names(exclude_plays, valid, "exclude_plays")
+        _check_names(plays, valid, "data.plays")
+    _check_names(exclude_plays, valid, "data.exclude_plays")
     chosen = sorted(set(valid if plays is None else plays) - set(exclude_plays))
 
     clients = []

@@ -29,6 +29,7 @@ __all__ = ["load_client_dir", "load_text_file", "read_jsonl_texts"]
 
 TRAIN_FILE = "train.jsonl"
 TEST_FILE = "test.jsonl"
+MAX_FILE_BYTES = 4 << 30  # a bigger text file is refused rather than read into memory
 
 
 def _describe(value: object) -> str:
@@ -42,10 +43,7 @@ def read_jsonl_texts(path: Path) -> list[str]:
 
     Blank lines are skipped; any other line must be a JSON object with a string ``text``.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    raw = _read_regular(path)
     texts = []
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -57,6 +55,8 @@ def read_jsonl_texts(path: Path) -> list[str]:
             raise DataError(f"{expected} bytes that are not UTF-8") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{expected} invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{expected} JSON nested too deep") from None
         if not isinstance(record, dict):
             raise DataError(f"{expected} {type(record).__name__} {_describe(record)}")
         if "text" not in record:
@@ -64,8 +64,38 @@ def read_jsonl_texts(path: Path) -> list[str]:
             raise DataError(f"{expected} an object without 'text' (keys: {keys})")
         if not isinstance(record["text"], str):
             raise DataError(f"{expected} 'text' = {_describe(record['text'])}")
+        if not _valid_unicode(record["text"]):
+            raise DataError(f"{expected} text with a lone surrogate (not valid Unicode)")
         texts.append(record["text"])
     return texts
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file (never a device, FIFO or folder: those are refused
+    before they are opened, so nothing blocks or reads forever)."""
+    import stat
+
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
+        raise DataError(f"{path}: not a regular file ({kind})")
+    if st.st_size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {st.st_size:,} bytes, more than {MAX_FILE_BYTES:,}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
 def load_client_dir(path: str | Path, train_fraction: float = 0.8) -> list[ClientText]:
@@ -85,13 +115,15 @@ def load_client_dir(path: str | Path, train_fraction: float = 0.8) -> list[Clien
         )
     clients = []
     for sub in subdirs:
+        if not _valid_unicode(sub.name):
+            raise DataError(f"{root}: client folder name {sub.name!r} is not valid UTF-8")
         train_path, test_path = sub / TRAIN_FILE, sub / TEST_FILE
-        if not train_path.is_file():
+        if not train_path.exists() and not train_path.is_symlink():
             raise DataError(f"{sub}: client directory has no {TRAIN_FILE}")
         train = read_jsonl_texts(train_path)
         if not train:
             raise DataError(f'{train_path}: expected at least one {{"text": ...}} line, found none')
-        if test_path.exists():
+        if test_path.exists() or test_path.is_symlink():
             test = read_jsonl_texts(test_path)
         else:
             train, test = split_lines(train, train_fraction)

@@ -61,8 +61,8 @@ def parse_tier(tier: str, n_layer: int, lora_r: int = 0) -> tuple[str, int]:
     if (k := _sized(tier, "top_blocks", n_layer)) is not None:
         return "top_blocks", k
     raise ConfigError(
-        f"device tier {tier!r}: expected 'full', 'embeddings' or 'top_blocks:k' with "
-        f"1 <= k <= {n_layer}"
+        f"devices.tier(s): device tier {tier!r}: expected 'full', 'embeddings' or "
+        f"'top_blocks:k' with 1 <= k <= {n_layer}"
     )
 
 

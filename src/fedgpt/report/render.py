@@ -191,6 +191,12 @@ def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
         )
     if summary.get("stopped"):
         parts.append(f"The run stopped early: {summary['stopped']}.")
+    fp = nested(summary, "ledger", "public_key_fingerprint")
+    if isinstance(fp, str):
+        parts.append(
+            f"The ledger is signed by the key with fingerprint {fp} (check it with "
+            "`fedgpt verify RUN --fingerprint` and a copy of the fingerprint kept apart)."
+        )
     return " ".join(parts)
 
 

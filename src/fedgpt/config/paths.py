@@ -1,0 +1,67 @@
+"""The paths a configuration names, checked before anything is prepared or written: each
+problem is one :class:`~fedgpt.errors.ConfigError` naming its key (exit 2 from the CLI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedgpt.errors import ConfigError
+
+SYSTEM_TREES = ("/proc", "/sys", "/dev")  # not places a run's files can live
+
+
+def _inside_system_tree(path: Path) -> bool:
+    resolved = str(path.resolve())
+    return any(resolved == t or resolved.startswith(t + "/") for t in SYSTEM_TREES)
+
+
+def check_folder_to_write(key: str, value: str) -> None:
+    """``value`` is, or can become, a folder this process may write."""
+    path = Path(value)
+    if "\x00" in value:
+        raise ConfigError(f"{key}: contains a NUL character")
+    if _inside_system_tree(path):
+        raise ConfigError(f"{key} '{value}': inside a system folder ({path.resolve()})")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key} '{value}': is a file, expected a folder")
+    existing = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise ConfigError(f"{key} '{value}': '{existing}' is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} '{value}': '{existing}' is not writable")
+
+
+def check_folder_to_read(key: str, value: str) -> None:
+    if "\x00" in value:
+        raise ConfigError(f"{key}: contains a NUL character")
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"{key} '{value}' does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"{key} '{value}': expected a folder, found a file")
+
+
+def check_file_or_new(key: str, value: str) -> None:
+    """``value`` is a regular file, or nothing yet (it will be created)."""
+    if "\x00" in value:
+        raise ConfigError(f"{key}: contains a NUL character")
+    path = Path(value)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{key} '{value}': expected a file, found a folder or device")
+    if not path.exists():
+        check_folder_to_write(key, str(path.parent))
+
+
+def check_paths(cfg) -> None:
+    """Every path of ``cfg`` (a RunConfig) fits what it is used for."""
+    check_folder_to_write("out_dir", cfg.out_dir)
+    r = cfg.runtime
+    if r.ledger and r.ledger_key:
+        check_file_or_new("runtime.ledger_key", r.ledger_key)
+    if r.receipts_dir:
+        check_folder_to_write("runtime.receipts_dir", r.receipts_dir)
+    if cfg.model.path:
+        check_folder_to_read("model.path", cfg.model.path)
+    if cfg.data.path:
+        check_folder_to_read("data.path", cfg.data.path)

@@ -60,6 +60,7 @@ class Runner:
         baselines: Callable[[list[dict], dict], dict] | None = None,
         extra: dict | None = None,
         t_start: float | None = None,
+        run_id: str | None = None,
     ):
         self.cfg, self.prep, self.server, self.privacy = cfg, prep, server, privacy
         self.run_dir, self.hooks = Path(run_dir), hooks or Hooks()
@@ -73,7 +74,7 @@ class Runner:
         self.rows: list[dict] = []
         self.last_eval: dict | None = None
         self.stopped: str | None = None
-        self.run_id = ""  # the run folder's identity (RUN_DIR/run.json), set at the start
+        self.run_id = run_id or ""  # the run folder's identity (RUN_DIR/run.json)
         self.ledger = None  # the LedgerWriter's ledger, if the run keeps one
 
     def run(self) -> dict:
@@ -95,7 +96,7 @@ class Runner:
             check_new_run_dir(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.toml", to_toml(self.cfg))
-        self.run_id = run_identity(self.run_dir)
+        self.run_id = run_identity(self.run_dir, self.run_id)
         hooks = self.hooks
         self.server.on_reply = lambda cid, reply: hooks.advance()
         self.server.on_eval_start = lambda rnd, n: hooks.stage(f"round {rnd}: evaluating", n)
@@ -220,18 +221,23 @@ class Runner:
 RUN_ID = "run.json"
 
 
-def run_identity(run_dir: Path) -> str:
-    """The run folder's identity: 128 random bits from the OS, made once and kept in
-    ``RUN_DIR/run.json`` (participants key their receipts and state on it)."""
-    path = run_dir / RUN_ID
+def read_run_id(run_dir: Path) -> str | None:
+    """The identity kept in ``RUN_DIR/run.json``, or None."""
     try:
-        run_id = str(json.loads(path.read_text())["run_id"])
-        if len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id):
-            return run_id
+        run_id = str(json.loads((Path(run_dir) / RUN_ID).read_text())["run_id"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    run_id = os.urandom(16).hex()
-    write_atomic(path, json.dumps({"run_id": run_id}))
+        return None
+    ok = len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)
+    return run_id if ok else None
+
+
+def run_identity(run_dir: Path, proposed: str | None = None) -> str:
+    """The run folder's identity: 128 random bits from the OS (or ``proposed``), made once
+    and kept in ``RUN_DIR/run.json`` (participants key their receipts and state on it)."""
+    run_id = read_run_id(run_dir)
+    if run_id is None:
+        run_id = proposed or os.urandom(16).hex()
+        write_atomic(run_dir / RUN_ID, json.dumps({"run_id": run_id}))
     return run_id
 
 

@@ -407,3 +407,53 @@ def test_distributed_dp_runs_over_flower(tmp_path):
     cfg = load_config(None, overrides)
     setup = client_setup(cfg, [f"c{i}" for i in range(n)], make_privacy(cfg, n), {})
     assert setup["z"] == 0.7 and len(setup["clients"]) == n
+
+
+STATE_CASES = {
+    "dp_sgd-target": ['privacy.mode="dp_sgd"', "privacy.noise_multiplier=1.0",
+                      "privacy.target_epsilon=1.7", "federation.fraction=1.0"],
+    "local_dp": ['privacy.mode="local_dp"', "privacy.noise_multiplier=0.5"],
+    "keep_optimizer_state": ["client.keep_optimizer_state=true", 'client.optimizer="adamw"'],
+    "fedmd": ['data.public_plays=["macbeth"]', 'federation.distill="fedmd"',
+              "federation.distill_windows=4", "federation.fedmd_client_layers=1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kill_in", [2, 3])
+@pytest.mark.parametrize("case", sorted(STATE_CASES))
+def test_a_restarted_server_and_nodes_resume_the_clients_state(
+    case, kill_in, tmp_path, monkeypatch
+):
+    """The server dies in round ``kill_in`` and every node restarts (fresh Flower
+    ``context.state``: a new Flower run). The nodes take their clients' state from their
+    own disk, keyed by the run folder's identity, at the round the server resumes after;
+    the run ends with exactly the uninterrupted in-process weights, refusals and ε."""
+    from fedgpt.federation.loop import FederatedServer
+
+    over = [*FLOWER_TINY, "federation.rounds=4", "federation.eval_every=100",
+            "privacy.reproducible_noise=true", *STATE_CASES[case]]  # fmt: skip
+    ref = in_process(over, tmp_path)
+    real, calls = FederatedServer.run_round, {"n": 0}
+
+    def dies(self, state):
+        calls["n"] += 1
+        if calls["n"] == kill_in:
+            raise KeyboardInterrupt("server killed")
+        return real(self, state)
+
+    monkeypatch.setattr(FederatedServer, "run_round", dies)
+    with pytest.raises(KeyboardInterrupt):
+        over_flower(over, tmp_path, MemoryGrid(split_nodes(over)))
+    monkeypatch.setattr(FederatedServer, "run_round", real)
+    client_app._CACHE.clear()
+    run_dir = tmp_path / "fl" / "fl"
+    settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
+    server_app.run(MemoryGrid(split_nodes(over)), settings)
+    assert torch.equal(final_weights(run_dir), ref)
+    keep = ("round", "participants", "dropped", "epsilon")
+    rows = lambda d: [{k: json.loads(x).get(k) for k in keep}  # noqa: E731
+                      for x in (d / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    assert rows(run_dir) == rows(tmp_path / "ref" / "ref")
+    if case == "dp_sgd-target":
+        assert max(r["epsilon"] for r in rows(run_dir)) <= 1.7
+        assert any(r["dropped"] for r in rows(run_dir)), rows(run_dir)  # the budget did refuse rounds

@@ -19,6 +19,10 @@ calls) and encodes the replies. What else it does is what Flower's process model
   the FedGPT client's state (SecAgg secrets within a round, DP release counts and
   accounting, optimiser memory) is saved to ``context.state`` after every message and
   restored before the next (``ClientApp.state_dict``, fedgpt.federation.client_state).
+* **Memory across restarts.** ``context.state`` ends with the Flower run, so the same state
+  also goes to the node's own disk keyed by the run folder's identity
+  (:mod:`fedgpt.runtime.flower.node_state`, node-config ``state-dir``); a resumed server
+  names the round it resumes after and the node takes its clients' state of that round.
   The prepared model and data are cached per process.
 """
 
@@ -175,20 +179,38 @@ def fedgpt_client(cfg, local: Local, setup: dict, node_config):
     )
 
 
-def _session(context: Context) -> tuple[object, dict]:
+def _session(context: Context) -> tuple[object, dict, str]:
     rec = context.state.config_records.get(SESSION)
     if rec is None or "config" not in rec:
         raise RuntimeError("no FedGPT session on this node: the run sent no hello message")
-    return config_from_toml(str(rec["config"])), json.loads(str(rec.get("setup", "{}")))
+    setup = json.loads(str(rec.get("setup", "{}")))
+    return config_from_toml(str(rec["config"])), setup, str(rec.get("run_id", ""))
+
+
+def node_state(cfg, local: Local, node_config, run_id: str):
+    """This node's own record of its clients' state for run ``run_id`` (node_state)."""
+    from fedgpt.federation.ledger_keys import fedgpt_home
+    from fedgpt.runtime.flower.node_state import NodeState
+
+    root = str(node_config.get("state-dir", "") or fedgpt_home() / "nodes")
+    ids = [c.client_id for c in local.prep.clients]
+    return NodeState(root, run_id, ids, keep=cfg.federation.checkpoint_keep + 2)
 
 
 def _hello(msg: Message, context: Context) -> Message:
-    """Keep the run's configuration; name this node's clients and its model."""
+    """Keep the run's configuration; name this node's clients and its model; take up the
+    clients' state where the run's last checkpoint left it (a resumed server says which
+    round), from this node's own disk."""
     text = str(msg.config["config"])
     cfg = config_from_toml(text)
     local = prepare_local(cfg, context.node_config)
-    context.state[SESSION] = ConfigRecord({"config": text, "setup": "{}"})
-    context.state[CLIENT_STATE] = ConfigRecord({})
+    run_id = str(msg.config.get("run_id", ""))
+    context.state[SESSION] = ConfigRecord({"config": text, "setup": "{}", "run_id": run_id})
+    saved = None
+    if run_id:
+        rnd = int(msg.config.get("round", 0))
+        saved = node_state(cfg, local, context.node_config, run_id).load(rnd) if rnd else None
+    context.state[CLIENT_STATE] = ConfigRecord(saved or {})
     return Message(
         "fedgpt/hello/result",
         {
@@ -202,7 +224,7 @@ def _hello(msg: Message, context: Context) -> Message:
 def _setup(msg: Message, context: Context) -> Message:
     rec = context.state.config_records[SESSION]
     context.state[SESSION] = ConfigRecord(
-        {"config": rec["config"], "setup": json.dumps(msg.config)}
+        {"config": rec["config"], "setup": json.dumps(msg.config), "run_id": rec.get("run_id", "")}
     )
     return Message("fedgpt/setup/result", {})
 
@@ -212,7 +234,7 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
 
     items = decode_batch(message.content)
     out: list[tuple[str, Reply]] = []
-    client = None
+    client = store = None
     for cid, msg in items:
         try:
             if msg.type == HELLO:
@@ -221,9 +243,11 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
                 reply = _setup(msg, context)
             else:
                 if client is None:
-                    cfg, setup = _session(context)
+                    cfg, setup, run_id = _session(context)
                     local = prepare_local(cfg, context.node_config)
                     client = fedgpt_client(cfg, local, setup, context.node_config)
+                    if run_id:
+                        store = node_state(cfg, local, context.node_config, run_id)
                     saved = context.state.config_records.get(CLIENT_STATE)
                     client.load_state_dict({k: bytes(v) for k, v in (saved or {}).items()})
                 if cid not in client.data:
@@ -235,7 +259,12 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
             reply = Failure(f"client raised {type(exc).__name__}: {exc}")
         out.append((cid, reply))
     if client is not None:
-        context.state[CLIENT_STATE] = ConfigRecord(client.state_dict())
+        state = client.state_dict()
+        context.state[CLIENT_STATE] = ConfigRecord(state)
+        rounds = [m.config.get("round") for _, m in items]
+        rnd = max((r for r in rounds if isinstance(r, int)), default=None)
+        if store is not None and rnd:  # on this node's disk too: it outlives the Flower run
+            store.save(rnd, state)
     return FlowerMessage(encode_batch(out), reply_to=message)
 
 

@@ -100,6 +100,7 @@ def run_rounds(
     extra: dict,
     resume: bool = False,
     on_attempt=None,
+    run_id: str | None = None,
 ) -> dict:
     """Rounds (with the ``runtime.min_replies`` quorum and retries), metrics, ledger,
     checkpoints, model, summary and report in ``run_dir``, exactly as ``run_experiment``
@@ -108,5 +109,6 @@ def run_rounds(
     from fedgpt.runner import Runner
 
     return Runner(
-        cfg, prep, server, privacy, run_dir, LogHooks(log), resume=resume, extra=extra
-    ).run()
+        cfg, prep, server, privacy, run_dir, LogHooks(log), resume=resume, extra=extra,
+        run_id=run_id, on_attempt=on_attempt,
+    ).run()  # fmt: skip

@@ -46,8 +46,17 @@ def wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
         time.sleep(0.5)
 
 
-def handshake(grid: Grid, nodes: list[int], cfg, fingerprint: str, numel: int, timeout: float):
-    """Send each node the run's configuration; return ``{client id: node id}``.
+def handshake(
+    grid: Grid,
+    nodes: list[int],
+    cfg,
+    fingerprint: str,
+    numel: int,
+    timeout: float,
+    session: dict | None = None,
+):
+    """Send each node the run's configuration (and ``session``: the run folder's identity
+    and the round a resumed run continues after); return ``{client id: node id}``.
 
     A node whose model differs from the server's (another vocabulary or architecture)
     stops the run with a one-line error. A client id belongs to the first node (in node-id
@@ -59,7 +68,8 @@ def handshake(grid: Grid, nodes: list[int], cfg, fingerprint: str, numel: int, t
     key = {f"@node:{n}": n for n in nodes}
     rt = FlowerRuntime(grid, key, timeout=timeout)
     text = to_toml(cfg)
-    replies = rt.send_and_receive({k: Message(HELLO, {"config": text}) for k in key})
+    hello = {"config": text, **(session or {})}
+    replies = rt.send_and_receive({k: Message(HELLO, hello) for k in key})
     node_of: dict[str, int] = {}
     for k in sorted(replies, key=lambda k: key[k]):
         reply, node = replies[k], key[k]
@@ -98,6 +108,20 @@ def order_clients(prep, node_of: dict[str, int]) -> list[str]:
     return [c for c in known if c in node_of]
 
 
+def run_session(run_dir: Path, resume: bool) -> dict:
+    """What the nodes learn in the hello: the run folder's identity (kept in its
+    ``run.json``, new for a new run) and, on resume, the round of the checkpoint the run
+    continues after, so each node takes up its clients' state of that round."""
+    import os
+
+    from fedgpt.federation.checkpoint import usable_checkpoint
+    from fedgpt.runner import read_run_id
+
+    run_id = (read_run_id(run_dir) if resume else None) or os.urandom(16).hex()
+    ck = usable_checkpoint(run_dir / "checkpoints")[0] if resume else None
+    return {"run_id": run_id, "round": ck.round if ck is not None else 0}
+
+
 def run(grid: Grid, settings: FlowerSettings) -> dict:
     """A whole FedGPT run over ``grid`` (what ``main`` does); returns the summary."""
     from fedgpt.build import client_setup
@@ -111,7 +135,10 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
     fingerprint = model_fingerprint(prep.bundle, prep.fm)
     nodes = wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
     say(f"{len(nodes)} SuperNode(s) connected")
-    node_of = handshake(grid, nodes, cfg, fingerprint, int(prep.fm.flat.numel()), settings.timeout)
+    run_dir = Path(settings.resume) if settings.resume else new_run_dir(cfg)
+    session = run_session(run_dir, bool(settings.resume))
+    numel = int(prep.fm.flat.numel())
+    node_of = handshake(grid, nodes, cfg, fingerprint, numel, settings.timeout, session)
     ids = order_clients(prep, node_of)
     timeout = cfg.runtime.round_timeout or settings.timeout  # FedGPT's deadline wins if set
     runtime = FlowerRuntime(grid, node_of, timeout=timeout)
@@ -126,7 +153,6 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
         for k, r in rt.send_and_receive({k: Message(SETUP, setup) for k in per_node}).items():
             if isinstance(r, Failure):
                 raise RunError(f"node {per_node[k]} did not take the run setup: {r.reason}")
-    run_dir = Path(settings.resume) if settings.resume else new_run_dir(cfg)
     trainable, total = prep.bundle.counts()
     say(f"run folder: {run_dir}")
     say(
@@ -141,8 +167,9 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
     }
     attempt = faults.set_attempt if faults is not None else None
     summary = run_rounds(
-        cfg, prep, server, privacy, run_dir, say, extra, bool(settings.resume), attempt
-    )
+        cfg, prep, server, privacy, run_dir, say, extra, bool(settings.resume), attempt,
+        run_id=session["run_id"],
+    )  # fmt: skip
     say(f"done: {summary['rounds']} rounds, test loss {summary['federated']['test_loss']}")
     return summary
 

@@ -456,4 +456,4 @@ def test_a_restarted_server_and_nodes_resume_the_clients_state(
     assert rows(run_dir) == rows(tmp_path / "ref" / "ref")
     if case == "dp_sgd-target":
         assert max(r["epsilon"] for r in rows(run_dir)) <= 1.7
-        assert any(r["dropped"] for r in rows(run_dir)), rows(run_dir)  # the budget did refuse rounds
+        assert any(r["dropped"] for r in rows(run_dir)), rows(run_dir)  # budgets refused

@@ -48,8 +48,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, seq_len: int | None = No
         clients = [load_text_file(data)]
     else:
         raise DataError(f"--data '{data}' does not exist")
-    loss_sum = correct = count = 0
+    loss_sum = correct = count = unknown = 0
     for c in clients:
+        unknown += bundle.codec.unknown(c.test)
         ids = torch.from_numpy(bundle.codec.encode(c.test))
         s, k, n = evaluate_tokens(bundle.model, ids, seq)
         loss_sum, correct, count = loss_sum + s, correct + k, count + n
@@ -62,6 +63,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, seq_len: int | None = No
         "accuracy": correct / count,
         "tokens": count,
         "clients": len(clients),
+        "unknown_characters": unknown,  # not in the model's vocabulary: read as <unk>
     }
 
 
@@ -72,6 +74,7 @@ def generate_text(
     max_new_tokens: int = 200,
     temperature: float = 0.8,
     seed: int = 0,
+    warn=None,
 ) -> str:
     """The prompt continued by ``max_new_tokens`` sampled tokens (greedy if temperature 0).
 
@@ -81,6 +84,8 @@ def generate_text(
     bundle = load_run_model(run_dir)
     model = bundle.model.eval()
     ids = bundle.codec.encode(prompt).tolist()
+    if (unknown := bundle.codec.unknown(prompt)) and warn is not None:
+        warn(f"warning: {unknown} character(s) of the prompt are not in the model's vocabulary")
     if not ids:
         raise DataError("--prompt: expected non-empty text")
     context = min(bundle.max_length, _run_seq_len(Path(run_dir)))

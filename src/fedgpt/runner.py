@@ -122,6 +122,7 @@ class Runner:
             if self.restore_clients is not None:
                 self.restore_clients(ck)
             self.hooks.log(f"resuming after round {ck.round} from {latest}")
+            note_resume(self.run_dir, ck.round)
         rows, torn = read_jsonl(self.run_dir / "metrics.jsonl")
         if torn:
             self.hooks.log("metrics.jsonl: cut back a torn last line")
@@ -181,6 +182,7 @@ class Runner:
         summary["federated_seconds"] = sum(r["seconds"] for r in rows)
         summary["seconds"] = time.perf_counter() - self.t_start
         summary["config_path"] = "config.toml"
+        summary["resumed_after"] = resumes(self.run_dir)
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         for cb in self.callbacks:
             cb.on_saved(self, summary)
@@ -229,6 +231,22 @@ def read_run_id(run_dir: Path) -> str | None:
         return None
     ok = len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)
     return run_id if ok else None
+
+
+def resumes(run_dir: Path) -> list[int]:
+    """The rounds after which this run was resumed (``run.json``), oldest first."""
+    try:
+        got = json.loads((Path(run_dir) / RUN_ID).read_text()).get("resumed_after", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [int(r) for r in got if isinstance(r, int)]
+
+
+def note_resume(run_dir: Path, rnd: int) -> None:
+    run_id = read_run_id(run_dir)
+    if run_id is not None:
+        record = {"run_id": run_id, "resumed_after": [*resumes(run_dir), rnd]}
+        write_atomic(Path(run_dir) / RUN_ID, json.dumps(record))
 
 
 def run_identity(run_dir: Path, proposed: str | None = None) -> str:

@@ -78,6 +78,16 @@ def test_two_client_two_round_run_writes_every_output(tiny_overrides, tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output)
     assert ev["tokens"] == len(text.read_text()) - 1 and 0 <= ev["accuracy"] <= 1
+    assert ev["unknown_characters"] == 0
+    odd = tmp_path / "odd.txt"
+    odd.write_text("Nothing will come of nothing \u2603\u2603 speak again.\n")
+    res = runner.invoke(app, ["eval", str(out), "--data", str(odd)])
+    assert res.exit_code == 0 and json.loads(res.stdout)["unknown_characters"] == 2
+    assert "warning: 2 character(s) of --data are not in the model's vocabulary" in res.stderr
+    res = runner.invoke(
+        app, ["generate", str(out), "--prompt", "\u2603KING.", "--max-new-tokens", "2"]
+    )
+    assert res.exit_code == 0 and "1 character(s) of the prompt" in res.stderr
     for bad, why in (("-3", "must be >= 1"), ("64", "below the model's context of 64")):
         res = runner.invoke(app, ["eval", str(out), "--data", str(text), "--seq-len", bad])
         assert res.exit_code == 2 and why in res.output, res.output

@@ -44,6 +44,9 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(case, stop_after, tiny_over
     run_experiment(load_config(None, [*over, f"federation.rounds={stop_after}"]), tmp_path / "r")
     finish(tmp_path / "r", 4)
     assert torch.equal(weights(tmp_path / "r"), weights(tmp_path / "whole"))
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["resumed_after"] == [stop_after]
+    assert "resumed 1 time(s), after round(s) 2" in (tmp_path / "r" / "report.md").read_text()
     keep = ("round", "participants", "dropped", "epsilon", "train_loss")
     got = [{k: r.get(k) for k in keep} for r in rows(tmp_path / "r")]
     assert got == [{k: r.get(k) for k in keep} for r in rows(tmp_path / "whole")]

@@ -235,3 +235,15 @@ def test_formatting_helpers() -> None:
     assert human_bytes(1536) == "1.50 KiB"
     assert human_bytes(3 * 1024**3) == "3.00 GiB"
     assert md_escape("a|b <x> *y*") == r"a\|b &lt;x&gt; \*y\*"
+
+
+def test_a_diverging_run_is_flagged():
+    from fedgpt.report.render import diverged
+
+    ok = [{"train_loss": 3.0, "test_loss": 3.0}, {"train_loss": 2.5, "test_loss": 2.6}]
+    assert diverged(ok) is None
+    up = [*ok, {"train_loss": 2.0, "test_loss": 4.6}]
+    assert diverged(up) == "test loss rose from 3.0000 to 4.6000"
+    assert diverged([{"train_loss": float("nan"), "test_loss": None}]) == (
+        "a training loss is not finite"
+    )

@@ -229,7 +229,14 @@ def eval_cmd(
     """Evaluate a run's model; prints one JSON object (loss, perplexity, accuracy)."""
     from fedgpt.inference import evaluate_run
 
-    typer.echo(json.dumps(evaluate_run(run_dir, data, seq_len)))
+    result = evaluate_run(run_dir, data, seq_len)
+    if result["unknown_characters"]:
+        typer.echo(
+            f"warning: {result['unknown_characters']} character(s) of --data are not in the "
+            "model's vocabulary (each read as the unknown token)",
+            err=True,
+        )
+    typer.echo(json.dumps(result))
 
 
 @app.command()
@@ -244,7 +251,8 @@ def generate(
     """Continue a prompt with a run's model."""
     from fedgpt.inference import generate_text
 
-    typer.echo(generate_text(run_dir, prompt, max_new_tokens, temperature, seed))
+    warn = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    typer.echo(generate_text(run_dir, prompt, max_new_tokens, temperature, seed, warn=warn))
 
 
 @app.command()

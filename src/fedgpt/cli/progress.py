@@ -12,6 +12,7 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from fedgpt.callbacks import Hooks
@@ -49,6 +50,7 @@ class RichHooks(Hooks):
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=self.console,
             transient=True,
         )
@@ -84,8 +86,27 @@ class RichHooks(Hooks):
         self.progress.console.print(msg)
 
 
+def clock(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``12s``."""
+    seconds = max(int(seconds), 0)
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
 class QuietHooks(Hooks):
-    """No bars: one plain line per round and per message, on stderr."""
+    """No bars (``--quiet``, or no terminal: a log file, CI): plain lines on stderr. Rounds
+    worth reading get their line; every ``1/20`` of the rounds and every tenth of a long
+    stage (preparation, baselines) a line with the elapsed time and an ETA."""
+
+    def __init__(self, now=None):
+        import time
+
+        self.now = now or time.monotonic
+        self.total = self.done = self.start_done = 0
+        self.t0 = self.now()
+        self.stage_name, self.stage_total, self.stage_done, self.stage_t0 = "", None, 0, 0.0
+        self.stage_tick = 0
 
     def __enter__(self) -> QuietHooks:
         return self
@@ -93,9 +114,46 @@ class QuietHooks(Hooks):
     def __exit__(self, *exc) -> None:
         pass
 
+    def _say(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    def rounds(self, total: int, done: int) -> None:
+        self.total, self.done, self.start_done, self.t0 = total, done, done, self.now()
+
+    def eta(self) -> str:
+        ran = self.done - self.start_done
+        if ran <= 0 or self.total <= 0:
+            return ""
+        spent = self.now() - self.t0
+        left = spent / ran * (self.total - self.done)
+        return f"[{self.done}/{self.total}, {clock(spent)} elapsed, ETA {clock(left)}]"
+
     def round_done(self, row: dict) -> None:
-        if worth_logging(row):
-            print(round_line(row), file=sys.stderr, flush=True)
+        self.done = row["round"]
+        every = max(self.total // 20, 1)
+        if worth_logging(row) or self.done % every == 0 or self.done == self.total:
+            self._say(f"{round_line(row)}  {self.eta()}".rstrip())
+
+    def stage(self, name: str, total: int | None) -> None:
+        self.stage_name, self.stage_total, self.stage_done = name, total, 0
+        self.stage_t0, self.stage_tick = self.now(), 0
+        if not name.startswith("round "):  # a round's stages: the round line says enough
+            self._say(name)
+
+    def advance(self, n: int = 1) -> None:
+        self.stage_done += n
+        total = self.stage_total
+        if not total or self.stage_name.startswith("round ") or total < 10:
+            return
+        tick = self.stage_done * 10 // total
+        if tick > self.stage_tick and self.stage_done < total:
+            self.stage_tick = tick
+            spent = self.now() - self.stage_t0
+            left = spent / self.stage_done * (total - self.stage_done)
+            self._say(
+                f"{self.stage_name}: {self.stage_done}/{total}, {clock(spent)} elapsed, "
+                f"ETA {clock(left)}"
+            )
 
     def log(self, msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        self._say(msg)

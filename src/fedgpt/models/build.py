@@ -57,7 +57,14 @@ class ModelBundle:
 
 
 def _quiet_transformers() -> None:
+    import warnings
+
     from transformers.utils import logging as hf_logging
+
+    # PEFT asks transformers a deprecated question on every LoRA model: not the user's concern
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

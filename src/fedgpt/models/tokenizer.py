@@ -76,5 +76,14 @@ class Codec:
         found = self._codes[pos] == codes
         return np.where(found, self._ids[pos], self._unk)
 
+    def unknown(self, text: str) -> int:
+        """How many characters of ``text`` a character vocabulary lacks (they become the
+        unknown token); 0 for subword tokenizers, which cover every byte."""
+        if not text or not self.is_char:
+            return 0
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        pos = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
+        return int((self._codes[pos] != codes).sum())
+
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=False)

@@ -191,6 +191,15 @@ def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
         )
     if summary.get("stopped"):
         parts.append(f"The run stopped early: {summary['stopped']}.")
+    resumed = summary.get("resumed_after") or []
+    if resumed:
+        after = ", ".join(str(r) for r in resumed)
+        parts.append(
+            f"The run was resumed {len(resumed)} time(s), after round(s) {after}: its wall "
+            "time counts only the last part, its federated time every round."
+        )
+    if (why := diverged(rows)) is not None:
+        parts.append(f"**Warning: training diverged** ({why}).")
     fp = nested(summary, "ledger", "public_key_fingerprint")
     if isinstance(fp, str):
         parts.append(
@@ -198,6 +207,18 @@ def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
             "`fedgpt verify RUN --fingerprint` and a copy of the fingerprint kept apart)."
         )
     return " ".join(parts)
+
+
+def diverged(rows: Sequence[Row]) -> str | None:
+    """Why the training looks diverged (a non-finite loss, or a last test loss 1.5 x the
+    first one), or None."""
+    train = [r.get("train_loss") for r in rows if isinstance(r.get("train_loss"), int | float)]
+    if any(not math.isfinite(x) for x in train):
+        return "a training loss is not finite"
+    test = [r["test_loss"] for r in rows if isinstance(r.get("test_loss"), int | float)]
+    if len(test) >= 2 and math.isfinite(test[0]) and test[-1] > 1.5 * test[0]:
+        return f"test loss rose from {test[0]:.4f} to {test[-1]:.4f}"
+    return None
 
 
 def _run_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:

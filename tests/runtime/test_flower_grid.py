@@ -419,13 +419,14 @@ STATE_CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("kill_in", [2, 3])
+@pytest.mark.parametrize("kill_in", [2, 3, "mid-3"])
 @pytest.mark.parametrize("case", sorted(STATE_CASES))
 def test_a_restarted_server_and_nodes_resume_the_clients_state(
     case, kill_in, tmp_path, monkeypatch
 ):
-    """The server dies in round ``kill_in`` and every node restarts (fresh Flower
-    ``context.state``: a new Flower run). The nodes take their clients' state from their
+    """The server dies in round ``kill_in`` (at its start, or "mid-3": after the clients
+    of round 3 trained and replied, before its checkpoint) and every node restarts (fresh
+    Flower ``context.state``: a new Flower run). The nodes take their clients' state from their
     own disk, keyed by the run folder's identity, at the round the server resumes after;
     the run ends with exactly the uninterrupted in-process weights, refusals and ε."""
     from fedgpt.federation.loop import FederatedServer
@@ -439,7 +440,10 @@ def test_a_restarted_server_and_nodes_resume_the_clients_state(
         calls["n"] += 1
         if calls["n"] == kill_in:
             raise KeyboardInterrupt("server killed")
-        return real(self, state)
+        result = real(self, state)
+        if kill_in == "mid-3" and calls["n"] == 3:  # the nodes are a round ahead now
+            raise KeyboardInterrupt("server killed mid-round")
+        return result
 
     monkeypatch.setattr(FederatedServer, "run_round", dies)
     with pytest.raises(KeyboardInterrupt):

@@ -137,7 +137,9 @@ class QuietHooks(Hooks):
     def stage(self, name: str, total: int | None) -> None:
         self.stage_name, self.stage_total, self.stage_done = name, total, 0
         self.stage_t0, self.stage_tick = self.now(), 0
-        if not name.startswith("round "):  # a round's stages: the round line says enough
+        # a round's stages: its round line says enough; an unsized stage (preparing the
+        # data) says nothing, so an input error stays the only line
+        if total and not name.startswith("round "):
             self._say(name)
 
     def advance(self, n: int = 1) -> None:

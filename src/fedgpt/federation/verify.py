@@ -194,14 +194,20 @@ def _check_final(run_dir: Path, final: dict, v: Verdict) -> None:
         if not final.get("stopped"):
             v.problems.append(f"final: {done} of {planned} rounds and no reason for stopping")
     want = final.get("files") if isinstance(final.get("files"), dict) else {}
-    have = published_files(run_dir)
+    v.problems += compare_files("final", want, published_files(run_dir), "the final entry")
+
+
+def compare_files(what: str, want: dict, have: dict, listed: str) -> list[str]:
+    """One problem per file missing, added or changed against the hashes ``listed``."""
+    problems = []
     for name in sorted(set(want) | set(have)):
         if name not in have:
-            v.problems.append(f"final: {name} is missing")
+            problems.append(f"{what}: {name} is missing")
         elif name not in want:
-            v.problems.append(f"final: {name} is not in the final entry (added later)")
+            problems.append(f"{what}: {name} is not in {listed}")
         elif want[name] != have[name]:
-            v.problems.append(f"final: {name} differs from the final entry")
+            problems.append(f"{what}: {name} differs from {listed}")
+    return problems
 
 
 def _check_checkpoint(run_dir: Path, last: dict, v: Verdict, latest_checkpoint, load_file):
@@ -233,14 +239,9 @@ def _check_model(model_dir: Path, entry: dict, last: dict | None, v: Verdict) ->
     if not model_dir.is_dir():
         v.problems.append("model: model/ is missing")
         return
-    want, have = entry.get("files", {}), file_hashes(model_dir)
-    for name in sorted(set(want) | set(have)):
-        if name not in have:
-            v.problems.append(f"model: {name} is missing")
-        elif name not in want:
-            v.problems.append(f"model: {name} is not in the ledger")
-        elif want[name] != have[name]:
-            v.problems.append(f"model: {name} differs from the ledger")
+    v.problems += compare_files(
+        "model", entry.get("files", {}), file_hashes(model_dir), "the ledger"
+    )
     if last is not None and entry.get("weights") != last.get("global_weights"):
         v.problems.append("model: the model entry's weights differ from the last round's")
     try:

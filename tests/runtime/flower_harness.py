@@ -36,6 +36,19 @@ FLOWER_TINY = [
 HOST = "127.0.0.1"
 
 
+def require_flower_cli() -> None:
+    """Put Flower's console scripts (beside this interpreter) on PATH, for this process and
+    its subprocesses; skip the calling test module if they are not installed."""
+    import shutil
+    import sys
+
+    import pytest
+
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    if shutil.which("flower-superlink") is None or shutil.which("flower-supernode") is None:
+        pytest.skip("Flower's command-line tools are not installed", allow_module_level=True)
+
+
 class HarnessError(RuntimeError):
     """A Flower process did not start, or a CLI command failed."""
 

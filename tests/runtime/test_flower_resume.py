@@ -9,19 +9,14 @@ in-process run refuses, and the weights are the same."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("flwr")
-os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-if shutil.which("flower-superlink") is None or shutil.which("flower-supernode") is None:
-    pytest.skip("Flower's command-line tools are not installed", allow_module_level=True)
+from flower_harness import FLOWER_TINY, Deployment, require_flower_cli  # noqa: E402
 
-from flower_harness import FLOWER_TINY, Deployment  # noqa: E402
+require_flower_cli()
 
 import fedgpt.runtime.flower as flower_pkg  # noqa: E402
 from fedgpt.config import load_config  # noqa: E402

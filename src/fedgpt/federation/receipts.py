@@ -71,8 +71,9 @@ class ReceiptBook:
         the client sent that round (None if it kept none). The reply says what was wrong."""
         try:
             receipt = json.loads(raw)
-            assert isinstance(receipt, dict) and receipt.get("kind") == "receipt"
-        except (ValueError, AssertionError):
+        except ValueError:
+            receipt = None
+        if not isinstance(receipt, dict) or receipt.get("kind") != "receipt":
             return Message("ledger/receipt/result", {"kept": False, "problem": "not a receipt"})
         problems = []
         if not check_signature(receipt):

@@ -461,3 +461,94 @@ def test_a_restarted_server_and_nodes_resume_the_clients_state(
     if case == "dp_sgd-target":
         assert max(r["epsilon"] for r in rows(run_dir)) <= 1.7
         assert any(r["dropped"] for r in rows(run_dir)), rows(run_dir)  # budgets refused
+
+
+BUDGET_CASES = {
+    "dp_sgd": ['privacy.mode="dp_sgd"', "privacy.noise_multiplier=1.0",
+               "privacy.target_epsilon=1.06"],
+    "local_dp": ['privacy.mode="local_dp"', "privacy.noise_multiplier=4.0",
+                 "privacy.target_epsilon=4.3"],
+}  # fmt: skip
+
+
+def count_releases(monkeypatch) -> dict:
+    """Every update that leaves a client, whatever run or restart it belongs to: per
+    client, the list of (noise multiplier, sample rate, steps) of each release."""
+    from fedgpt.privacy import dp_sgd, local_dp
+
+    seen: dict[str, list] = {}
+    real_sgd, real_ldp = dp_sgd.dp_sgd_update, local_dp.LocalDPRelease.after
+
+    def sgd(fm, weights, text, cfg, pcfg, gen, cid, rnd):
+        result, q = real_sgd(fm, weights, text, cfg, pcfg, gen, cid, rnd)
+        if not isinstance(result, dp_sgd.Failure):
+            seen.setdefault(cid, []).append((pcfg.noise_multiplier, q, cfg.local_steps))
+        return result, q
+
+    def ldp(self, ctx, update):
+        seen.setdefault(ctx.client_id, []).append((self.z, 1.0, 1))
+        return real_ldp(self, ctx, update)
+
+    monkeypatch.setattr(dp_sgd, "dp_sgd_update", sgd)
+    monkeypatch.setattr(local_dp.LocalDPRelease, "after", ldp)
+    return seen
+
+
+def true_epsilon(case: str, releases: list, delta: float = 1e-5) -> float:
+    from fedgpt.privacy.accountant import Accountant
+    from fedgpt.privacy.local_dp import local_epsilon
+
+    if case == "local_dp":
+        return local_epsilon(releases[0][0], len(releases), delta) if releases else 0.0
+    steps = [(z, q) for z, q, k in releases for _ in range(k)]
+    return Accountant(delta, "rdp", steps).epsilon()
+
+
+@pytest.mark.parametrize("case", sorted(BUDGET_CASES))
+def test_a_round_redone_after_a_crash_is_charged_to_the_budget(case, tmp_path, monkeypatch):
+    """With noise from the OS (no ``reproducible_noise``), the server dies after the clients
+    of round 3 released their updates, before its checkpoint; the nodes restart and the
+    resumed server redoes round 3 with fresh noise. Each release that left a client counts:
+    counting every one of them, over both runs, no client's true ε exceeds the target (the
+    node charges the releases of the lost round to the budget, from its own disk)."""
+    from fedgpt.federation.loop import FederatedServer
+
+    over = [*FLOWER_TINY, "federation.rounds=5", "federation.eval_every=100",
+            "federation.fraction=1.0", *BUDGET_CASES[case]]  # fmt: skip
+    target = float(BUDGET_CASES[case][-1].split("=")[1])
+    seen = count_releases(monkeypatch)
+    real, calls = FederatedServer.run_round, {"n": 0}
+
+    def dies(self, state):
+        calls["n"] += 1
+        result = real(self, state)
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("server killed mid-round")
+        return result
+
+    monkeypatch.setattr(FederatedServer, "run_round", dies)
+    with pytest.raises(KeyboardInterrupt):
+        over_flower(over, tmp_path, MemoryGrid(split_nodes(over)))
+    monkeypatch.setattr(FederatedServer, "run_round", real)
+    client_app._CACHE.clear()
+    run_dir = tmp_path / "fl" / "fl"
+    settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
+    summary = server_app.run(MemoryGrid(split_nodes(over)), settings)
+    assert summary["rounds"] == 5
+    worst = max(true_epsilon(case, r) for r in seen.values())
+    assert worst <= target, {c: true_epsilon(case, r) for c, r in seen.items()}
+    # the nodes charged the lost round: their last state counts one unseen release for
+    # each client that trained in it, and the budget bound (a client refused after it)
+    from fedgpt.federation.ledger_keys import fedgpt_home
+    from fedgpt.runtime.flower.node_state import NodeState
+
+    unseen: dict = {}
+    for folder in (fedgpt_home() / "nodes").glob("*/*"):
+        store = NodeState(folder.parent.parent, folder.parent.name, [])
+        store.folder = folder
+        last = store.load(10**6) or {}
+        raw = last.get("releases_unseen" if case == "local_dp" else "dp_unseen", b"{}")
+        unseen.update(json.loads(raw))
+    trained_in_3 = {c for c, r in seen.items() if len(r) >= 3}
+    assert trained_in_3 and set(unseen) == trained_in_3, (unseen, trained_in_3)
+    assert max(true_epsilon(case, seen[c]) for c in trained_in_3) > 0.9 * target

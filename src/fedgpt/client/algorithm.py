@@ -182,6 +182,9 @@ class ClientAlgorithm:
     def load_state_dict(self, saved: Mapping[str, bytes]) -> None:
         restore(self.parts(), saved)
 
+    def charge_unseen(self, newer: Mapping[str, bytes]) -> None:
+        charge_unseen(self.parts(), newer)
+
 
 def state_of(parts) -> dict[str, bytes]:
     """The parts' ``state_dict()`` s in one mapping (each part owns its keys)."""
@@ -194,3 +197,12 @@ def state_of(parts) -> dict[str, bytes]:
 def restore(parts, saved: Mapping[str, bytes]) -> None:
     for part in parts:
         part.load_state_dict(saved)
+
+
+def charge_unseen(parts, newer: Mapping[str, bytes]) -> None:
+    """Charge the parts that spend privacy with what they released after the state they
+    were restored to: ``newer`` is a later state of the same clients (releases of a round
+    the run redoes). Each such part adds the difference to its budget and never forgets it."""
+    for part in parts:
+        if hasattr(part, "charge_unseen"):
+            part.charge_unseen(newer)

@@ -17,6 +17,7 @@ from fedgpt.client.algorithm import (
     ClientAlgorithm,
     ClientStep,
     LocalTraining,
+    charge_unseen,
     restore,
     state_of,
 )
@@ -96,6 +97,11 @@ class ClientApp:
         saved = dict(saved)
         self.sent = json.loads(saved.pop(SENT, b"{}"))
         restore(self.parts(), saved)
+
+    def charge_unseen(self, newer: Mapping[str, bytes]) -> None:
+        """Count, against the clients' budgets, what they released after the restored
+        state (``newer``: their state in a round the resumed run redoes)."""
+        charge_unseen(self.parts(), newer)
 
     def __call__(self, client_id: str, msg: Message) -> Message:
         reply = self._answer(client_id, msg)

@@ -149,36 +149,57 @@ class DPSGDTraining(Training):
     def __init__(self, cfg: ClientConfig, pcfg: PrivacyConfig):
         self.cfg, self.pcfg = cfg, pcfg
         self.steps: dict[str, list[tuple[float, float]]] = {}  # (z, q) per step, per client
+        # steps of releases that left in rounds the run redid after a restart: no longer
+        # on the run's path, still spent (see charge_unseen)
+        self.unseen: dict[str, list[tuple[float, float]]] = {}
 
     def run(self, fm, weights, data, task, gen, rnd, trainable):
         from fedgpt.privacy.accountant import Accountant
 
         p, c, cid = self.pcfg, self.cfg, data.client_id
         n = record_windows(data.train, c.seq_len).shape[0]
-        acc = Accountant(p.delta, p.accountant, list(self.steps.get(cid, [])))
+        history = list(self.steps.get(cid, []))
+        spent = history + self.unseen.get(cid, [])
         planned = [(p.noise_multiplier, sample_rate(n, c.batch_size))] * c.local_steps
         if p.target_epsilon and (
-            Accountant(p.delta, p.accountant, acc.history + planned).epsilon() > p.target_epsilon
+            Accountant(p.delta, p.accountant, spent + planned).epsilon() > p.target_epsilon
         ):
             return Failure("privacy budget exhausted")
         result, q = dp_sgd_update(fm, weights, data.train, c, p, gen, cid, rnd)
         if isinstance(result, Failure):
             return result
-        acc.history += [(p.noise_multiplier, q)] * c.local_steps
-        self.steps[cid] = acc.history
+        now = [(p.noise_multiplier, q)] * c.local_steps
+        self.steps[cid] = history + now
         # neither the record count nor the loss leaves (each changes with one record):
         # equal weights, timing and the client's own epsilon only
         kept = {k: result.metrics[k] for k in ("steps", "seconds")}
-        return dataclasses.replace(
-            result, num_examples=1, metrics={**kept, "epsilon": acc.epsilon()}
-        )
+        eps = Accountant(p.delta, p.accountant, spent + now).epsilon()
+        return dataclasses.replace(result, num_examples=1, metrics={**kept, "epsilon": eps})
 
     def state_dict(self) -> dict[str, bytes]:
-        return {"dp_steps": json.dumps(self.steps).encode()}
+        out = {"dp_steps": json.dumps(self.steps).encode()}
+        if self.unseen:
+            out["dp_unseen"] = json.dumps(self.unseen).encode()
+        return out
 
     def load_state_dict(self, saved) -> None:
         if "dp_steps" in saved:
-            self.steps = {
-                k: [(float(z), float(q)) for z, q in v]
-                for k, v in json.loads(saved["dp_steps"]).items()
-            }
+            self.steps = _steps(saved["dp_steps"])
+        self.unseen = _steps(saved.get("dp_unseen", b"{}"))
+
+    def charge_unseen(self, newer) -> None:
+        """Add the steps ``newer`` (a later state of these clients) took beyond the
+        restored ones to ``unseen``: they were released, so they stay spent."""
+        later, later_unseen = (
+            _steps(newer.get("dp_steps", b"{}")),
+            _steps(newer.get("dp_unseen", b"{}")),
+        )
+        for cid in set(later) | set(later_unseen):
+            extra = later.get(cid, [])[len(self.steps.get(cid, [])) :]
+            total = later_unseen.get(cid, []) + extra
+            if len(total) > len(self.unseen.get(cid, [])):
+                self.unseen[cid] = total
+
+
+def _steps(raw: bytes) -> dict[str, list[tuple[float, float]]]:
+    return {k: [(float(z), float(q)) for z, q in v] for k, v in json.loads(raw).items()}

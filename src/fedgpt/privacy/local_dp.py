@@ -52,12 +52,14 @@ class LocalDPRelease(ClientStep):
     def __init__(self, cfg: PrivacyConfig, noise_multiplier: float):
         self.cfg, self.z = cfg, noise_multiplier
         self.releases: dict[str, int] = {}  # updates each client has released
+        self.unseen: dict[str, int] = {}  # releases of rounds the run redid (charge_unseen)
 
     def admit(self, ctx: ClientRound) -> str | None:
         p = self.cfg
         if p.target_epsilon == 0:
             return None
-        nxt = self.releases.get(ctx.client_id, 0) + 1
+        cid = ctx.client_id
+        nxt = self.releases.get(cid, 0) + self.unseen.get(cid, 0) + 1
         if local_epsilon(self.z, nxt, p.delta, p.accountant) > p.target_epsilon:
             return "privacy budget exhausted"
         return None
@@ -70,8 +72,25 @@ class LocalDPRelease(ClientStep):
         return dataclasses.replace(update, delta=noisy, num_examples=1, metrics=kept)
 
     def state_dict(self) -> dict[str, bytes]:
-        return {"releases": json.dumps(self.releases).encode()}
+        out = {"releases": json.dumps(self.releases).encode()}
+        if self.unseen:
+            out["releases_unseen"] = json.dumps(self.unseen).encode()
+        return out
 
     def load_state_dict(self, saved) -> None:
         if "releases" in saved:
-            self.releases = {k: int(v) for k, v in json.loads(saved["releases"]).items()}
+            self.releases = _counts(saved["releases"])
+        self.unseen = _counts(saved.get("releases_unseen", b"{}"))
+
+    def charge_unseen(self, newer) -> None:
+        """Add the releases ``newer`` (a later state of these clients) made beyond the
+        restored ones to ``unseen``: they left the client, so they stay spent."""
+        later = _counts(newer.get("releases", b"{}"))
+        later_unseen = _counts(newer.get("releases_unseen", b"{}"))
+        for cid in set(later) | set(later_unseen):
+            extra = max(later.get(cid, 0) - self.releases.get(cid, 0), 0)
+            self.unseen[cid] = max(self.unseen.get(cid, 0), later_unseen.get(cid, 0) + extra)
+
+
+def _counts(raw: bytes) -> dict[str, int]:
+    return {k: int(v) for k, v in json.loads(raw).items()}

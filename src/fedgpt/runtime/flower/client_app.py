@@ -48,6 +48,7 @@ HELLO = "fedgpt/hello"
 SETUP = "fedgpt/setup"
 SESSION = "fedgpt.session"  # context.state ConfigRecord: config TOML, setup JSON
 CLIENT_STATE = "fedgpt.client_state"  # context.state ConfigRecord: bytes per kind
+REDONE = "fedgpt.redone_state"  # the state after a round the resumed server redoes
 
 app = FlowerClientApp()
 
@@ -206,11 +207,14 @@ def _hello(msg: Message, context: Context) -> Message:
     local = prepare_local(cfg, context.node_config)
     run_id = str(msg.config.get("run_id", ""))
     context.state[SESSION] = ConfigRecord({"config": text, "setup": "{}", "run_id": run_id})
-    saved = None
+    saved = redone = None
     if run_id:
         rnd = int(msg.config.get("round", 0))
-        saved = node_state(cfg, local, context.node_config, run_id).load(rnd) if rnd else None
+        store = node_state(cfg, local, context.node_config, run_id)
+        saved = store.load(rnd) if rnd else None
+        redone = None if cfg.privacy.reproducible_noise else store.after(rnd)
     context.state[CLIENT_STATE] = ConfigRecord(saved or {})
+    context.state[REDONE] = ConfigRecord(redone or {})
     return Message(
         "fedgpt/hello/result",
         {
@@ -250,6 +254,9 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
                         store = node_state(cfg, local, context.node_config, run_id)
                     saved = context.state.config_records.get(CLIENT_STATE)
                     client.load_state_dict({k: bytes(v) for k, v in (saved or {}).items()})
+                    if redone := context.state.config_records.get(REDONE):
+                        client.charge_unseen({k: bytes(v) for k, v in redone.items()})
+                        context.state[REDONE] = ConfigRecord({})  # charged once
                 if cid not in client.data:
                     reply = Failure(f"this node does not serve client {cid}")
                 else:

@@ -14,6 +14,10 @@ of clients the node serves. ``STATE_DIR`` is the node's ``--node-config state-di
 default ``$FEDGPT_HOME/nodes``. When the server resumes after round ``R`` (it says so in
 the hello), the node takes the newest snapshot of a round ``<= R``: the state its clients
 had when round ``R`` ended, so the resumed run continues exactly as the uninterrupted one.
+If the nodes had already trained in round ``R + 1`` (the server died mid-round), those
+releases left the node: unless ``privacy.reproducible_noise`` (a redone round then releases
+the very same values), the privacy parts are charged with them
+(:func:`fedgpt.client.algorithm.charge_unseen`), so no restart resets a budget.
 Each file is written atomically; the newest ``keep`` are kept.
 """
 
@@ -57,11 +61,19 @@ class NodeState:
 
     def load(self, up_to: int) -> dict[str, bytes] | None:
         """The newest snapshot of a round ``<= up_to`` that reads, or None."""
+        return self._newest(lambda rnd: rnd <= up_to)
+
+    def after(self, up_to: int) -> dict[str, bytes] | None:
+        """The newest snapshot of a round ``> up_to`` that reads, or None: what the
+        clients had released by the time the server died in a round it now redoes."""
+        return self._newest(lambda rnd: rnd > up_to)
+
+    def _newest(self, wanted) -> dict[str, bytes] | None:
         for rnd, path in reversed(self._rounds()):
-            if rnd > up_to:
+            if not wanted(rnd):
                 continue
             try:
                 return {k: v.numpy().tobytes() for k, v in load(path.read_bytes()).items()}
             except Exception:  # noqa: BLE001 - a torn snapshot: take the one before
                 continue
-        return None  # PATCHPOINT
+        return None

@@ -20,6 +20,9 @@ CASES = {
     "local_dp": ['privacy.mode="local_dp"', "privacy.noise_multiplier=0.5",
                  "privacy.reproducible_noise=true"],
     "keep_optimizer_state": ["client.keep_optimizer_state=true", 'client.optimizer="adamw"'],
+    "fedmd": ['data.plays=["lear", "macbeth"]', 'data.public_plays=["macbeth"]',
+              'federation.distill="fedmd"', "federation.distill_windows=4",
+              "federation.fedmd_client_layers=1"],
 }  # fmt: skip
 
 
@@ -53,3 +56,36 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(case, stop_after, tiny_over
     assert got == [{k: r.get(k) for k in keep} for r in rows(tmp_path / "whole")]
     if case == "dp_sgd-target":  # every client's ε: within the target, as uninterrupted
         assert max(r["epsilon"] for r in rows(tmp_path / "r")) <= 3.0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_one(
+    case, tiny_overrides, tmp_path, monkeypatch
+):
+    """The process dies in round 3 after the clients trained and the server aggregated,
+    before the round's checkpoint: ``--resume`` redoes round 3 from round 2's checkpoint
+    (server and client state) and ends exactly as the uninterrupted run."""
+    from fedgpt.federation.loop import FederatedServer
+
+    over = [*tiny_overrides, "baselines.enabled=false", "federation.eval_every=100",
+            "privacy.reproducible_noise=true", "federation.rounds=4", *CASES[case]]  # fmt: skip
+    run_experiment(load_config(None, over), tmp_path / "whole")
+    real, calls = FederatedServer.run_round, {"n": 0}
+
+    def dies(self, state):
+        calls["n"] += 1
+        result = real(self, state)
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed mid-round")
+        return result
+
+    monkeypatch.setattr(FederatedServer, "run_round", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_config(None, over), tmp_path / "r")
+    monkeypatch.setattr(FederatedServer, "run_round", real)
+    assert len(rows(tmp_path / "r")) == 2  # round 3 never reached the files
+    finish(tmp_path / "r", 4)
+    assert torch.equal(weights(tmp_path / "r"), weights(tmp_path / "whole"))
+    keep = ("round", "participants", "dropped", "epsilon", "train_loss")
+    got = [{k: r.get(k) for k in keep} for r in rows(tmp_path / "r")]
+    assert got == [{k: r.get(k) for k in keep} for r in rows(tmp_path / "whole")]

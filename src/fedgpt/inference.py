@@ -10,6 +10,7 @@ import torch
 from fedgpt.client.trainer import evaluate_tokens
 from fedgpt.errors import DataError, RunError
 from fedgpt.models.build import ModelBundle, load_pretrained
+from fedgpt.models.generate import sample
 
 
 def load_run_model(run_dir: str | Path) -> ModelBundle:
@@ -82,22 +83,9 @@ def generate_text(
     (``client.seq_len`` of the run), since positions beyond it were never trained.
     """
     bundle = load_run_model(run_dir)
-    model = bundle.model.eval()
-    ids = bundle.codec.encode(prompt).tolist()
     if (unknown := bundle.codec.unknown(prompt)) and warn is not None:
         warn(f"warning: {unknown} character(s) of the prompt are not in the model's vocabulary")
-    if not ids:
+    if not bundle.codec.encode(prompt).tolist():
         raise DataError("--prompt: expected non-empty text")
     context = min(bundle.max_length, _run_seq_len(Path(run_dir)))
-    gen = torch.Generator().manual_seed(seed)
-    out = list(ids)
-    for _ in range(max_new_tokens):
-        window = torch.tensor([out[-context:]])
-        logits = model(input_ids=window).logits[0, -1]
-        if temperature <= 0:
-            nxt = int(logits.argmax())
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = int(torch.multinomial(probs, 1, generator=gen))
-        out.append(nxt)
-    return bundle.codec.decode(out)
+    return sample(bundle, prompt, max_new_tokens, temperature, seed, context)

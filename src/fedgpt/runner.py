@@ -167,20 +167,26 @@ class Runner:
         return None
 
     def _finish(self) -> dict:
-        rows, state = self.rows, self.state
+        rows, state, clock = self.rows, self.state, time.perf_counter
+        t0 = clock()
         if self.last_eval is None or not rows or rows[-1].get("test_loss") is None:
             self.last_eval = self.server.evaluate(state.weights, state.round)
+        final_eval, t0 = clock() - t0, clock()
         self.prep.fm.load(state.weights)
         save_model(self.prep.bundle, self.run_dir / "model")
         summary = self._summary()
+        summary["samples"] = report_samples(self.prep.bundle, self.cfg)
+        samples, t0 = clock() - t0, clock()
         for cb in self.callbacks:
             cb.on_end(self, summary)
         if self.baselines is not None:
             summary["baselines"] = self.baselines(rows, self.last_eval)
             self.prep.fm.load(state.weights)
+        baselines = clock() - t0
         summary.update(self.extra)
         summary["federated_seconds"] = sum(r["seconds"] for r in rows)
-        summary["seconds"] = time.perf_counter() - self.t_start
+        summary["seconds"] = clock() - self.t_start
+        summary["time"] = time_breakdown(rows, final_eval, samples, baselines, summary["seconds"])
         summary["config_path"] = "config.toml"
         summary["resumed_after"] = resumes(self.run_dir)
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -218,6 +224,37 @@ class Runner:
                 "accountant": cfg.privacy.accountant,
             },
         }  # fmt: skip
+
+
+def report_samples(bundle, cfg: RunConfig) -> list[dict]:
+    """The final model's continuation of each ``report.prompts`` (fixed text, never client
+    data), seeded by the run's seed; none for a task whose model does not generate text."""
+    from fedgpt.build import build_task
+    from fedgpt.models.generate import sample
+
+    r = cfg.report
+    if not r.prompts or not build_task(cfg).generates:
+        return []
+    context = min(bundle.max_length, cfg.client.seq_len)
+    return [
+        {
+            "prompt": p,
+            "text": sample(bundle, p, r.sample_tokens, r.temperature, cfg.seed + i, context),
+        }
+        for i, p in enumerate(r.prompts)
+    ]
+
+
+def time_breakdown(rows, final_eval: float, samples: float, baselines: float, total: float):
+    """Where the time went, in seconds: federated rounds (training and exchange, all
+    attempts of a resumed run), evaluation, sample generation, baselines, and the rest of
+    this process's wall time (preparing data and model, saving)."""
+    evaluation = sum(r.get("eval_seconds", 0.0) for r in rows) + final_eval
+    federation = sum(r["seconds"] for r in rows) - sum(r.get("eval_seconds", 0.0) for r in rows)
+    parts = {"federation": federation, "evaluation": evaluation, "samples": samples,
+             "baselines": baselines}  # fmt: skip
+    parts["other"] = max(total - sum(parts.values()), 0.0)
+    return {k: round(v, 4) for k, v in parts.items()}
 
 
 RUN_ID = "run.json"

@@ -65,6 +65,19 @@ def test_two_client_two_round_run_writes_every_output(tiny_overrides, tmp_path):
     assert b["centralized"]["steps"] == sum(r["client_steps"] for r in rows) == 2 * 2 * 2
     assert b["local_only"]["num_clients"] == 2
     assert "centralized" in (out / "report.md").read_text()
+    # the final model's samples continue the configured prompts, seeded: a rerun of the
+    # saved model with the same seed gives the same text
+    from fedgpt.inference import generate_text
+
+    prompts = [s["prompt"] for s in summary["samples"]]
+    assert prompts == ["To be, or not to be", "The king"]
+    first = summary["samples"][0]["text"]
+    assert first.startswith("To be, or not to be") and len(first) > len(prompts[0])
+    assert generate_text(out, prompts[0], 120, 0.8, seed=summary_seed(out)) == first
+    t = summary["time"]
+    assert set(t) == {"federation", "evaluation", "samples", "baselines", "other"}
+    assert all(v >= 0 for v in t.values()) and t["baselines"] > 0
+    assert sum(t.values()) == pytest.approx(summary["seconds"], abs=0.01)
     model = AutoModelForCausalLM.from_pretrained(out / "model", local_files_only=True)
     final = load_file(out / "checkpoints/round_000002/weights.safetensors")["weights"]
     saved = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -198,3 +211,9 @@ def test_tensorboard_curves_are_written(tiny_overrides, tmp_path):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
     assert [e.step for e in acc.Scalars("test_accuracy")] == [1, 2]
+
+
+def summary_seed(run_dir) -> int:
+    from fedgpt.config import load_config
+
+    return load_config(run_dir / "config.toml").seed

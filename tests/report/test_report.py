@@ -43,6 +43,9 @@ BASELINES: dict[str, Any] = {
         "steps_mean": 75.0,
         "seconds": 8.0,
         "federated_accuracy_same_clients": 0.44,
+        "per_client": [
+            {"client": f"c{i}", "test_accuracy": a} for i, a in enumerate((0.25, 0.3, 0.33, 0.375))
+        ],
     },
 }
 
@@ -115,7 +118,19 @@ def make_run(run_dir: Path, *, baselines: dict[str, Any] | None, epsilon: bool) 
             "source": "shakespeare",
         },
         "federated": {"test_loss": 2.2, "test_accuracy": 0.4567, "perplexity": 9.03},
+        "federated_per_client": {
+            f"c{i}": {"loss": 2.2, "accuracy": a, "count": 100}
+            for i, a in enumerate((0.41, 0.44, 0.47, 0.52))
+        },
         "baselines": baselines,
+        "samples": [{"prompt": "To be", "text": "To be <or> not ```to``` be"}],
+        "time": {
+            "federation": 10.0,
+            "evaluation": 1.1,
+            "samples": 0.5,
+            "baselines": 1.0,
+            "other": 0.5,
+        },
         "seconds": 13.1,
         "config_path": "config.toml",
     }
@@ -138,7 +153,7 @@ def test_report_with_baselines(tmp_path: Path, epsilon: bool) -> None:
 
     assert md_path == run / "report.md" and md_path.is_file()
     assert html_path == run / "report.html" and html_path.is_file()
-    for name in ("evaluation", "train_loss", "traffic"):
+    for name in ("evaluation", "train_loss", "efficiency", "clients"):
         assert_png(run / "plots" / f"{name}.png")
     assert (run / "plots" / "epsilon.png").exists() is epsilon
 
@@ -147,7 +162,12 @@ def test_report_with_baselines(tmp_path: Path, epsilon: bool) -> None:
     for text in ("45.67%", "50.00%", "31.25%", "44.00%", "0.913"):
         assert text in md, text
     assert "ratio is 0.913" in md
-    assert "(plots/evaluation.png)" in md and "(plots/traffic.png)" in md
+    assert "(plots/evaluation.png)" in md and "(plots/efficiency.png)" in md
+    # where the time went: each part with its share of the 13.1 s
+    assert "| federated rounds (training, exchange, aggregation) | 10.0 s | 76.3% |" in md
+    assert "| baselines (centralized, local-only) | 1.0 s | 7.6% |" in md
+    # the sample, verbatim in a fence longer than any run of backticks in it
+    assert "````\nTo be <or> not ```to``` be\n````" in md
     assert ("(plots/epsilon.png)" in md) is epsilon
     assert "```toml\n" + CONFIG_TEXT + "```" in md
     assert "9,600 examples" in md
@@ -156,7 +176,8 @@ def test_report_with_baselines(tmp_path: Path, epsilon: bool) -> None:
 
     page = html_path.read_text(encoding="utf-8")
     # with epsilon: + epsilon per round, accuracy vs epsilon
-    assert page.count("data:image/png;base64,") == (5 if epsilon else 3)
+    assert page.count("data:image/png;base64,") == (6 if epsilon else 4)
+    assert "To be &lt;or&gt; not" in page
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&amp; &lt;gone&gt;" in page

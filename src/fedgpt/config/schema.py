@@ -6,7 +6,7 @@ default configuration documents itself. Unknown keys are errors (``extra="forbid
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -480,6 +480,21 @@ class RuntimeConfig(_Section):
     )
 
 
+class ReportConfig(_Section):
+    """What the run's report shows beyond its metrics."""
+
+    prompts: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=lambda: ["To be, or not to be", "The king"],
+        max_length=10,
+        description="prompts the final model continues for the report's sample generations "
+        "(causal language modelling only); [] = none. Fixed text, never client data",
+    )
+    sample_tokens: int = Field(120, ge=1, le=2000, description="tokens generated after each prompt")
+    temperature: float = Field(
+        0.8, ge=0.0, le=10.0, description="sampling temperature of the samples (0 = greedy)"
+    )
+
+
 class RunConfig(_Section):
     """The whole run."""
 
@@ -518,6 +533,7 @@ class RunConfig(_Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     devices: DevicesConfig = Field(default_factory=DevicesConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedgpt.errors import RunError
 from fedgpt.files import write_atomic
-from fedgpt.report.plots import make_plots
+from fedgpt.report.figures import make_plots
 from fedgpt.report.render import build_report, render_html, render_markdown
 
 __all__ = ["load_metrics", "load_summary", "write_report"]

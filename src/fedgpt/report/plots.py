@@ -28,8 +28,6 @@ FEDERATED_COLOR = "tab:blue"
 CENTRALIZED_COLOR = "tab:green"
 LOCAL_COLOR = "tab:orange"
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-#: Above this many rounds the traffic plot uses lines instead of grouped bars.
-_MAX_BAR_ROUNDS = 60
 
 
 def as_float(value: Any) -> float | None:
@@ -74,6 +72,12 @@ def human_bytes(value: Any) -> str:
     if name == "B":
         return f"{int(number)} B"
     return f"{number / size:.2f} {name}"
+
+
+def unit(summary: Mapping[str, Any]) -> str:
+    """ "next-character" for the character models FedGPT builds, else "next-token"."""
+    name = str(nested(summary, "model", "name") or "")
+    return "next-character" if name.startswith("char-") or not name else "next-token"
 
 
 def series(rows: Sequence[Row], key: str) -> tuple[list[int], list[float]]:
@@ -131,7 +135,7 @@ def _references(summary: Mapping[str, Any]) -> list[tuple[str, str, float | None
 
 
 def plot_evaluation(rows: Sequence[Row], summary: Mapping[str, Any], path: Path) -> Path | None:
-    """Two panels: test loss and next-character accuracy per round, with baselines dashed."""
+    """Two panels: test loss and accuracy per round, with baselines dashed."""
     loss_x, loss_y = series(rows, "test_loss")
     acc_x, acc_y = series(rows, "test_accuracy")
     refs = _references(summary)
@@ -157,7 +161,7 @@ def plot_evaluation(rows: Sequence[Row], summary: Mapping[str, Any], path: Path)
             ax_acc.axhline(acc, linestyle="--", color=color, label=f"{label}: {acc:.2%}")
     ax_loss.set_title("Test loss (lower is better)")
     ax_loss.set_ylabel("cross-entropy loss")
-    ax_acc.set_title("Next-character accuracy (higher is better)")
+    ax_acc.set_title(f"{unit(summary).capitalize()} accuracy (higher is better)")
     ax_acc.set_ylabel("accuracy")
     ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     for ax in (ax_loss, ax_acc):
@@ -167,32 +171,38 @@ def plot_evaluation(rows: Sequence[Row], summary: Mapping[str, Any], path: Path)
     return _save(fig, path)
 
 
-def plot_traffic(rows: Sequence[Row], path: Path) -> Path | None:
-    """Bytes uploaded and downloaded per round, on a binary-unit axis."""
-    up_x, up_y = series(rows, "bytes_up")
-    down_x, down_y = series(rows, "bytes_down")
-    if not up_x and not down_x:
+def plot_efficiency(rows: Sequence[Row], summary: Mapping[str, Any], path: Path) -> Path | None:
+    """Two panels: test accuracy against the bytes moved so far (upload, download and the
+    evaluation broadcasts) and against the federated time so far, at every evaluated round;
+    the centralized baseline dashed. What a round costs is read off the slope."""
+    moved = seconds = 0.0
+    pts = []
+    for r in rows:
+        moved += sum(finite(r.get(k)) or 0.0 for k in ("bytes_up", "bytes_down", "eval_bytes_down"))
+        seconds += finite(r.get("seconds")) or 0.0
+        if (acc := finite(r.get("test_accuracy"))) is not None:
+            pts.append((moved, seconds, acc))
+    if not pts:
         return None
-    largest = max(up_y + down_y, default=0.0)
-    unit, size = byte_unit(largest)
-    up_y = [y / size for y in up_y]
-    down_y = [y / size for y in down_y]
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    up_label, down_label = "upload (clients → server)", "download (server → clients)"
-    if len(rows) <= _MAX_BAR_ROUNDS:
-        width = 0.4
-        ax.bar([x - width / 2 for x in up_x], up_y, width=width, label=up_label)
-        ax.bar([x + width / 2 for x in down_x], down_y, width=width, label=down_label)
-    else:
-        ax.plot(up_x, up_y, label=up_label)
-        ax.plot(down_x, down_y, label=down_label)
-    # Headroom above the tallest bar keeps the legend clear of the data.
-    ax.set_ylim(0, (largest / size) * 1.3 or 1.0)
-    ax.set_ylabel(f"bytes per round ({unit})")
-    ax.set_title("Communication per round")
-    _round_axis(ax, rows)
-    ax.legend(fontsize="small", loc="upper center", ncol=2)
+    name, size = byte_unit(max(p[0] for p in pts))
+    fig = Figure(figsize=WIDE_FIGSIZE, dpi=DPI, layout="constrained")
+    ax_b, ax_t = fig.subplots(1, 2, sharey=True)
+    ax_b.plot([p[0] / size for p in pts], [p[2] for p in pts], marker="o", color=FEDERATED_COLOR)
+    ax_t.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", color=FEDERATED_COLOR,
+              label=f"federated (last: {pts[-1][2]:.2%})")  # fmt: skip
+    for label, color, _, acc in _references(summary)[:1]:
+        if acc is not None:
+            for ax in (ax_b, ax_t):
+                ax.axhline(acc, linestyle="--", color=color, label=f"{label}: {acc:.2%}")
+    ax_b.set_xlabel(f"bytes moved so far ({name}: up, down, evaluation)")
+    ax_t.set_xlabel("federated time so far (s)")
+    ax_b.set_ylabel(f"{unit(summary)} accuracy")
+    ax_b.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    for ax in (ax_b, ax_t):
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(left=0)
+    ax_t.legend(fontsize="small")
+    fig.suptitle("Accuracy for the communication and time spent")
     return _save(fig, path)
 
 
@@ -257,106 +267,3 @@ def plot_accuracy_vs_epsilon(rows: Sequence[Row], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
-
-
-def plot_heterogeneity(rows: Sequence[Row], path: Path, max_clients: int = 40) -> Path | None:
-    """Heat-map of each client's dissimilarity ‖Δ_k − Δ‖/‖Δ‖ from the round's aggregate
-    (clients × rounds; blank where a client did not take part). With many clients, the
-    ``max_clients`` that took part most often are shown."""
-    cells = [
-        (int(r["round"]), cid, float(v["rel"]))
-        for r in rows
-        for cid, v in (r.get("heterogeneity") or {}).items()
-    ]
-    return _client_heatmap(
-        cells,
-        path,
-        max_clients,
-        "Client dissimilarity from the aggregate, ‖Δk − Δ‖/‖Δ‖",
-        "relative distance (0 = agrees with the aggregate)",
-    )
-
-
-def plot_attention(rows: Sequence[Row], path: Path, max_clients: int = 40) -> Path | None:
-    """Heat-map of the FedAtt weight α of each client per round (mean over layers)."""
-    cells = [
-        (int(r["round"]), cid, float(v))
-        for r in rows
-        for cid, v in (r.get("attention") or {}).items()
-    ]
-    return _client_heatmap(
-        cells, path, max_clients, "FedAtt attention α per client", "α (mean over layers)"
-    )
-
-
-def _client_heatmap(cells, path: Path, max_clients: int, title: str, label: str):
-    """Clients × rounds heat-map of (round, client, value) cells; None without cells."""
-    import numpy as np
-
-    if not cells:
-        return None
-    counts: dict[str, int] = {}
-    for _, cid, _ in cells:
-        counts[cid] = counts.get(cid, 0) + 1
-    clients = sorted(counts, key=lambda c: (-counts[c], c))[:max_clients]
-    rounds = sorted({r for r, _, _ in cells})
-    ci = {c: i for i, c in enumerate(clients)}
-    ri = {r: j for j, r in enumerate(rounds)}
-    grid = np.full((len(clients), len(rounds)), np.nan)
-    for r, cid, v in cells:
-        if cid in ci:
-            grid[ci[cid], ri[r]] = v
-    fig = Figure(figsize=(10, max(3.0, 0.22 * len(clients) + 1.5)), dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(
-        grid,
-        aspect="auto",
-        interpolation="nearest",
-        cmap="magma_r",
-        extent=(rounds[0] - 0.5, rounds[-1] + 0.5, len(clients) - 0.5, -0.5),
-    )
-    ax.set_yticks(range(len(clients)), clients, fontsize=6)
-    ax.set_xlabel("round")
-    shown = "" if len(counts) <= max_clients else f" ({max_clients} most frequent of {len(counts)})"
-    ax.set_title(f"{title}{shown}")
-    fig.colorbar(im, ax=ax, label=label)
-    return _save(fig, path)
-
-
-#: Plot names in report order, with the file name each is written to.
-PLOT_FILES = {
-    "evaluation": "evaluation.png",
-    "train_loss": "train_loss.png",
-    "traffic": "traffic.png",
-    "epsilon": "epsilon.png",
-    "accuracy_vs_epsilon": "accuracy_vs_epsilon.png",
-    "heterogeneity": "heterogeneity.png",
-    "attention": "attention.png",
-}
-
-
-def make_plots(rows: Sequence[Row], summary: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write every applicable plot into ``out_dir``; return ``{name: path}`` in report order.
-
-    A plot with no data is skipped, and a stale file of that name from an earlier report of
-    the same run folder is removed so the folder matches the report.
-    """
-    out_dir = Path(out_dir)
-    makers = {
-        "evaluation": lambda p: plot_evaluation(rows, summary, p),
-        "train_loss": lambda p: plot_train_loss(rows, p),
-        "traffic": lambda p: plot_traffic(rows, p),
-        "epsilon": lambda p: plot_epsilon(rows, p),
-        "accuracy_vs_epsilon": lambda p: plot_accuracy_vs_epsilon(rows, p),
-        "heterogeneity": lambda p: plot_heterogeneity(rows, p),
-        "attention": lambda p: plot_attention(rows, p),
-    }
-    written: dict[str, Path] = {}
-    for name, filename in PLOT_FILES.items():
-        target = out_dir / filename
-        result = makers[name](target)
-        if result is None:
-            target.unlink(missing_ok=True)
-        else:
-            written[name] = result
-    return written

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgpt.federation.state import count
-from fedgpt.report.plots import Row, as_float, finite, human_bytes, nested
+from fedgpt.report.plots import Row, as_float, finite, human_bytes, nested, unit
 
 MISSING = "—"
 
@@ -137,12 +137,6 @@ def _federated(rows: Sequence[Row], summary: Mapping[str, Any]) -> dict[str, Any
         if as_float(result.get(key)) is None:
             result[key] = last.get(key)
     return result
-
-
-def unit(summary: Mapping[str, Any]) -> str:
-    """ "next-character" for the character models FedGPT builds, else "next-token"."""
-    name = str(nested(summary, "model", "name") or "")
-    return "next-character" if name.startswith("char-") or not name else "next-token"
 
 
 def _summary_paragraph(rows: Sequence[Row], summary: Mapping[str, Any]) -> str:
@@ -362,6 +356,47 @@ def _rounds_table(rows: Sequence[Row]) -> Table:
     return Table(header, body, "r" * len(header))
 
 
+TIME_PARTS = {
+    "federation": "federated rounds (training, exchange, aggregation)",
+    "evaluation": "evaluation of the global model",
+    "samples": "sample generations",
+    "baselines": "baselines (centralized, local-only)",
+    "other": "preparing data and model, saving",
+}
+
+
+def _time_table(summary: Mapping[str, Any]) -> Table | None:
+    """Seconds and share of each part of the run (``summary["time"]``)."""
+    times = summary.get("time")
+    if not isinstance(times, Mapping):
+        return None
+    parts = [(k, finite(times.get(k))) for k in TIME_PARTS]
+    parts = [(k, v) for k, v in parts if v is not None]
+    total = sum(v for _, v in parts)
+    if not parts or total <= 0:
+        return None
+    body = [(TIME_PARTS[k], fmt_seconds(v), f"{v / total:.1%}") for k, v in parts]
+    body.append(("total", fmt_seconds(total), "100.0%"))
+    return Table(("part", "time", "share"), body, "lrr")
+
+
+def _sample_blocks(summary: Mapping[str, Any]) -> list[Block]:
+    """The final model's continuations of the configured prompts (``report.prompts``)."""
+    samples = [s for s in summary.get("samples") or [] if isinstance(s, Mapping)]
+    if not samples:
+        return []
+    blocks: list[Block] = [
+        Heading("Sample generations"),
+        Paragraph(
+            "The final model continues each prompt of report.prompts (sampled at the "
+            "configured temperature, seeded by the run's seed)."
+        ),
+    ]
+    for i, s in enumerate(samples, 1):
+        blocks.append(Code(str(s.get("text", "")), f"Sample {i}: {s.get('prompt', '')!r}"))
+    return blocks
+
+
 def _dropped_blocks(rows: Sequence[Row]) -> list[Block]:
     dropped = []
     for r in rows:
@@ -388,11 +423,12 @@ def build_report(
     captions = {
         "evaluation": f"Test loss and {unit(summary)} accuracy per round",
         "train_loss": "Training loss per round",
-        "traffic": "Bytes uploaded and downloaded per round",
+        "efficiency": "Test accuracy against the bytes moved and the federated time spent",
+        "clients": "How the final model serves each client, beside their local-only models",
         "epsilon": "Differential-privacy epsilon per round",
         "accuracy_vs_epsilon": "Test accuracy against epsilon spent",
-        "heterogeneity": "Which clients pull away from the aggregate (dissimilarity per round)",
-        "attention": "FedAtt attention weight of each client per round",
+        "heterogeneity": "Which clients pull away from the aggregate (spread, top clients)",
+        "attention": "FedAtt attention weight of the clients (spread per round, top clients)",
     }
     blocks: list[Block] = [
         Heading(f"FedGPT run report: {run_name}", 1),
@@ -402,11 +438,14 @@ def build_report(
         Heading("Comparison"),
         _comparison_table(rows, summary),
     ]
+    if (times := _time_table(summary)) is not None:
+        blocks += [Heading("Where the time went"), times]
     if plots:
         blocks.append(Heading("Plots"))
         for name, path in plots.items():
             link = Path(path).relative_to(run_dir).as_posix()
             blocks.append(Image(Path(path), link, captions.get(name, name)))
+    blocks += _sample_blocks(summary)
     dataset = _dataset_table(summary)
     if dataset is not None:
         blocks += [Heading("Dataset"), dataset]

@@ -31,6 +31,7 @@ from fedgpt.registry import Registry
 class Task:
     name: ClassVar[str] = ""
     accuracy: ClassVar[str] = "accuracy"  # what a correct prediction is, for reports
+    generates: ClassVar[bool] = False  # its model continues text (the report's samples)
 
     def batch(
         self, data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator

@@ -53,6 +53,7 @@ def evaluate_tokens(
 @TASKS.register("causal_lm")
 class CausalLM(Task):
     accuracy = "next-token accuracy"
+    generates = True
 
     def batch(self, data, batch_size, seq_len, gen):
         return sample_windows(data, batch_size, seq_len, gen)

@@ -19,10 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fedgpt.client.trainer import ClientData, evaluate_tokens, make_optimizer, train_steps
+from fedgpt.client.trainer import ClientData, make_optimizer, train_steps
 from fedgpt.config import ClientConfig, RunConfig
 from fedgpt.models.params import FlatModel
 from fedgpt.seeding import client_seed
+from fedgpt.tasks import CausalLM, Task
+
+CAUSAL_LM = CausalLM()
 
 
 def baseline_optimizer(cfg: RunConfig) -> ClientConfig:
@@ -38,8 +41,9 @@ def train_centralized(
     cfg: RunConfig,
     steps: int,
     on_progress: Callable[[int], None] | None = None,
+    task: Task = CAUSAL_LM,
 ) -> tuple[torch.Tensor, dict]:
-    """Train from ``init`` on the pooled training tokens for ``steps`` steps."""
+    """Train from ``init`` on the pooled training data for ``steps`` steps."""
     start = time.perf_counter()
     pooled = torch.cat([data[cid].train for cid in sorted(data)])
     fm.load(init)
@@ -51,7 +55,7 @@ def train_centralized(
     losses = []
     while done < steps:
         n = min(chunk, steps - done)
-        losses.append(train_steps(fm, opt, pooled, ccfg, n, gen))
+        losses.append(train_steps(fm, opt, pooled, ccfg, n, gen, task=task))
         done += n
         if on_progress:
             on_progress(done)
@@ -65,26 +69,23 @@ def train_centralized(
 
 
 def _local_one(
-    fm: FlatModel, init: torch.Tensor, d: ClientData, cfg: RunConfig, budget: int
+    fm: FlatModel, init: torch.Tensor, d: ClientData, cfg: RunConfig, budget: int, task: Task
 ) -> dict:
-    b = cfg.baselines
-    n_val = max(cfg.client.seq_len + 1, int(round(d.train.numel() * b.local_val_fraction)))
-    n_val = min(n_val, d.train.numel() // 2)
-    train, val = d.train[:-n_val], d.train[-n_val:]
+    b, seq = cfg.baselines, cfg.client.seq_len
+    train, val = task.split_tail(d.train, b.local_val_fraction, seq)
     fm.load(init)
     ccfg = baseline_optimizer(cfg)
     opt = make_optimizer(fm, ccfg)
     gen = torch.Generator().manual_seed(client_seed(cfg.seed, 0, "__local__/" + d.client_id))
-    seq = cfg.client.seq_len
 
     def val_loss() -> float:
-        s, _, c = evaluate_tokens(fm.model, val, seq)
+        s, _, c = task.metric_sums(fm.model, val, seq)
         return s / max(c, 1)
 
     best, best_w, best_step, bad, done = val_loss(), fm.flat.clone(), 0, 0, 0
     while done < budget and bad < b.local_patience:
         n = min(b.local_eval_every, budget - done)
-        train_steps(fm, opt, train, ccfg, n, gen)
+        train_steps(fm, opt, train, ccfg, n, gen, task=task)
         done += n
         v = val_loss()
         if v < best:
@@ -92,7 +93,8 @@ def _local_one(
         else:
             bad += 1
     fm.load(best_w)
-    s, correct, count = evaluate_tokens(fm.model, d.test, seq)
+    s, correct, count, extra = task.evaluate(fm.model, d.test, seq)
+    own = {"test_auc": extra["auc"]} if extra.get("auc") is not None else {}
     return {
         "client": d.client_id,
         "steps": done,
@@ -100,6 +102,7 @@ def _local_one(
         "test_loss": s / max(count, 1),
         "test_accuracy": correct / max(count, 1),
         "count": count,
+        **own,
     }
 
 
@@ -110,13 +113,14 @@ def train_local_only(
     cfg: RunConfig,
     client_ids: Sequence[str],
     on_progress: Callable[[str], None] | None = None,
+    task: Task = CAUSAL_LM,
 ) -> dict:
     """Local-only training of ``client_ids``; returns per-client results and their summary."""
     start = time.perf_counter()
     budget = cfg.baselines.local_max_steps or cfg.client.local_steps * cfg.federation.rounds
     per_client = []
     for cid in client_ids:
-        per_client.append(_local_one(fm, init, data[cid], cfg, budget))
+        per_client.append(_local_one(fm, init, data[cid], cfg, budget, task))
         if on_progress:
             on_progress(cid)
     acc = np.array([r["test_accuracy"] for r in per_client])
@@ -133,7 +137,15 @@ def train_local_only(
         "budget": budget,
         "seconds": time.perf_counter() - start,
         "per_client": per_client,
+        **_auc_mean(per_client),
     }
+
+
+def _auc_mean(per_client: list[dict]) -> dict:
+    aucs = [r["test_auc"] for r in per_client if r.get("test_auc") is not None]
+    if not aucs:
+        return {}
+    return {"test_auc_mean": float(np.mean(aucs)), "test_auc_std": float(np.std(aucs))}
 
 
 def sample_local_clients(client_ids: Sequence[str], k: int, seed: int) -> tuple[list[str], bool]:

@@ -47,6 +47,11 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
         from fedgpt.data import load_client_dir
 
         clients = load_client_dir(d.path, train_fraction=d.train_fraction)
+    elif d.source == "pima":
+        from fedgpt.data.pima import pima_clients
+
+        clients = pima_clients(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
+                               d.train_fraction)  # fmt: skip
     else:
         from fedgpt.data import shakespeare_clients
 
@@ -84,9 +89,20 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     clients = load_clients(cfg)
-    prep = prepare_with(cfg, clients, build_model(cfg.model, (c.train for c in clients), cfg.seed))
+    texts = (t for c in clients for t in texts_of(c.train))
+    prep = prepare_with(cfg, clients, build_model(cfg.model, texts, cfg.seed))
     check_usable(prep, cfg.data.path or cfg.data.source)
     return prep
+
+
+def texts_of(part) -> list[str]:
+    """The text of a client's data, for building a character vocabulary: free text, or
+    every record with its question and class names."""
+    from fedgpt.data.records import Examples
+
+    if isinstance(part, Examples):
+        return [*part.texts, part.question, *(" " + c for c in part.classes)]
+    return [part]
 
 
 def check_usable(prep: Prepared, where: str) -> None:
@@ -117,9 +133,10 @@ def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle)
         torch.set_num_threads(cfg.runtime.threads)
     fm = bind_flat(bundle.model)
     enc = bundle.codec.encode
+    task, codec, seq = build_task(cfg), bundle.codec, cfg.client.seq_len
     data = {
         c.client_id: ClientData(
-            c.client_id, torch.from_numpy(enc(c.train)), torch.from_numpy(enc(c.test))
+            c.client_id, task.encode(codec, c.train, seq), task.encode(codec, c.test, seq)
         )
         for c in clients
     }

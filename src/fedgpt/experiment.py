@@ -17,6 +17,7 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
     Prepared,
     build_client_app,
     build_server,
+    build_task,
     ckks_keys,
     device_tiers,
     fedmd_client,
@@ -33,6 +34,7 @@ from fedgpt.config import RunConfig, check_paths
 from fedgpt.federation.loop import FederatedServer
 from fedgpt.privacy.local_dp import LocalDPRelease
 from fedgpt.runner import (  # noqa: F401  (re-exported)
+    FEDERATED,
     Runner,
     check_new_run_dir,
     new_run_dir,
@@ -134,14 +136,15 @@ def run_baselines(
         hooks.advance(done - last[0])
         last[0] = done
 
-    w, info = train_centralized(prep.fm, prep.init, prep.data, cfg, steps, on_progress=adv)
+    task = build_task(cfg)
+    w, info = train_centralized(prep.fm, prep.init, prep.data, cfg, steps, adv, task)
     hooks.stage("baseline: centralized evaluation", len(prep.data))
     ev = server.evaluate(w, 0)
-    central = {**info, **{k: ev[k] for k in ("test_loss", "test_accuracy", "perplexity")}}
+    central = {**info, **{k: ev[k] for k in FEDERATED if k in ev}}
     ids, sampled = sample_local_clients(list(prep.data), cfg.baselines.local_clients, cfg.seed)
     hooks.stage(f"baseline: local-only ({len(ids)} clients)", len(ids))
     local = train_local_only(
-        prep.fm, prep.init, prep.data, cfg, ids, on_progress=lambda cid: hooks.advance()
+        prep.fm, prep.init, prep.data, cfg, ids, lambda cid: hooks.advance(), task
     )
     local["sampled"] = sampled
     per = fed_eval.get("per_client", {})

@@ -112,3 +112,12 @@ def replace_dir(tmp: Path, final: Path) -> Path:
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def fedgpt_home() -> Path:
+    """``$FEDGPT_HOME``, else ``$XDG_DATA_HOME/fedgpt``, else ``~/.local/share/fedgpt``: the
+    per-user folder of the ledger key store, receipts, node state and the model cache."""
+    if os.environ.get("FEDGPT_HOME"):
+        return Path(os.environ["FEDGPT_HOME"])
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "fedgpt"

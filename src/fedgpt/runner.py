@@ -203,6 +203,7 @@ class Runner:
         known = [c for c in prep.clients if c.client_id in ids]
         return {
             "run_name": self.run_dir.name,
+            "task": cfg.task.kind,
             "rounds": self.state.round,
             "config_hash": self.config_hash,
             "model": {
@@ -212,7 +213,7 @@ class Runner:
                 "lora": prep.bundle.lora,
             },
             "dataset": dataset_stats(known) if known else {"num_clients": len(ids)},
-            "federated": {k: ev[k] for k in ("test_loss", "test_accuracy", "perplexity")},
+            "federated": {k: ev[k] for k in FEDERATED if k in ev},
             "federated_per_client": ev["per_client"],
             "baselines": None,
             "stopped": self.stopped,
@@ -258,6 +259,7 @@ def time_breakdown(rows, final_eval: float, samples: float, baselines: float, to
 
 
 RUN_ID = "run.json"
+FEDERATED = ("test_loss", "test_accuracy", "perplexity", "test_auc", "test_ece")
 
 
 def read_run_id(run_dir: Path) -> str | None:

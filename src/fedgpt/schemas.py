@@ -107,6 +107,10 @@ class EvaluateResult(_Config):
     loss_sum: NonNeg
     correct: Count
     count: Count
+    # classification with two classes (fedgpt.tasks.scores): the score histogram, and the
+    # client's own AUC (None with one class in its test records)
+    hist: Annotated[list[NonNeg], Field(min_length=300, max_length=300)] | None = None
+    auc: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
 
 class SecAggKeys(_Config):

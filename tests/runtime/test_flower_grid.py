@@ -479,8 +479,8 @@ def count_releases(monkeypatch) -> dict:
     seen: dict[str, list] = {}
     real_sgd, real_ldp = dp_sgd.dp_sgd_update, local_dp.LocalDPRelease.after
 
-    def sgd(fm, weights, text, cfg, pcfg, gen, cid, rnd):
-        result, q = real_sgd(fm, weights, text, cfg, pcfg, gen, cid, rnd)
+    def sgd(fm, weights, text, cfg, pcfg, gen, cid, rnd, *rest):
+        result, q = real_sgd(fm, weights, text, cfg, pcfg, gen, cid, rnd, *rest)
         if not isinstance(result, dp_sgd.Failure):
             seen.setdefault(cid, []).append((pcfg.noise_multiplier, q, cfg.local_steps))
         return result, q

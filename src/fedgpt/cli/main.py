@@ -6,7 +6,6 @@ and exit code 2, without a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -14,7 +13,9 @@ from typing import Annotated
 
 import typer
 
-from fedgpt.errors import ConfigError, FedGPTError, RunError, RunFailed
+from fedgpt.cli.errors import user_errors
+from fedgpt.cli.model import model_app
+from fedgpt.errors import ConfigError, RunError
 
 app = typer.Typer(
     name="fedgpt",
@@ -31,6 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(model_app, name="model")
 
 
 def _print_version(value: bool) -> None:
@@ -51,24 +53,6 @@ def _main(
     ] = False,
 ) -> None:
     """Privacy-preserving federated fine-tuning of language models."""
-
-
-def user_errors(fn):
-    """Turn FedGPTError into one line on stderr and exit code 2 (a user mistake), and
-    RunFailed into one line and exit code 1 (the run failed)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FedGPTError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except RunFailed as exc:  # the run itself failed; its folder holds what happened
-            print(f"run failed: {exc}", file=sys.stderr)
-            raise typer.Exit(1) from None
-
-    return wrapper
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file")]
@@ -152,30 +136,24 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     from fedgpt.report.render import unit
 
     table = Table(title=f"{summary['run_name']}: {unit(summary)} test accuracy")
-    for col in ("method", "test loss", "perplexity", "accuracy"):
-        table.add_column(col)
     fed = summary["federated"]
-    table.add_row(
-        "federated",
-        f"{fed['test_loss']:.4f}",
-        f"{fed['perplexity']:.2f}",
-        f"{fed['test_accuracy']:.4f}",
+    auc = "test_auc" in fed  # classification: AUC instead of perplexity
+    for col in ("method", "test loss", "AUC" if auc else "perplexity", "accuracy"):
+        table.add_column(col)
+    mid = lambda d, k="": (  # noqa: E731
+        f"{d.get('test_auc' + k) or float('nan'):.4f}" if auc else f"{d['perplexity' + k]:.2f}"
     )
+    table.add_row("federated", f"{fed['test_loss']:.4f}", mid(fed), f"{fed['test_accuracy']:.4f}")
     b = summary.get("baselines") or {}
     if b.get("centralized"):
         c = b["centralized"]
-        table.add_row(
-            "centralized",
-            f"{c['test_loss']:.4f}",
-            f"{c['perplexity']:.2f}",
-            f"{c['test_accuracy']:.4f}",
-        )
+        table.add_row("centralized", f"{c['test_loss']:.4f}", mid(c), f"{c['test_accuracy']:.4f}")
     if b.get("local_only"):
         lo = b["local_only"]
         table.add_row(
             f"local-only ({lo['num_clients']} clients, mean ± sd)",
             f"{lo['test_loss_mean']:.4f}",
-            f"{lo['perplexity_mean']:.2f}",
+            mid(lo, "_mean"),
             f"{lo['test_accuracy_mean']:.4f} ± {lo['test_accuracy_std']:.4f}",
         )
     console = Console()

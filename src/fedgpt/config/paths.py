@@ -4,9 +4,13 @@ problem is one :class:`~fedgpt.errors.ConfigError` naming its key (exit 2 from t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from fedgpt.errors import ConfigError
+
+#: ``model.path`` may name a Hugging Face hub model ("org/name") when no such folder exists
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 SYSTEM_TREES = ("/proc", "/sys", "/dev")  # not places a run's files can live
 
@@ -53,6 +57,11 @@ def check_file_or_new(key: str, value: str) -> None:
         check_folder_to_write(key, str(path.parent))
 
 
+def is_hub_id(path: str) -> bool:
+    """``path`` reads as a hub id and no such local folder exists."""
+    return bool(HUB_ID.fullmatch(path)) and not Path(path).exists()
+
+
 def check_paths(cfg) -> None:
     """Every path of ``cfg`` (a RunConfig) fits what it is used for."""
     check_folder_to_write("out_dir", cfg.out_dir)
@@ -61,7 +70,7 @@ def check_paths(cfg) -> None:
         check_file_or_new("runtime.ledger_key", r.ledger_key)
     if r.receipts_dir:
         check_folder_to_write("runtime.receipts_dir", r.receipts_dir)
-    if cfg.model.path:
+    if cfg.model.path and not is_hub_id(cfg.model.path):
         check_folder_to_read("model.path", cfg.model.path)
     if cfg.data.path:
         check_folder_to_read("data.path", cfg.data.path)

@@ -21,10 +21,20 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the clients' text comes from."""
 
-    source: Literal["shakespeare", "dir"] = Field(
+    source: Literal["shakespeare", "dir", "pima"] = Field(
         "shakespeare",
         description='"shakespeare": the LEAF benchmark built from the shipped plays, one client '
-        'per speaking role; "dir": your own data in data.path',
+        'per speaking role; "dir": your own data in data.path; "pima": the shipped Pima '
+        'diabetes records as clinics (task.kind = "classification"; docs/data.md)',
+    )
+    partition: Literal["natural", "dirichlet"] = Field(
+        "natural",
+        description='records: "natural" = the data set\'s own sites (Pima: age bands); '
+        '"dirichlet" = num_clients clients with label shares ~ Dir(dirichlet_alpha)',
+    )
+    num_clients: int = Field(10, ge=1, le=10000, description='clients of partition = "dirichlet"')
+    dirichlet_alpha: float = Field(
+        0.5, gt=0.0, le=1e6, description="Dirichlet concentration: small = strong label skew"
     )
     path: str = Field(
         "",
@@ -66,8 +76,10 @@ class LoraConfig(_Section):
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
-        description="module names to adapt (GPT-2: c_attn, c_proj, c_fc; Llama: q_proj, ...)",
+        default_factory=list,
+        description="module names to adapt; [] = the architecture's default (GPT-2: c_attn, "
+        "c_proj, c_fc; Llama, Mistral, Qwen2: q_proj, k_proj, v_proj, o_proj, gate_proj, "
+        "up_proj, down_proj)",
     )
 
 

@@ -11,21 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fedgpt.data.records import Examples
+
 __all__ = ["ClientText", "client_from_lines", "split_lines"]
 
 
 @dataclass(frozen=True)
 class ClientText:
-    """The text of one client: ``train`` for local training, ``test`` for evaluation."""
+    """The data of one client: ``train`` for local training, ``test`` for evaluation; text,
+    or labelled :class:`~fedgpt.data.records.Examples` for classification."""
 
     client_id: str
-    train: str
-    test: str
+    train: str | Examples
+    test: str | Examples
 
     @property
     def num_chars(self) -> int:
         """Characters held by the client, train and test together."""
-        return len(self.train) + len(self.test)
+        size = lambda x: x.num_chars if isinstance(x, Examples) else len(x)  # noqa: E731
+        return size(self.train) + size(self.test)
 
 
 def split_lines(lines: Sequence[str], train_fraction: float = 0.8) -> tuple[list[str], list[str]]:

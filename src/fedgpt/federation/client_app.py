@@ -157,7 +157,7 @@ class ClientApp:
     def evaluate(self, client_id: str, msg: Message) -> Message:
         fm, task = self.algorithm.fm, self.algorithm.task
         fm.load(msg.tensors["weights"])
-        loss_sum, correct, count = task.metric_sums(
+        loss_sum, correct, count, extra = task.evaluate(
             fm.model,
             self.data[client_id].test,
             int(msg.config.get("seq_len", self.cfg.seq_len)),
@@ -170,5 +170,6 @@ class ClientApp:
                 "loss_sum": loss_sum,
                 "correct": correct,
                 "count": count,
+                **extra,
             },
         )

@@ -20,18 +20,11 @@ import os
 from pathlib import Path
 
 from fedgpt.errors import RunError
+from fedgpt.files import fedgpt_home
 
 PUBLIC_KEY = "ledger_public_key.pem"
 LEGACY_PRIVATE_KEY = "server_key.pem"  # where runs before the key store kept the key
 STORE_KEY = "keys/ledger_key.pem"
-
-
-def fedgpt_home() -> Path:
-    """``$FEDGPT_HOME``, else ``$XDG_DATA_HOME/fedgpt``, else ``~/.local/share/fedgpt``."""
-    if os.environ.get("FEDGPT_HOME"):
-        return Path(os.environ["FEDGPT_HOME"])
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "fedgpt"
 
 
 def key_path(run_dir: Path, ledger_key: str) -> Path:

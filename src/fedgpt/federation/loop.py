@@ -23,6 +23,7 @@ from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.federation.strategy import Strategy
 from fedgpt.messages import Message, Reply, Runtime
 from fedgpt.schemas import Expect, parse_reply
+from fedgpt.tasks import scores
 
 __all__ = ["FederatedServer", "RoundResult", "ServerState"]
 
@@ -121,6 +122,7 @@ class FederatedServer:
         per_client: dict[str, dict] = {}
         loss_sum = correct = count = 0.0
         refused: list[dict[str, str]] = []  # malformed replies: skipped, with their reason
+        hists: list[list[float]] = []
         for cid, r in replies.items():
             c, why = parse_reply(r, Expect("evaluate/result", rnd)) if cid in msgs else (None, "")
             if why and isinstance(r, Message):
@@ -134,6 +136,9 @@ class FederatedServer:
                     "accuracy": c.correct / c.count,
                     "count": c.count,
                 }
+                if c.hist is not None:  # two-class classification: AUC, calibration
+                    hists.append(c.hist)
+                    per_client[cid] |= {"auc": c.auc, "ece": scores.summarize(c.hist)["ece"]}
         if count == 0:
             return {
                 "test_loss": None,
@@ -144,10 +149,12 @@ class FederatedServer:
                 **({"dropped": refused} if refused else {}),
             }
         loss = loss_sum / count
+        pooled = scores.summarize([sum(x) for x in zip(*hists, strict=True)]) if hists else {}
         return {
             "test_loss": loss,
             "test_accuracy": correct / count,
             "perplexity": math.exp(min(loss, 50.0)),
+            **{f"test_{k}": v for k, v in pooled.items()},
             "per_client": per_client,
             "tokens": int(count),
             "bytes_down": sum(m.nbytes for m in msgs.values()),

@@ -77,6 +77,7 @@ class RoundResult:
             **({"heterogeneity": self.heterogeneity} if self.heterogeneity else {}),
             **({"attention": self.attention} if self.attention else {}),
             **({"personal_accuracy": ev["personal_accuracy"]} if own else {}),
+            **{k: ev[k] for k in ("test_auc", "test_ece") if k in ev},
         }
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fedgpt.config import ModelConfig
+from fedgpt.config.paths import is_hub_id
 from fedgpt.errors import ModelError
 from fedgpt.models.tokenizer import Codec, build_char_tokenizer
 
@@ -99,12 +100,32 @@ def build_char_gpt2(
     return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=name)
 
 
+def _from_hub(repo: str) -> ModelBundle:
+    """A model by its Hugging Face hub id (downloaded to the hub cache), where the hub is
+    reachable; else one line that names the way in without it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(repo)
+        model = AutoModelForCausalLM.from_pretrained(repo)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"model.path '{repo}': not a local folder, and the Hugging Face hub did not "
+            f"serve it ({first}); use a local checkpoint or `fedgpt model pull`"
+        ) from None
+    model.float()
+    return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=repo)
+
+
 def load_pretrained(path: str | Path) -> ModelBundle:
     """Load a local Hugging Face causal LM and its tokenizer (never from a hub)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
     p = Path(path)
+    if is_hub_id(str(path)):
+        return _from_hub(str(path))
     if not p.exists():
         raise ModelError(f"model.path '{p}' does not exist")
     if not (p / "config.json").is_file():
@@ -123,12 +144,36 @@ def load_pretrained(path: str | Path) -> ModelBundle:
     return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=p.name)
 
 
+#: LoRA's default target modules per ``model_type``: every projection of attention and MLP
+#: (as QLoRA, Dettmers et al. 2023, found best), by their names in each architecture.
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    **dict.fromkeys(
+        ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite"),
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    ),
+}
+
+
+def default_lora_targets(model) -> list[str]:
+    """The default LoRA target modules of ``model``'s architecture; a ModelError naming
+    ``model.lora.target_modules`` for an architecture without one."""
+    kind = getattr(model.config, "model_type", "")
+    if kind not in LORA_TARGETS:
+        raise ModelError(
+            f"model.lora.target_modules: no default for model type {kind!r}; name the "
+            f"modules to adapt (known defaults: {', '.join(sorted(LORA_TARGETS))})"
+        )
+    return list(LORA_TARGETS[kind])
+
+
 def add_lora(bundle: ModelBundle, cfg: ModelConfig) -> ModelBundle:
     """Wrap the model with PEFT LoRA adapters; only adapter weights stay trainable."""
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in bundle.model.named_modules()}
-    missing = [m for m in cfg.lora.target_modules if m not in present]
+    targets = list(cfg.lora.target_modules) or default_lora_targets(bundle.model)
+    missing = [m for m in targets if m not in present]
     if missing:
         raise ModelError(
             f"model.lora.target_modules: {missing} not found in the model "
@@ -139,7 +184,7 @@ def add_lora(bundle: ModelBundle, cfg: ModelConfig) -> ModelBundle:
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
+        target_modules=targets,
         fan_in_fan_out=fan_in_fan_out,
         task_type="CAUSAL_LM",
     )

@@ -30,11 +30,13 @@ import time
 import torch
 
 from fedgpt.client.algorithm import Training
-from fedgpt.client.trainer import Failure, Update, lm_loss, make_optimizer
+from fedgpt.client.trainer import Failure, Update, make_optimizer
 from fedgpt.config import ClientConfig, PrivacyConfig
 from fedgpt.errors import FedGPTError
 from fedgpt.models.params import FlatModel
 from fedgpt.privacy.mechanisms import gaussian_noise, secure_uniform
+from fedgpt.tasks import CausalLM
+from fedgpt.tasks.windows import record_windows  # noqa: F401  (the LM's records)
 
 
 def _require_opacus():
@@ -46,13 +48,6 @@ def _require_opacus():
             'privacy.mode = "dp_sgd" needs Opacus: pip install "fedgpt[dp]" (or opacus)'
         ) from None
     return GradSampleModule, DPOptimizer
-
-
-def record_windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """The client's records: non-overlapping windows of ``seq_len + 1`` tokens, (n, L+1)."""
-    n = (tokens.numel() - 1) // seq_len
-    idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
-    return tokens[idx]
 
 
 def sample_rate(num_records: int, batch_size: int) -> float:
@@ -68,11 +63,13 @@ def dp_sgd_update(
     gen: torch.Generator,
     client_id: str,
     round: int,
+    task=None,
 ) -> tuple[Update | Failure, float]:
     """Train with DP-SGD from ``global_weights``; returns the update and the sample rate q."""
     GradSampleModule, DPOptimizer = _require_opacus()
     start = time.perf_counter()
-    windows = record_windows(tokens, cfg.seq_len)
+    task = task if task is not None else CausalLM()
+    windows = task.records(tokens, cfg.seq_len)
     n = windows.shape[0]
     if n == 0:
         return Failure("no complete record for DP-SGD"), 0.0
@@ -111,7 +108,7 @@ def dp_sgd_update(
                 for p in params:  # an empty sample: zero per-sample gradients, noise only
                     p.grad_sample = torch.zeros((1, *p.shape))
             else:
-                loss = lm_loss(gsm, windows[mask])
+                loss = task.loss(gsm, windows[mask])
                 if not torch.isfinite(loss):
                     return Failure(f"non-finite training loss at step {step + 1}"), q
                 loss.backward()
@@ -157,7 +154,7 @@ class DPSGDTraining(Training):
         from fedgpt.privacy.accountant import Accountant
 
         p, c, cid = self.pcfg, self.cfg, data.client_id
-        n = record_windows(data.train, c.seq_len).shape[0]
+        n = task.records(data.train, c.seq_len).shape[0]
         history = list(self.steps.get(cid, []))
         spent = history + self.unseen.get(cid, [])
         planned = [(p.noise_multiplier, sample_rate(n, c.batch_size))] * c.local_steps
@@ -165,7 +162,7 @@ class DPSGDTraining(Training):
             Accountant(p.delta, p.accountant, spent + planned).epsilon() > p.target_epsilon
         ):
             return Failure("privacy budget exhausted")
-        result, q = dp_sgd_update(fm, weights, data.train, c, p, gen, cid, rnd)
+        result, q = dp_sgd_update(fm, weights, data.train, c, p, gen, cid, rnd, task)
         if isinstance(result, Failure):
             return result
         now = [(p.noise_multiplier, q)] * c.local_steps

@@ -75,7 +75,10 @@ def human_bytes(value: Any) -> str:
 
 
 def unit(summary: Mapping[str, Any]) -> str:
-    """ "next-character" for the character models FedGPT builds, else "next-token"."""
+    """ "classification" for a classification task; else "next-character" for the character
+    models FedGPT builds, "next-token" for the others."""
+    if summary.get("task") == "classification":
+        return "classification"
     name = str(nested(summary, "model", "name") or "")
     return "next-character" if name.startswith("char-") or not name else "next-token"
 

@@ -241,11 +241,20 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
     local = nested(summary, "baselines", "local_only")
     central_acc = central.get("test_accuracy") if isinstance(central, Mapping) else None
     updates = sum(count(r.get("participants")) for r in rows)
+    auc = fed.get("test_auc") is not None  # classification: AUC where perplexity was
+
+    def mid(d: Mapping[str, Any], suffix: str = "") -> str:
+        return (
+            _fmt(d.get("test_auc" + suffix), ".4f")
+            if auc
+            else fmt_ppl(d.get("perplexity" + suffix))
+        )
+
     table_rows = [
         [
             "federated",
             fmt_loss(fed.get("test_loss")),
-            fmt_ppl(fed.get("perplexity")),
+            mid(fed),
             fmt_acc(fed.get("test_accuracy")),
             fmt_ratio(ratio(fed.get("test_accuracy"), central_acc)),
             f"{fmt_int(summary.get('rounds', len(rows)))} rounds, {updates:,} client updates",
@@ -257,7 +266,7 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
             [
                 "centralized",
                 fmt_loss(central.get("test_loss")),
-                fmt_ppl(central.get("perplexity")),
+                mid(central),
                 fmt_acc(central_acc),
                 fmt_ratio(ratio(central_acc, central_acc)),
                 f"{fmt_int(central.get('steps'))} steps, "
@@ -272,7 +281,7 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
                 f"local-only (mean of {fmt_int(local.get('num_clients'))}"
                 f"{' sampled' if local.get('sampled') else ''} clients)",
                 fmt_loss(local.get("test_loss_mean")),
-                fmt_ppl(local.get("perplexity_mean")),
+                mid(local, "_mean"),
                 f"{fmt_acc(mean)} ± {fmt_acc(local.get('test_accuracy_std'))}",
                 fmt_ratio(ratio(mean, central_acc)),
                 f"{fmt_int(local.get('steps_mean'))} steps per client (mean)",
@@ -282,8 +291,8 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
     header = (
         "method",
         "test loss",
-        "perplexity",
-        "next-char accuracy",
+        "AUC" if auc else "perplexity",
+        f"{unit(summary)} accuracy",
         "ratio to centralized",
         "training examples/steps",
         "time",

@@ -50,5 +50,29 @@ class Task:
     def num_examples(self, data: torch.Tensor) -> int:
         raise NotImplementedError
 
+    def encode(self, codec, part, seq_len: int) -> torch.Tensor:
+        """A client's data (text, or labelled records) as the tensor the task reads."""
+        if not isinstance(part, str):
+            from fedgpt.errors import DataError
+
+            raise DataError(
+                f"task.kind = {self.name!r} reads text, but the data holds labelled records: "
+                'set task.kind = "classification"'
+            )
+        return torch.from_numpy(codec.encode(part))
+
+    def evaluate(self, model, data, seq_len: int, max_tokens: int = 0):
+        """``metric_sums`` and the task's extra statistics (numbers or lists of numbers,
+        summed over clients by the server; e.g. a score histogram)."""
+        return (*self.metric_sums(model, data, seq_len, max_tokens), {})
+
+    def records(self, data: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """The client's records, one per row: what DP-SGD samples and protects."""
+        raise NotImplementedError
+
+    def split_tail(self, data: torch.Tensor, fraction: float, seq_len: int):
+        """(train, validation): the last ``fraction`` of the data held out."""
+        raise NotImplementedError
+
 
 TASKS: Registry[type[Task]] = Registry("task", "task.kind")

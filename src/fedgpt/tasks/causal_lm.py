@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fedgpt.tasks.base import TASKS, Task
-from fedgpt.tasks.windows import eval_windows, sample_windows
+from fedgpt.tasks.windows import eval_windows, record_windows, sample_windows
 
 
 def logits_of(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -66,3 +66,11 @@ class CausalLM(Task):
 
     def num_examples(self, data):
         return int(data.numel() - 1)
+
+    def records(self, data, seq_len):
+        return record_windows(data, seq_len)
+
+    def split_tail(self, data, fraction, seq_len):
+        n_val = max(seq_len + 1, int(round(data.numel() * fraction)))
+        n_val = min(n_val, data.numel() // 2)
+        return data[:-n_val], data[-n_val:]

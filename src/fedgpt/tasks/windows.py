@@ -36,3 +36,10 @@ def eval_windows(tokens: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
     if rest:
         out.append(tokens[full * seq_len :].unsqueeze(0))
     return out
+
+
+def record_windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The client's records: non-overlapping windows of ``seq_len + 1`` tokens, (n, L+1)."""
+    n = (tokens.numel() - 1) // seq_len
+    idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
+    return tokens[idx]

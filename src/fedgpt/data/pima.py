@@ -1,0 +1,67 @@
+"""The Pima Indians diabetes records (shipped; resources/pima/ORIGIN.md): 532 women, seven
+measurements each, diabetic or not, as a federation of clinics.
+
+Two partitions, both documented in docs/data.md:
+
+* ``natural``: one client per age band (21-24, 25-29, 30-39, 40-49, 50+), as clinics
+  that serve different age groups would hold them; the diabetes rate rises with age, so
+  the clients differ in label balance and in their features;
+* ``dirichlet``: ``data.num_clients`` clients whose label proportions are drawn from
+  Dir(``data.dirichlet_alpha``) (:func:`fedgpt.data.records.dirichlet_partition`).
+
+Each record is one text (TabLLM's list serialisation) with the question "Does this woman
+have diabetes? Answer:" and the classes "no" / "yes". A client's records keep the shipped
+order (the two files were a random split already); the first ``data.train_fraction`` train.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from importlib import resources
+
+from fedgpt.data.clients import ClientText
+from fedgpt.data.records import Examples, dirichlet_partition, serialise, split_examples
+
+FEATURES = {"npreg": "Pregnancies", "glu": "Glucose", "bp": "Blood pressure",
+            "skin": "Skin fold", "bmi": "BMI", "ped": "Pedigree", "age": "Age"}  # fmt: skip
+QUESTION = "Does this woman have diabetes? Answer:"
+CLASSES = ("no", "yes")
+AGE_BANDS = ((21, 24), (25, 29), (30, 39), (40, 49), (50, 200))
+
+
+def pima_rows() -> list[dict]:
+    """The 532 records, Pima.tr then Pima.te, with numbers as numbers and ``type`` 0/1."""
+    rows = []
+    for name in ("Pima.tr.csv", "Pima.te.csv"):
+        text = resources.files("fedgpt").joinpath(f"resources/pima/{name}").read_text("utf-8")
+        for r in csv.DictReader(io.StringIO(text)):
+            row = {k: (float(r[k]) if k in ("bmi", "ped") else int(r[k])) for k in FEATURES}
+            row["type"] = 1 if r["type"] == "Yes" else 0
+            rows.append(row)
+    return rows
+
+
+def pima_clients(
+    partition: str = "natural",
+    num_clients: int = 10,
+    alpha: float = 0.5,
+    seed: int = 0,
+    train_fraction: float = 0.8,
+) -> list[ClientText]:
+    rows = pima_rows()
+    if partition == "natural":
+        groups = {f"pima/age_{lo}-{hi}" if hi < 200 else f"pima/age_{lo}+":
+                  [i for i, r in enumerate(rows) if lo <= r["age"] <= hi]
+                  for lo, hi in AGE_BANDS}  # fmt: skip
+    else:
+        parts = dirichlet_partition([r["type"] for r in rows], num_clients, alpha, seed)
+        groups = {f"pima/site_{c:02d}": idx for c, idx in enumerate(parts)}
+    clients = []
+    for cid, idx in groups.items():
+        ex = Examples(tuple(serialise(rows[i], FEATURES) for i in idx),
+                      tuple(rows[i]["type"] for i in idx), CLASSES, QUESTION)  # fmt: skip
+        train, test = split_examples(ex, train_fraction)
+        if len(train):
+            clients.append(ClientText(cid, train, test))
+    return clients

@@ -1,0 +1,80 @@
+"""Labelled records: the data of classification tasks, and tabular rows as text.
+
+A client of a classification task holds :class:`Examples` (texts with a class index each)
+instead of free text. A tabular record becomes text the way TabLLM does it (Hegselmann et
+al. 2023, "TabLLM: Few-shot Classification of Tabular Data with Large Language Models",
+the "list" serialisation, §3.2): one ``name: value`` per feature, so the same language
+model reads records of any table.
+
+Natural partitions (by site, by age band) come from each data set's loader;
+:func:`dirichlet_partition` is the usual synthetic label skew (Hsu et al. 2019,
+"Measuring the effects of non-identical data distribution for federated visual
+classification", §3: client class proportions q ~ Dir(α p)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Texts and their class indices into ``classes`` (the verbalised class names)."""
+
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+    question: str = ""  # appended to every text by the task ("Diabetic? Answer:")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __add__(self, other: Examples) -> Examples:
+        return Examples(self.texts + other.texts, self.labels + other.labels, self.classes,
+                        self.question)  # fmt: skip
+
+    @property
+    def num_chars(self) -> int:
+        return sum(len(t) for t in self.texts)
+
+
+def serialise(row: Mapping[str, object], names: Mapping[str, str]) -> str:
+    """``row`` as TabLLM's list serialisation: "Name: value." per feature, in ``names``'
+    order (``names`` maps column to the words a reader understands)."""
+    parts = []
+    for col, label in names.items():
+        value = row[col]
+        if isinstance(value, float):
+            value = f"{value:g}"
+        parts.append(f"{label}: {value}.")
+    return " ".join(parts)
+
+
+def split_examples(ex: Examples, train_fraction: float) -> tuple[Examples, Examples]:
+    """The first ``round(n * train_fraction)`` records train (at least one), the rest test,
+    in the order given (as the text split does)."""
+    n = len(ex)
+    k = min(n, max(1, round(n * train_fraction))) if n else 0
+    cut = lambda a, b: Examples(ex.texts[a:b], ex.labels[a:b], ex.classes, ex.question)  # noqa: E731
+    return cut(0, k), cut(k, n)
+
+
+def dirichlet_partition(
+    labels: Sequence[int], num_clients: int, alpha: float, seed: int
+) -> list[list[int]]:
+    """Indices of each client's records: for every class, its records (shuffled) are dealt
+    to the clients in proportions drawn from Dir(α), so small α gives each client a few
+    dominant classes. Seeded; every record goes to exactly one client."""
+    rng = np.random.default_rng([seed, 0xD1])
+    labels = np.asarray(labels)
+    parts: list[list[int]] = [[] for _ in range(num_clients)]
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        share = rng.dirichlet(np.full(num_clients, alpha))
+        bounds = (np.cumsum(share)[:-1] * len(idx)).round().astype(int)
+        for c, chunk in enumerate(np.split(idx, bounds)):
+            parts[c].extend(int(i) for i in chunk)
+    return [sorted(p) for p in parts]

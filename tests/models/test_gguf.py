@@ -183,3 +183,14 @@ def test_a_hub_id_without_a_hub_is_one_line_naming_the_way_in(monkeypatch):
     with pytest.raises(ModelError, match="hub did not serve it .* `fedgpt model pull`") as err:
         load_pretrained("HuggingFaceTB/SmolLM2-135M")
     assert "\n" not in str(err.value)
+
+
+def test_model_path_may_name_a_pulled_model(tiny_pullable, monkeypatch, tmp_path):
+    fetch, _ = tiny_pullable
+    monkeypatch.chdir(tmp_path)  # no folder named "tiny" here
+    with pytest.raises(ModelError, match="not pulled yet; run `fedgpt model pull tiny`"):
+        load_pretrained("tiny")
+    folder = pull_mod.pull("tiny", "fp32", fetch=fetch)  # into $FEDGPT_HOME/models
+    assert load_pretrained("tiny").name == folder.name
+    with pytest.raises(ModelError, match="nor is it a model `fedgpt model pull` knows"):
+        load_pretrained("no-such-model")

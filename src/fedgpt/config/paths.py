@@ -57,6 +57,14 @@ def check_file_or_new(key: str, value: str) -> None:
         check_folder_to_write(key, str(path.parent))
 
 
+#: ... or a model of `fedgpt model pull` by its name ("smollm2-135m"), read from the cache
+PULLED_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
+
+
+def is_pulled_name(path: str) -> bool:
+    return bool(PULLED_NAME.fullmatch(path)) and not Path(path).exists()
+
+
 def is_hub_id(path: str) -> bool:
     """``path`` reads as a hub id and no such local folder exists."""
     return bool(HUB_ID.fullmatch(path)) and not Path(path).exists()
@@ -70,7 +78,7 @@ def check_paths(cfg) -> None:
         check_file_or_new("runtime.ledger_key", r.ledger_key)
     if r.receipts_dir:
         check_folder_to_write("runtime.receipts_dir", r.receipts_dir)
-    if cfg.model.path and not is_hub_id(cfg.model.path):
+    if cfg.model.path and not (is_hub_id(cfg.model.path) or is_pulled_name(cfg.model.path)):
         check_folder_to_read("model.path", cfg.model.path)
     if cfg.data.path:
         check_folder_to_read("data.path", cfg.data.path)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from fedgpt.config import ModelConfig
-from fedgpt.config.paths import is_hub_id
+from fedgpt.config.paths import is_hub_id, is_pulled_name
 from fedgpt.errors import ModelError
 from fedgpt.models.tokenizer import Codec, build_char_tokenizer
 
@@ -126,6 +126,10 @@ def load_pretrained(path: str | Path) -> ModelBundle:
     p = Path(path)
     if is_hub_id(str(path)):
         return _from_hub(str(path))
+    if is_pulled_name(str(path)):
+        from fedgpt.models.catalogue import pulled
+
+        p = pulled(str(path))
     if not p.exists():
         raise ModelError(f"model.path '{p}' does not exist")
     if not (p / "config.json").is_file():

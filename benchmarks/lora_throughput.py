@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fedgpt.build import load_clients
 from fedgpt.client.trainer import local_update
 from fedgpt.config import load_config
-from fedgpt.data import load_clients
 from fedgpt.models.build import add_lora, load_pretrained
 from fedgpt.models.params import bind_flat
 from fedgpt.tasks.windows import sample_windows

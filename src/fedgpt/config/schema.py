@@ -98,6 +98,11 @@ class ModelConfig(_Section):
         128, ge=8, le=32768, description="maximum sequence length of the built model"
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout of the built model")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass instead of keeping them: "
+        "less training memory for about a third more compute (not with DP-SGD)",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")

@@ -208,6 +208,11 @@ def build_model(cfg: ModelConfig, texts: Iterable[str], seed: int) -> ModelBundl
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
             bundle = add_lora(bundle, cfg)
+    if cfg.gradient_checkpointing:
+        base = bundle.model.get_base_model() if bundle.lora else bundle.model
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ModelError(f"model.gradient_checkpointing: {type(base).__name__} has none")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return bundle
 
 

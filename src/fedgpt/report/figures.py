@@ -6,7 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedgpt.report.client_plots import plot_attention, plot_client_accuracy, plot_heterogeneity
+from fedgpt.report.client_plots import (
+    plot_attention,
+    plot_client_accuracy,
+    plot_heterogeneity,
+    plot_site_auc,
+)
 from fedgpt.report.plots import (
     Row,
     plot_accuracy_vs_epsilon,
@@ -21,6 +26,7 @@ PLOT_FILES = {
     "evaluation": "evaluation.png",
     "efficiency": "efficiency.png",
     "clients": "clients.png",
+    "sites": "sites_auc.png",
     "train_loss": "train_loss.png",
     "epsilon": "epsilon.png",
     "accuracy_vs_epsilon": "accuracy_vs_epsilon.png",
@@ -41,6 +47,7 @@ def make_plots(rows: Sequence[Row], summary: Mapping[str, Any], out_dir: Path) -
         "evaluation": lambda p: plot_evaluation(rows, summary, p),
         "efficiency": lambda p: plot_efficiency(rows, summary, p),
         "clients": lambda p: plot_client_accuracy(summary, p),
+        "sites": lambda p: plot_site_auc(summary, p),
         "train_loss": lambda p: plot_train_loss(rows, p),
         "epsilon": lambda p: plot_epsilon(rows, p),
         "accuracy_vs_epsilon": lambda p: plot_accuracy_vs_epsilon(rows, p),

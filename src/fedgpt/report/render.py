@@ -389,6 +389,24 @@ def _time_table(summary: Mapping[str, Any]) -> Table | None:
     return Table(("part", "time", "share"), body, "lrr")
 
 
+def _site_table(summary: Mapping[str, Any]) -> Table | None:
+    """Each site's test records and the final model's accuracy, AUC and calibration on
+    them, beside the site's own local-only model (classification runs)."""
+    per = summary.get("federated_per_client") or {}
+    if not per or not any(isinstance(v, Mapping) and "auc" in v for v in per.values()):
+        return None
+    local = nested(summary, "baselines", "local_only", "per_client") or []
+    own = {c.get("client"): c for c in local if isinstance(c, Mapping)}
+    body = []
+    for cid in sorted(per):
+        v, o = per[cid], own.get(cid, {})
+        body.append((cid, fmt_int(v.get("count")), fmt_acc(v.get("accuracy")),
+                     _fmt(v.get("auc"), ".3f"), _fmt(v.get("ece"), ".3f"),
+                     _fmt(o.get("test_auc"), ".3f")))  # fmt: skip
+    header = ("site", "test records", "accuracy", "AUC", "ECE", "local-only AUC")
+    return Table(header, body, "lrrrrr")
+
+
 def _sample_blocks(summary: Mapping[str, Any]) -> list[Block]:
     """The final model's continuations of the configured prompts (``report.prompts``)."""
     samples = [s for s in summary.get("samples") or [] if isinstance(s, Mapping)]
@@ -434,6 +452,7 @@ def build_report(
         "train_loss": "Training loss per round",
         "efficiency": "Test accuracy against the bytes moved and the federated time spent",
         "clients": "How the final model serves each client, beside their local-only models",
+        "sites": "AUC per site of the final model and of each site's local-only model",
         "epsilon": "Differential-privacy epsilon per round",
         "accuracy_vs_epsilon": "Test accuracy against epsilon spent",
         "heterogeneity": "Which clients pull away from the aggregate (spread, top clients)",
@@ -455,6 +474,8 @@ def build_report(
             link = Path(path).relative_to(run_dir).as_posix()
             blocks.append(Image(Path(path), link, captions.get(name, name)))
     blocks += _sample_blocks(summary)
+    if (sites := _site_table(summary)) is not None:
+        blocks += [Heading("Per site"), sites]
     dataset = _dataset_table(summary)
     if dataset is not None:
         blocks += [Heading("Dataset"), dataset]

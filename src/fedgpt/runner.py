@@ -175,10 +175,12 @@ class Runner:
         self.prep.fm.load(state.weights)
         save_model(self.prep.bundle, self.run_dir / "model")
         summary = self._summary()
+        t0 = clock()
         summary["samples"] = report_samples(self.prep.bundle, self.cfg)
-        samples, t0 = clock() - t0, clock()
+        samples = clock() - t0
         for cb in self.callbacks:
             cb.on_end(self, summary)
+        t0 = clock()
         if self.baselines is not None:
             summary["baselines"] = self.baselines(rows, self.last_eval)
             self.prep.fm.load(state.weights)
@@ -186,7 +188,9 @@ class Runner:
         summary.update(self.extra)
         summary["federated_seconds"] = sum(r["seconds"] for r in rows)
         summary["seconds"] = clock() - self.t_start
-        summary["time"] = time_breakdown(rows, final_eval, samples, baselines, summary["seconds"])
+        since = max(resumes(self.run_dir) or [0])  # this process's rounds only
+        mine = [r for r in rows if int(r["round"]) > since]
+        summary["time"] = time_breakdown(mine, final_eval, samples, baselines, summary["seconds"])
         summary["config_path"] = "config.toml"
         summary["resumed_after"] = resumes(self.run_dir)
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -247,9 +251,10 @@ def report_samples(bundle, cfg: RunConfig) -> list[dict]:
 
 
 def time_breakdown(rows, final_eval: float, samples: float, baselines: float, total: float):
-    """Where the time went, in seconds: federated rounds (training and exchange, all
-    attempts of a resumed run), evaluation, sample generation, baselines, and the rest of
-    this process's wall time (preparing data and model, saving)."""
+    """Where this process's time went, in seconds: its federated rounds (training and
+    exchange; the last attempt of a retried round), evaluation, sample generation,
+    baselines, and the rest of its wall time (preparing data and model, saving). ``rows``
+    are the rounds this process ran (after the last resume)."""
     evaluation = sum(r.get("eval_seconds", 0.0) for r in rows) + final_eval
     federation = sum(r["seconds"] for r in rows) - sum(r.get("eval_seconds", 0.0) for r in rows)
     parts = {"federation": federation, "evaluation": evaluation, "samples": samples,

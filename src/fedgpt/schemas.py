@@ -35,6 +35,7 @@ MAX_INT = 2**53  # integers beyond this are refused (floats hold them exactly be
 MAX_ITEMS = 64  # entries of a metrics dict
 MAX_NAMES = 4096  # entries of a dict or list keyed by client ids
 MAX_BLOB = 1 << 16  # bytes of one key or sealed share
+HIST = 300  # numbers of a score histogram: 3 x fedgpt.tasks.scores.BINS
 
 
 def one_line(text: Any, limit: int = MAX_REASON) -> str:
@@ -109,8 +110,26 @@ class EvaluateResult(_Config):
     count: Count
     # classification with two classes (fedgpt.tasks.scores): the score histogram, and the
     # client's own AUC (None with one class in its test records)
-    hist: Annotated[list[NonNeg], Field(min_length=300, max_length=300)] | None = None
+    hist: Annotated[list[NonNeg], Field(min_length=HIST, max_length=HIST)] | None = None
     auc: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent_histogram(self):
+        """Counts are whole, add up to ``count``, and each bin's sum of p lies in the bin."""
+        if self.hist is None:
+            return self
+        bins = HIST // 3
+        neg, pos, psum = self.hist[:bins], self.hist[bins : 2 * bins], self.hist[2 * bins :]
+        counts = neg + pos
+        if any(c != int(c) or c > MAX_INT for c in counts):
+            raise ValueError("hist: counts must be whole numbers")
+        if int(sum(counts)) != self.count:
+            raise ValueError(f"hist: {int(sum(counts))} records counted, count says {self.count}")
+        for b, (n0, n1, s) in enumerate(zip(neg, pos, psum, strict=True)):
+            n = n0 + n1
+            if not (b / bins * n - 1e-6 * n <= s <= (b + 1) / bins * n + 1e-6 * n):
+                raise ValueError(f"hist: the sum of p in bin {b} lies outside the bin")
+        return self
 
 
 class SecAggKeys(_Config):

@@ -179,9 +179,10 @@ def test_a_hub_id_without_a_hub_is_one_line_naming_the_way_in(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
-    assert is_hub_id("HuggingFaceTB/SmolLM2-135M") and not is_hub_id("/abs/folder")
+    assert is_hub_id("hf:HuggingFaceTB/SmolLM2-135M") and not is_hub_id("/abs/folder")
+    assert not is_hub_id("models/smol")  # a missing local path is not sent to the hub
     with pytest.raises(ModelError, match="hub did not serve it .* `fedgpt model pull`") as err:
-        load_pretrained("HuggingFaceTB/SmolLM2-135M")
+        load_pretrained("hf:HuggingFaceTB/SmolLM2-135M")
     assert "\n" not in str(err.value)
 
 

@@ -168,3 +168,32 @@ def test_task_and_data_must_match(over, needle, tmp_path):
                              f'out_dir="{tmp_path}"'])  # fmt: skip
     with pytest.raises(DataError, match=needle):
         prepare(cfg)
+
+
+def test_a_single_class_client_still_counts_and_forged_histograms_are_refused(char_model):
+    """A client whose test records hold one class has no AUC of its own, but its reply is
+    valid and counts; a client that sends a histogram out of range, of fractional counts,
+    or that disagrees with its count, is refused (its numbers never reach the pooled AUC)."""
+    from fedgpt.messages import Message
+    from fedgpt.schemas import HIST, Expect, parse_reply
+
+    assert HIST == 3 * scores.BINS
+    ex = Examples(("Glucose: 90.", "Glucose: 95."), (0, 0), ("no", "yes"), "Answer:")
+    rows = encode_examples(char_model.codec, ex, 40)
+    loss, correct, n, extra = Classification().evaluate(char_model.model, rows, 40)
+    assert n == 2 and "auc" not in extra and len(extra["hist"]) == HIST
+    reply = Message("evaluate/result", {"round": 1, "loss_sum": loss, "correct": correct,
+                                        "count": n, **extra})  # fmt: skip
+    ok, why = parse_reply(reply, Expect("evaluate/result", 1))
+    assert ok is not None and not why, why
+    forged = {
+        "huge": [1e308] * HIST,
+        "fractional": [0.5] * scores.BINS + [0.0] * (2 * scores.BINS),
+        "miscounted": [5.0] + [0.0] * (HIST - 1),
+        "p outside its bin": [2.0] + [0.0] * (2 * scores.BINS - 1) + [1.9] + [0.0] * 99,
+    }
+    for name, hist in forged.items():
+        bad = Message("evaluate/result", {"round": 1, "loss_sum": loss, "correct": correct,
+                                          "count": n, "hist": hist})  # fmt: skip
+        got, why = parse_reply(bad, Expect("evaluate/result", 1))
+        assert got is None and "hist" in why, (name, why)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from fedgpt.errors import ConfigError
 
-#: ``model.path`` may name a Hugging Face hub model ("org/name") when no such folder exists
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: ``model.path`` may name a Hugging Face hub model as "hf:org/name" (the prefix says so:
+#: a mistyped local path is never sent to the hub)
+HUB_ID = re.compile(r"hf:[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 SYSTEM_TREES = ("/proc", "/sys", "/dev")  # not places a run's files can live
 
@@ -66,8 +67,8 @@ def is_pulled_name(path: str) -> bool:
 
 
 def is_hub_id(path: str) -> bool:
-    """``path`` reads as a hub id and no such local folder exists."""
-    return bool(HUB_ID.fullmatch(path)) and not Path(path).exists()
+    """``path`` is a hub id, ``hf:org/name``."""
+    return bool(HUB_ID.fullmatch(path))
 
 
 def check_paths(cfg) -> None:

@@ -21,11 +21,12 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the clients' text comes from."""
 
-    source: Literal["shakespeare", "dir", "pima"] = Field(
+    source: Literal["shakespeare", "dir", "pima", "lending_club"] = Field(
         "shakespeare",
         description='"shakespeare": the LEAF benchmark built from the shipped plays, one client '
         'per speaking role; "dir": your own data in data.path; "pima": the shipped Pima '
-        'diabetes records as clinics (task.kind = "classification"; docs/data.md)',
+        'diabetes records as clinics; "lending_club": loans as banks by state (needs '
+        'fedgpt[datasets]); both with task.kind = "classification" (docs/data.md)',
     )
     partition: Literal["natural", "dirichlet"] = Field(
         "natural",

@@ -105,27 +105,29 @@ def _from_hub(repo: str) -> ModelBundle:
     reachable; else one line that names the way in without it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    logging.getLogger("fedgpt").warning("model.path: loading %s from the Hugging Face hub", repo)
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo)
         model = AutoModelForCausalLM.from_pretrained(repo)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
-            f"model.path '{repo}': not a local folder, and the Hugging Face hub did not "
-            f"serve it ({first}); use a local checkpoint or `fedgpt model pull`"
+            f"model.path 'hf:{repo}': the Hugging Face hub did not serve it ({first}); use "
+            "a local checkpoint or `fedgpt model pull`"
         ) from None
     model.float()
     return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=repo)
 
 
 def load_pretrained(path: str | Path) -> ModelBundle:
-    """Load a local Hugging Face causal LM and its tokenizer (never from a hub)."""
+    """A Hugging Face causal LM and its tokenizer: from a local folder, a pulled model's
+    name, or (only when asked for by ``hf:org/name``) the hub."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
     p = Path(path)
     if is_hub_id(str(path)):
-        return _from_hub(str(path))
+        return _from_hub(str(path).removeprefix("hf:"))
     if is_pulled_name(str(path)):
         from fedgpt.models.catalogue import pulled
 

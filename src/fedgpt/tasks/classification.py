@@ -75,8 +75,8 @@ def class_logits(model, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         logits = logits.logits
     except TypeError:  # a model without logits_to_keep
         logits = logits_of(model, tokens)
-    if logits.shape[1] != 1:  # it gave every position's logits
-        logits = logits[torch.arange(tokens.shape[0]), lengths - 1][:, None]
+    if logits.ndim != 3 or logits.shape[1] != 1:  # it kept other positions: take them all
+        logits = logits_of(model, tokens)[torch.arange(tokens.shape[0]), lengths - 1][:, None]
     return logits[:, 0, cls], labels
 
 
@@ -113,7 +113,8 @@ class Classification(Task):
         if z.shape[1] == 2:
             p = torch.softmax(z, -1)[:, 1]
             extra["hist"] = histogram(p, y)
-            extra["auc"] = exact_auc(p, y)
+            if (auc := exact_auc(p, y)) is not None:  # one class only: no AUC of its own
+                extra["auc"] = auc
         return loss_sum, correct, int(y.numel()), extra
 
     def metric_sums(self, model, data, seq_len, max_tokens=0):

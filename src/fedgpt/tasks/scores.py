@@ -1,5 +1,7 @@
 """Classification metrics from score histograms, so that pooled AUC and calibration can be
-computed from what clients report (counts per score bin), never their per-record scores.
+computed from what clients report (counts per score bin) rather than a list of scores.
+A histogram is not private: with few test records per client it tells each record's
+score to 0.01 and its label (docs/data.md); it is sent like the other evaluation sums.
 
 Each client reports, for the positive class's probability p, the number of negatives and
 of positives in each of ``BINS`` equal bins of [0, 1] and the sum of p per bin. Summed over

@@ -207,14 +207,17 @@ def _hello(msg: Message, context: Context) -> Message:
     local = prepare_local(cfg, context.node_config)
     run_id = str(msg.config.get("run_id", ""))
     context.state[SESSION] = ConfigRecord({"config": text, "setup": "{}", "run_id": run_id})
-    saved = redone = None
+    saved, redone = None, []
+    for key in [k for k in context.state.config_records if k.startswith(REDONE + ".")]:
+        del context.state[key]  # a second hello: the charge comes from disk again
     if run_id:
         rnd = int(msg.config.get("round", 0))
         store = node_state(cfg, local, context.node_config, run_id)
         saved = store.load(rnd) if rnd else None
-        redone = None if cfg.privacy.reproducible_noise else store.after(rnd)
+        redone = [] if cfg.privacy.reproducible_noise else store.after(rnd)
     context.state[CLIENT_STATE] = ConfigRecord(saved or {})
-    context.state[REDONE] = ConfigRecord(redone or {})
+    for i, later in enumerate(redone or []):  # each charged once, by the first batch
+        context.state[f"{REDONE}.{i}"] = ConfigRecord(later)
     return Message(
         "fedgpt/hello/result",
         {
@@ -223,6 +226,17 @@ def _hello(msg: Message, context: Context) -> Message:
             "numel": int(local.prep.fm.flat.numel()),
         },
     )
+
+
+def charge_redone(client, context: Context) -> None:
+    """Charge the clients with the releases of every snapshot of a round the resumed
+    server redoes (``REDONE.i`` records, from the hello), then forget those records: the
+    charge now lives in the clients' state."""
+    keys = sorted((k for k in context.state.config_records if k.startswith(REDONE + ".")),
+                  key=lambda k: int(k.rsplit(".", 1)[1]))  # fmt: skip
+    for key in keys:
+        client.charge_unseen({k: bytes(v) for k, v in context.state.config_records[key].items()})
+        del context.state[key]
 
 
 def _setup(msg: Message, context: Context) -> Message:
@@ -254,9 +268,7 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
                         store = node_state(cfg, local, context.node_config, run_id)
                     saved = context.state.config_records.get(CLIENT_STATE)
                     client.load_state_dict({k: bytes(v) for k, v in (saved or {}).items()})
-                    if redone := context.state.config_records.get(REDONE):
-                        client.charge_unseen({k: bytes(v) for k, v in redone.items()})
-                        context.state[REDONE] = ConfigRecord({})  # charged once
+                    charge_redone(client, context)
                 if cid not in client.data:
                     reply = Failure(f"this node does not serve client {cid}")
                 else:

@@ -63,10 +63,19 @@ class NodeState:
         """The newest snapshot of a round ``<= up_to`` that reads, or None."""
         return self._newest(lambda rnd: rnd <= up_to)
 
-    def after(self, up_to: int) -> dict[str, bytes] | None:
-        """The newest snapshot of a round ``> up_to`` that reads, or None: what the
-        clients had released by the time the server died in a round it now redoes."""
-        return self._newest(lambda rnd: rnd > up_to)
+    def after(self, up_to: int) -> list[dict[str, bytes]]:
+        """Every snapshot of a round ``> up_to`` that reads, oldest round first: what the
+        clients had released in rounds the server now redoes. All of them, not the newest
+        round's only: after a second restart from an older checkpoint, a higher round's
+        snapshot may be of an abandoned attempt while a lower one holds the later charge."""
+        out = []
+        for rnd, path in self._rounds():
+            if rnd > up_to:
+                try:
+                    out.append({k: v.numpy().tobytes() for k, v in load(path.read_bytes()).items()})
+                except Exception:  # noqa: BLE001 - a torn snapshot: the others still count
+                    continue
+        return out
 
     def _newest(self, wanted) -> dict[str, bytes] | None:
         for rnd, path in reversed(self._rounds()):

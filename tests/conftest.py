@@ -91,3 +91,20 @@ def caesar_clients(n: int):
         t = torch.from_numpy(b.codec.encode(CAESAR * (i + 2)))
         data[f"c{i}"] = ClientData(f"c{i}", t, t[:30])
     return bind_flat(b.model), data
+
+
+def kill_in_round(run_round, n: int, mid_round: bool = False):
+    """``FederatedServer.run_round`` that raises KeyboardInterrupt in the n-th call: at its
+    start, or (``mid_round``) after the round ran, before anything of it is saved."""
+    calls = {"n": 0}
+
+    def dies(self, state):
+        calls["n"] += 1
+        if calls["n"] == n and not mid_round:
+            raise KeyboardInterrupt("server killed")
+        result = run_round(self, state)
+        if calls["n"] == n:
+            raise KeyboardInterrupt("server killed mid-round")
+        return result
+
+    return dies

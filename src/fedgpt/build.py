@@ -47,16 +47,14 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
         from fedgpt.data import load_client_dir
 
         clients = load_client_dir(d.path, train_fraction=d.train_fraction)
-    elif d.source == "pima":
+    elif d.source in ("pima", "lending_club"):
+        from fedgpt.data.clients import Partitioning
+        from fedgpt.data.lending import lending_clients
         from fedgpt.data.pima import pima_clients
 
-        clients = pima_clients(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
-                               d.train_fraction)  # fmt: skip
-    elif d.source == "lending_club":
-        from fedgpt.data.lending import lending_clients
-
-        clients = lending_clients(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
-                                  d.train_fraction)  # fmt: skip
+        part = Partitioning(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
+                            d.train_fraction)  # fmt: skip
+        clients = (pima_clients if d.source == "pima" else lending_clients)(part)
     else:
         from fedgpt.data import shakespeare_clients
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from fedgpt.data.clients import Partitioning
 from fedgpt.data.lending import lending_clients, lending_rows, read_rdataset
 from fedgpt.errors import DataError
 
@@ -29,5 +30,5 @@ def test_ten_banks_by_state():
     assert text.startswith("Amount funded: ") and "Term: 36 months." in text
     assert "emp_" not in text and "term_" not in text  # codes spelt out
     assert banks[0].train.question == "Will the borrower default? Answer:"
-    sites = lending_clients("dirichlet", num_clients=4, alpha=1.0, seed=1)
+    sites = lending_clients(Partitioning("dirichlet", num_clients=4, alpha=1.0, seed=1))
     assert sum(len(c.train) + len(c.test) for c in sites) == 9857

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import kill_in_round
 
 from fedgpt.config import load_config
 from fedgpt.experiment import run_experiment
@@ -70,16 +71,8 @@ def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_one(
     over = [*tiny_overrides, "baselines.enabled=false", "federation.eval_every=100",
             "privacy.reproducible_noise=true", "federation.rounds=4", *CASES[case]]  # fmt: skip
     run_experiment(load_config(None, over), tmp_path / "whole")
-    real, calls = FederatedServer.run_round, {"n": 0}
-
-    def dies(self, state):
-        calls["n"] += 1
-        result = real(self, state)
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed mid-round")
-        return result
-
-    monkeypatch.setattr(FederatedServer, "run_round", dies)
+    real = FederatedServer.run_round
+    monkeypatch.setattr(FederatedServer, "run_round", kill_in_round(real, 3, mid_round=True))
     with pytest.raises(KeyboardInterrupt):
         run_experiment(load_config(None, over), tmp_path / "r")
     monkeypatch.setattr(FederatedServer, "run_round", real)

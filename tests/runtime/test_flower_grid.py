@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch  # noqa: E402
-from conftest import with_identities  # noqa: E402
+from conftest import kill_in_round, with_identities  # noqa: E402
 from flower_harness import FLOWER_TINY  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
@@ -409,6 +409,23 @@ def test_distributed_dp_runs_over_flower(tmp_path):
     assert setup["z"] == 0.7 and len(setup["clients"]) == n
 
 
+def killed_and_resumed(over, tmp_path, monkeypatch, kill_in: int, mid_round: bool):
+    """Run over the in-memory grid until the server dies in round ``kill_in`` (at its
+    start, or after the round ran when ``mid_round``: before its checkpoint), then resume
+    it with every node restarted; the run folder and the resumed run's summary."""
+    from fedgpt.federation.loop import FederatedServer
+
+    real = FederatedServer.run_round
+    monkeypatch.setattr(FederatedServer, "run_round", kill_in_round(real, kill_in, mid_round))
+    with pytest.raises(KeyboardInterrupt):
+        over_flower(over, tmp_path, MemoryGrid(split_nodes(over)))
+    monkeypatch.setattr(FederatedServer, "run_round", real)
+    client_app._CACHE.clear()
+    run_dir = tmp_path / "fl" / "fl"
+    settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
+    return run_dir, server_app.run(MemoryGrid(split_nodes(over)), settings)
+
+
 STATE_CASES = {
     "dp_sgd-target": ['privacy.mode="dp_sgd"', "privacy.noise_multiplier=1.0",
                       "privacy.target_epsilon=1.7", "federation.fraction=1.0"],
@@ -429,30 +446,12 @@ def test_a_restarted_server_and_nodes_resume_the_clients_state(
     Flower ``context.state``: a new Flower run). The nodes take their clients' state from their
     own disk, keyed by the run folder's identity, at the round the server resumes after;
     the run ends with exactly the uninterrupted in-process weights, refusals and ε."""
-    from fedgpt.federation.loop import FederatedServer
 
     over = [*FLOWER_TINY, "federation.rounds=4", "federation.eval_every=100",
             "privacy.reproducible_noise=true", *STATE_CASES[case]]  # fmt: skip
     ref = in_process(over, tmp_path)
-    real, calls = FederatedServer.run_round, {"n": 0}
-
-    def dies(self, state):
-        calls["n"] += 1
-        if calls["n"] == kill_in:
-            raise KeyboardInterrupt("server killed")
-        result = real(self, state)
-        if kill_in == "mid-3" and calls["n"] == 3:  # the nodes are a round ahead now
-            raise KeyboardInterrupt("server killed mid-round")
-        return result
-
-    monkeypatch.setattr(FederatedServer, "run_round", dies)
-    with pytest.raises(KeyboardInterrupt):
-        over_flower(over, tmp_path, MemoryGrid(split_nodes(over)))
-    monkeypatch.setattr(FederatedServer, "run_round", real)
-    client_app._CACHE.clear()
-    run_dir = tmp_path / "fl" / "fl"
-    settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
-    server_app.run(MemoryGrid(split_nodes(over)), settings)
+    mid = kill_in == "mid-3"  # after the clients of round 3 replied: nodes a round ahead
+    run_dir, _ = killed_and_resumed(over, tmp_path, monkeypatch, 3 if mid else kill_in, mid)
     assert torch.equal(final_weights(run_dir), ref)
     keep = ("round", "participants", "dropped", "epsilon")
     rows = lambda d: [{k: json.loads(x).get(k) for k in keep}  # noqa: E731
@@ -511,29 +510,12 @@ def test_a_round_redone_after_a_crash_is_charged_to_the_budget(case, tmp_path, m
     resumed server redoes round 3 with fresh noise. Each release that left a client counts:
     counting every one of them, over both runs, no client's true ε exceeds the target (the
     node charges the releases of the lost round to the budget, from its own disk)."""
-    from fedgpt.federation.loop import FederatedServer
 
     over = [*FLOWER_TINY, "federation.rounds=5", "federation.eval_every=100",
             "federation.fraction=1.0", *BUDGET_CASES[case]]  # fmt: skip
     target = float(BUDGET_CASES[case][-1].split("=")[1])
     seen = count_releases(monkeypatch)
-    real, calls = FederatedServer.run_round, {"n": 0}
-
-    def dies(self, state):
-        calls["n"] += 1
-        result = real(self, state)
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("server killed mid-round")
-        return result
-
-    monkeypatch.setattr(FederatedServer, "run_round", dies)
-    with pytest.raises(KeyboardInterrupt):
-        over_flower(over, tmp_path, MemoryGrid(split_nodes(over)))
-    monkeypatch.setattr(FederatedServer, "run_round", real)
-    client_app._CACHE.clear()
-    run_dir = tmp_path / "fl" / "fl"
-    settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
-    summary = server_app.run(MemoryGrid(split_nodes(over)), settings)
+    run_dir, summary = killed_and_resumed(over, tmp_path, monkeypatch, 3, mid_round=True)
     assert summary["rounds"] == 5
     worst = max(true_epsilon(case, r) for r in seen.values())
     assert worst <= target, {c: true_epsilon(case, r) for c, r in seen.items()}

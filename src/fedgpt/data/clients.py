@@ -54,3 +54,52 @@ def client_from_lines(
     """
     train, test = split_lines(lines, train_fraction)
     return ClientText(client_id=client_id, train="\n".join(train), test="\n".join(test))
+
+
+def clients_of_groups(
+    groups: dict[str, list[int]],
+    texts: Sequence[str],
+    labels: Sequence[int],
+    classes: tuple[str, ...],
+    question: str,
+    train_fraction: float,
+) -> list[ClientText]:
+    """One client per group of record indices, its records split in order (the first
+    ``train_fraction`` train); a group without a training record is left out."""
+    from fedgpt.data.records import split_examples
+
+    clients = []
+    for cid, idx in groups.items():
+        ex = Examples(tuple(texts[i] for i in idx), tuple(labels[i] for i in idx), classes,
+                      question)  # fmt: skip
+        train, test = split_examples(ex, train_fraction)
+        if len(train):
+            clients.append(ClientText(cid, train, test))
+    return clients
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """How a data set of records becomes clients (``data.partition`` and its settings)."""
+
+    partition: str = "natural"
+    num_clients: int = 10
+    alpha: float = 0.5
+    seed: int = 0
+    train_fraction: float = 0.8
+
+
+def records_clients(rows, label: str, natural, prefix: str, part: Partitioning, text, spec):
+    """The clients of ``rows`` (dicts with a ``label`` key): ``natural()`` groups of row
+    indices, or Dirichlet sites named ``prefix/site_NN``; ``text(row)`` serialises a row;
+    ``spec`` = (classes, question)."""
+    from fedgpt.data.records import dirichlet_partition
+
+    labels = [r[label] for r in rows]
+    if part.partition == "natural":
+        groups = natural()
+    else:
+        parts = dirichlet_partition(labels, part.num_clients, part.alpha, part.seed)
+        groups = {f"{prefix}/site_{c:02d}": idx for c, idx in enumerate(parts)}
+    texts = [text(r) for r in rows]
+    return clients_of_groups(groups, texts, labels, *spec, part.train_fraction)

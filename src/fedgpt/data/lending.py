@@ -14,8 +14,8 @@ question "Will the borrower default? Answer:" and the classes "no" / "yes" (yes 
 
 from __future__ import annotations
 
-from fedgpt.data.clients import ClientText
-from fedgpt.data.records import Examples, dirichlet_partition, serialise, split_examples
+from fedgpt.data.clients import ClientText, Partitioning, records_clients
+from fedgpt.data.records import serialise
 from fedgpt.errors import DataError
 
 LENDING_SITES = 10
@@ -71,28 +71,15 @@ def lending_rows() -> list[dict]:
     return rows
 
 
-def lending_clients(
-    partition: str = "natural",
-    num_clients: int = 10,
-    alpha: float = 0.5,
-    seed: int = 0,
-    train_fraction: float = 0.8,
-) -> list[ClientText]:
+def lending_clients(part: Partitioning = Partitioning()) -> list[ClientText]:
     rows = lending_rows()
-    if partition == "natural":
+
+    def natural() -> dict[str, list[int]]:
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
         top = sorted(counts, key=lambda s: (-counts[s], s))[:LENDING_SITES]
-        groups = {f"bank/{s}": [i for i, r in enumerate(rows) if r["state"] == s] for s in top}
-    else:
-        parts = dirichlet_partition([r["label"] for r in rows], num_clients, alpha, seed)
-        groups = {f"bank/site_{c:02d}": idx for c, idx in enumerate(parts)}
-    clients = []
-    for cid, idx in groups.items():
-        ex = Examples(tuple(serialise(rows[i], FEATURES) for i in idx),
-                      tuple(rows[i]["label"] for i in idx), CLASSES, QUESTION)  # fmt: skip
-        train, test = split_examples(ex, train_fraction)
-        if len(train):
-            clients.append(ClientText(cid, train, test))
-    return clients
+        return {f"bank/{s}": [i for i, r in enumerate(rows) if r["state"] == s] for s in top}
+
+    text = lambda r: serialise(r, FEATURES)  # noqa: E731
+    return records_clients(rows, "label", natural, "bank", part, text, (CLASSES, QUESTION))

@@ -20,8 +20,8 @@ import csv
 import io
 from importlib import resources
 
-from fedgpt.data.clients import ClientText
-from fedgpt.data.records import Examples, dirichlet_partition, serialise, split_examples
+from fedgpt.data.clients import ClientText, Partitioning, records_clients
+from fedgpt.data.records import serialise
 
 FEATURES = {"npreg": "Pregnancies", "glu": "Glucose", "bp": "Blood pressure",
             "skin": "Skin fold", "bmi": "BMI", "ped": "Pedigree", "age": "Age"}  # fmt: skip
@@ -42,26 +42,13 @@ def pima_rows() -> list[dict]:
     return rows
 
 
-def pima_clients(
-    partition: str = "natural",
-    num_clients: int = 10,
-    alpha: float = 0.5,
-    seed: int = 0,
-    train_fraction: float = 0.8,
-) -> list[ClientText]:
+def pima_clients(part: Partitioning = Partitioning()) -> list[ClientText]:
     rows = pima_rows()
-    if partition == "natural":
-        groups = {f"pima/age_{lo}-{hi}" if hi < 200 else f"pima/age_{lo}+":
-                  [i for i, r in enumerate(rows) if lo <= r["age"] <= hi]
-                  for lo, hi in AGE_BANDS}  # fmt: skip
-    else:
-        parts = dirichlet_partition([r["type"] for r in rows], num_clients, alpha, seed)
-        groups = {f"pima/site_{c:02d}": idx for c, idx in enumerate(parts)}
-    clients = []
-    for cid, idx in groups.items():
-        ex = Examples(tuple(serialise(rows[i], FEATURES) for i in idx),
-                      tuple(rows[i]["type"] for i in idx), CLASSES, QUESTION)  # fmt: skip
-        train, test = split_examples(ex, train_fraction)
-        if len(train):
-            clients.append(ClientText(cid, train, test))
-    return clients
+
+    def natural() -> dict[str, list[int]]:
+        return {f"pima/age_{lo}-{hi}" if hi < 200 else f"pima/age_{lo}+":
+                [i for i, r in enumerate(rows) if lo <= r["age"] <= hi]
+                for lo, hi in AGE_BANDS}  # fmt: skip
+
+    text = lambda r: serialise(r, FEATURES)  # noqa: E731
+    return records_clients(rows, "type", natural, "pima", part, text, (CLASSES, QUESTION))

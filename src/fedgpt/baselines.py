@@ -65,7 +65,7 @@ def train_centralized(
         "train_loss_last": float(torch.cat(losses)[-chunk:].mean()) if losses else None,
         "seconds": time.perf_counter() - start,
     }
-    return fm.flat.clone(), info
+    return fm.weights(), info
 
 
 def _local_one(
@@ -82,14 +82,14 @@ def _local_one(
         s, _, c = task.metric_sums(fm.model, val, seq)
         return s / max(c, 1)
 
-    best, best_w, best_step, bad, done = val_loss(), fm.flat.clone(), 0, 0, 0
+    best, best_w, best_step, bad, done = val_loss(), fm.weights(), 0, 0, 0
     while done < budget and bad < b.local_patience:
         n = min(b.local_eval_every, budget - done)
         train_steps(fm, opt, train, ccfg, n, gen, task=task)
         done += n
         v = val_loss()
         if v < best:
-            best, best_w, best_step, bad = v, fm.flat.clone(), done, 0
+            best, best_w, best_step, bad = v, fm.weights(), done, 0
         else:
             bad += 1
     fm.load(best_w)

@@ -134,6 +134,9 @@ def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle)
     holds only its own clients; the server none)."""
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    from fedgpt.models.device import place, resolve_device
+
+    place(bundle.model, cfg.model.dtype, resolve_device(cfg.runtime.device))
     fm = bind_flat(bundle.model)
     enc = bundle.codec.encode
     task, codec, seq = build_task(cfg), bundle.codec, cfg.client.seq_len
@@ -149,7 +152,7 @@ def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle)
 
         roles = shakespeare_clients(min_chars=1, plays=cfg.data.public_plays)
         public = torch.from_numpy(enc("\n".join(c.train + "\n" + c.test for c in roles)))
-    return Prepared(list(clients), bundle, fm, data, fm.flat.clone(), public)
+    return Prepared(list(clients), bundle, fm, data, fm.weights(), public)
 
 
 def device_tiers(cfg: RunConfig, prep: Prepared, ids: list[str]) -> dict:
@@ -477,5 +480,5 @@ def fedmd_client(cfg: RunConfig, prep: Prepared):
         small = cfg.model.model_copy(update={"n_layer": f.fedmd_client_layers})
         tok = prep.bundle.tokenizer  # the server's vocabulary, wherever the clients run
         fm = bind_flat(build_char_gpt2(small, [], cfg.seed, tokenizer=tok).model)
-        init = fm.flat.clone()
+        init = fm.weights()
     return FedMDClient(fm, init, prep.public, cfg.client)

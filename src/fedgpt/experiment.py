@@ -89,7 +89,8 @@ def run_prepared(
     trainable, total = prep.bundle.counts()
     hooks.log(
         f"{len(ids)} clients, model {prep.bundle.name}: "
-        f"{trainable:,} trainable of {total:,} parameters"
+        f"{trainable:,} trainable of {total:,} parameters, {cfg.model.dtype} on "
+        f"{prep.fm.flat.device}"
     )
     if privacy.active:
         hooks.log(f"privacy: {cfg.privacy.mode}, noise multiplier {privacy.z:.4g}")

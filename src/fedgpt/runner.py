@@ -215,6 +215,8 @@ class Runner:
                 "trainable_params": trainable,
                 "total_params": total,
                 "lora": prep.bundle.lora,
+                "dtype": cfg.model.dtype,
+                "device": str(prep.fm.flat.device),
             },
             "dataset": dataset_stats(known) if known else {"num_clients": len(ids)},
             "federated": {k: ev[k] for k in FEDERATED if k in ev},

@@ -106,7 +106,7 @@ def train_steps(
             if norm > cfg.grad_clip:
                 fm.grad.mul_(cfg.grad_clip / (norm + 1e-6))
         opt.step()
-        losses[step] = loss.detach()
+        losses[step] = loss.detach().cpu()
     return losses
 
 
@@ -140,10 +140,11 @@ def local_update(
     if opt_memory is not None and "state" in opt_memory:
         opt.load_state_dict(opt_memory["state"])
     steps = num_local_steps(tokens.numel(), cfg)
+    anchor = global_weights.to(fm.flat.device)  # w_t where the model is (FedProx)
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
         try:
-            losses = train_steps(fm, opt, tokens, cfg, steps, gen, global_weights, task)
+            losses = train_steps(fm, opt, tokens, cfg, steps, gen, anchor, task)
         except NonFiniteLoss as exc:
             return Failure(str(exc))
         finally:
@@ -152,7 +153,7 @@ def local_update(
                     p.requires_grad_(True)
     if opt_memory is not None:
         opt_memory["state"] = opt.state_dict()
-    delta = fm.flat - global_weights
+    delta = fm.delta(global_weights)
     norm = float(delta.norm())
     if not math.isfinite(norm):
         return Failure("non-finite values in the update")

@@ -99,6 +99,11 @@ class ModelConfig(_Section):
         128, ge=8, le=32768, description="maximum sequence length of the built model"
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout of the built model")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="precision of the frozen weights and of the forward pass: bfloat16 = mixed "
+        "precision (frozen weights stored in bfloat16, trainable ones and updates float32)",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="recompute activations in the backward pass instead of keeping them: "
@@ -430,6 +435,12 @@ class RuntimeConfig(_Section):
     """How messages travel between server and clients."""
 
     threads: int = Field(0, ge=0, description="torch threads; 0 = leave the default")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where the model trains and evaluates: auto (CUDA if present, else CPU), "
+        "cpu, cuda or cuda:N; updates and aggregation stay in host memory",
+    )
     ledger: bool = Field(
         True,
         description="keep a signed, hash-chained record of every round in ledger.jsonl "

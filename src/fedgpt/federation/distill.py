@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fedgpt.config import RunConfig
+from fedgpt.models.device import forward
 from fedgpt.models.params import FlatModel
 from fedgpt.seeding import client_seed
 from fedgpt.tasks.windows import sample_windows
@@ -41,7 +42,7 @@ def public_windows(public: torch.Tensor, n: int, seq_len: int, seed: int) -> tor
 
 def _forward(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(inputs.shape[1]).expand_as(inputs)
-    return model(input_ids=inputs, position_ids=pos).logits
+    return forward(model, input_ids=inputs, position_ids=pos).logits
 
 
 @torch.no_grad()
@@ -49,7 +50,7 @@ def logits_on(fm: FlatModel, weights: torch.Tensor, inputs: torch.Tensor) -> tor
     """The model's logits (n, seq, vocab) on ``inputs`` at ``weights`` (eval mode)."""
     fm.load(weights)
     fm.model.eval()
-    return _forward(fm.model, inputs).float()
+    return _forward(fm.model, inputs).float().cpu()
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -81,9 +82,10 @@ def distill(
     for _ in range(steps):
         idx = torch.randint(0, inputs.shape[0], (min(batch_size, inputs.shape[0]),), generator=gen)
         fm.zero_grad()
-        kd_loss(_forward(fm.model, inputs[idx]), teacher[idx], temperature).backward()
+        student = _forward(fm.model, inputs[idx]).float()
+        kd_loss(student, teacher[idx].to(student.device), temperature).backward()
         opt.step()
-    return fm.flat.detach().clone()
+    return fm.weights()
 
 
 def feddf_step(

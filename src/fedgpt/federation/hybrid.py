@@ -30,6 +30,6 @@ def public_step(
         opt = make_optimizer(fm, cfg.client)
         gen = torch.Generator().manual_seed(client_seed(cfg.seed, rnd, "__public__"))
         train_steps(fm, opt, public, cfg.client, steps, gen)
-        return w_avg + lam * (fm.flat - w_avg)
+        return w_avg + lam * fm.delta(w_avg)
 
     return step

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedgpt.models.build import ModelBundle
+from fedgpt.models.device import forward
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def sample(
     try:
         for _ in range(max_new_tokens if out else 0):
             window = torch.tensor([out[-context:]])
-            logits = model(input_ids=window).logits[0, -1]
+            logits = forward(model, input_ids=window).logits[0, -1].float().cpu()
             if temperature <= 0:
                 nxt = int(logits.argmax())
             else:

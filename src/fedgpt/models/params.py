@@ -54,6 +54,15 @@ class FlatModel:
         with torch.no_grad():
             self.flat.copy_(weights)
 
+    def weights(self) -> torch.Tensor:
+        """A host (CPU) copy of the trainable weights: what leaves the model's device."""
+        return self.flat.detach().to("cpu", copy=True)
+
+    def delta(self, start: torch.Tensor) -> torch.Tensor:
+        """w − ``start`` (a host vector), computed on the model's device, returned on the
+        host."""
+        return (self.flat.detach() - start.to(self.flat.device)).cpu()
+
     def zero_grad(self) -> None:
         self.grad.zero_()
 
@@ -66,15 +75,17 @@ class FlatModel:
 
 
 def bind_flat(model: torch.nn.Module) -> FlatModel:
-    """Move the trainable parameters of ``model`` into one contiguous float32 buffer.
+    """Move the trainable parameters of ``model`` into one contiguous float32 buffer (on
+    the model's device).
 
     Parameters keep their identity (optimisers and PEFT still see the same objects); their
     ``.data`` and ``.grad`` become views of ``flat`` and ``grad``. Autograd accumulates
     into an existing ``.grad`` in place, so gradients land in ``grad`` without copies.
     """
     spec = ParamSpec.from_model(model)
-    flat = torch.empty(spec.numel, dtype=torch.float32)
-    grad = torch.zeros(spec.numel, dtype=torch.float32)
+    dev = next(model.parameters()).device
+    flat = torch.empty(spec.numel, dtype=torch.float32, device=dev)
+    grad = torch.zeros(spec.numel, dtype=torch.float32, device=dev)
     named = dict(model.named_parameters())
     with torch.no_grad():
         for name, shape, off in zip(spec.names, spec.shapes, spec.offsets, strict=True):

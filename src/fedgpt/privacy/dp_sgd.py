@@ -82,7 +82,8 @@ def dp_sgd_update(
 
     class _Optimizer(DPOptimizer):
         def add_noise(self) -> None:  # one flat draw from FedGPT's noise source
-            noise = gaussian_noise(numel, self.noise_multiplier * self.max_grad_norm, noise_gen)
+            std = self.noise_multiplier * self.max_grad_norm
+            noise = gaussian_noise(numel, std, noise_gen).to(fm.flat.device)
             off = 0
             for p in self.params:
                 k = p.numel()
@@ -106,18 +107,18 @@ def dp_sgd_update(
             opt.zero_grad(set_to_none=True)
             if not bool(mask.any()):
                 for p in params:  # an empty sample: zero per-sample gradients, noise only
-                    p.grad_sample = torch.zeros((1, *p.shape))
+                    p.grad_sample = torch.zeros((1, *p.shape), device=p.device)
             else:
                 loss = task.loss(gsm, windows[mask])
                 if not torch.isfinite(loss):
                     return Failure(f"non-finite training loss at step {step + 1}"), q
                 loss.backward()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             opt.step()
     finally:
         gsm._close()
         fm.rebind_grads()
-    delta = fm.flat - global_weights
+    delta = fm.delta(global_weights)
     norm = float(delta.norm())
     if not math.isfinite(norm):
         return Failure("non-finite values in the update"), q

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fedgpt.models.device import forward
 from fedgpt.tasks.base import TASKS, Task
 from fedgpt.tasks.windows import eval_windows, record_windows, sample_windows
 
@@ -20,13 +21,14 @@ def logits_of(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The model's logits (B, T, V); position ids are passed per sample, which
     per-sample-gradient engines need."""
     pos = torch.arange(inputs.shape[1]).expand_as(inputs)
-    return model(input_ids=inputs, position_ids=pos).logits
+    return forward(model, input_ids=inputs, position_ids=pos).logits
 
 
 def lm_loss(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``windows`` (inputs ``[:, :-1]``, targets ``[:, 1:]``)."""
     inputs, targets = windows[:, :-1], windows[:, 1:]
-    logits = logits_of(model, inputs)
+    logits = logits_of(model, inputs).float()
+    targets = targets.to(logits.device)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
@@ -42,8 +44,9 @@ def evaluate_tokens(
     for windows in eval_windows(tokens, seq_len):
         for chunk in windows.split(64):
             inputs, targets = chunk[:, :-1], chunk[:, 1:]
-            flat_logits = logits_of(model, inputs)
+            flat_logits = logits_of(model, inputs).float()
             flat_logits = flat_logits.reshape(-1, flat_logits.shape[-1])
+            targets = targets.to(flat_logits.device)
             loss_sum += float(F.cross_entropy(flat_logits, targets.reshape(-1), reduction="sum"))
             correct += int((flat_logits.argmax(-1) == targets.reshape(-1)).sum())
             count += targets.numel()

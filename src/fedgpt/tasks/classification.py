@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fedgpt.errors import DataError
+from fedgpt.models.device import forward
 from fedgpt.tasks.base import TASKS, Task
 from fedgpt.tasks.causal_lm import logits_of
 from fedgpt.tasks.scores import histogram
@@ -71,13 +72,13 @@ def class_logits(model, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     tokens, lengths, labels, cls = unpack(rows)
     pos = torch.arange(tokens.shape[1]).expand_as(tokens)
     try:
-        logits = model(input_ids=tokens, position_ids=pos, logits_to_keep=(lengths - 1)[:, None])
-        logits = logits.logits
+        keep = (lengths - 1)[:, None]
+        logits = forward(model, input_ids=tokens, position_ids=pos, logits_to_keep=keep).logits
     except TypeError:  # a model without logits_to_keep
         logits = logits_of(model, tokens)
     if logits.ndim != 3 or logits.shape[1] != 1:  # it kept other positions: take them all
         logits = logits_of(model, tokens)[torch.arange(tokens.shape[0]), lengths - 1][:, None]
-    return logits[:, 0, cls], labels
+    return logits[:, 0, cls.to(logits.device)].float(), labels.to(logits.device)
 
 
 @TASKS.register("classification")
@@ -106,7 +107,7 @@ class Classification(Task):
         if data.shape[0] == 0:
             return 0.0, 0, 0, {}
         z, y = zip(*(class_logits(model, chunk) for chunk in data.split(64)), strict=True)
-        z, y = torch.cat(z).float(), torch.cat(y)
+        z, y = torch.cat(z).float().cpu(), torch.cat(y).cpu()
         loss_sum = float(F.cross_entropy(z, y, reduction="sum"))
         correct = int((z.argmax(-1) == y).sum())
         extra = {}

@@ -113,8 +113,11 @@ def main() -> int:
             gpu = run_case(name, CASES[name], args.device, args, Path(tmp) / "b")
             rows[name] = compare(cpu, gpu, args)
             r = rows[name]
-            print(f"{name:16} loss cpu {r['cpu_test_loss']:.4f} {args.device} {r['gpu_test_loss']:.4f} "
-                  f"weights {r['weights_rel_diff']:.2e}  {'ok' if r['agree'] else 'DIFFERS'}")  # fmt: skip
+            verdict = "ok" if r["agree"] else "DIFFERS"
+            print(
+                f"{name:16} loss cpu {r['cpu_test_loss']:.4f} {args.device} "
+                f"{r['gpu_test_loss']:.4f} weights {r['weights_rel_diff']:.2e}  {verdict}"
+            )
     meta = {
         "gpu": torch.cuda.get_device_name(0) if args.device != "cpu" else "cpu (dry run)",
         "torch": torch.__version__,

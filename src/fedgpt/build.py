@@ -80,22 +80,53 @@ class Prepared:
     init: torch.Tensor
     public: torch.Tensor | None = None  # server-side public tokens (hybrid aggregation)
 
+    @property
+    def vocab_size(self) -> int:
+        """The language model's vocabulary (0 for the classical reference)."""
+        return self.bundle.codec.vocab_size if self.bundle.codec is not None else 0
+
     def context(self, cfg: RunConfig) -> ServerContext:
         """What server-side components may use: the model, public text, seed, lengths."""
-        return ServerContext(
-            self.fm, self.public, cfg.seed, cfg.client.seq_len, self.bundle.codec.vocab_size
-        )
+        return ServerContext(self.fm, self.public, cfg.seed, cfg.client.seq_len, self.vocab_size)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Load the clients, build the model and tokenise every client's text."""
+    compat.check(cfg)  # settings that cannot combine are refused before any data is read
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     clients = load_clients(cfg)
     texts = (t for c in clients for t in texts_of(c.train))
-    prep = prepare_with(cfg, clients, build_model(cfg.model, texts, cfg.seed))
+    prep = prepare_with(cfg, clients, run_model(cfg, texts))
     check_usable(prep, cfg.data.path or cfg.data.source)
     return prep
+
+
+def run_model(cfg: RunConfig, texts=()) -> ModelBundle:
+    """The run's model: a language model (``model.family = "causal_lm"``, its vocabulary
+    from ``texts`` when built fresh) or the classical reference over the data source's
+    numeric features."""
+    if cfg.model.family == "causal_lm":
+        return build_model(cfg.model, texts, cfg.seed)
+    from fedgpt.models.build import tabular_bundle
+
+    return tabular_bundle(cfg.model, feature_width(cfg.data.source), cfg.seed)
+
+
+def feature_width(source: str) -> int:
+    """How many numbers the loader of ``source`` encodes each record as."""
+    if source == "pima":
+        from fedgpt.data.pima import SCALES
+
+        return len(SCALES)
+    if source == "lending_club":
+        from fedgpt.data.lending import NUMERIC
+
+        return len(NUMERIC)
+    raise ConfigError(
+        f'model.family: data.source = "{source}" has no numeric features; the classical '
+        'models read "pima" or "lending_club"'
+    )
 
 
 def texts_of(part) -> list[str]:
@@ -138,7 +169,6 @@ def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle)
 
     place(bundle.model, cfg.model.dtype, resolve_device(cfg.runtime.device))
     fm = bind_flat(bundle.model)
-    enc = bundle.codec.encode
     task, codec, seq = build_task(cfg), bundle.codec, cfg.client.seq_len
     data = {
         c.client_id: ClientData(
@@ -151,7 +181,7 @@ def prepare_with(cfg: RunConfig, clients: list[ClientText], bundle: ModelBundle)
         from fedgpt.data import shakespeare_clients
 
         roles = shakespeare_clients(min_chars=1, plays=cfg.data.public_plays)
-        public = torch.from_numpy(enc("\n".join(c.train + "\n" + c.test for c in roles)))
+        public = torch.from_numpy(codec.encode("\n".join(c.train + "\n" + c.test for c in roles)))
     return Prepared(list(clients), bundle, fm, data, fm.weights(), public)
 
 

@@ -87,6 +87,12 @@ class LoraConfig(_Section):
 class ModelConfig(_Section):
     """The causal language model being fine-tuned."""
 
+    family: Literal["causal_lm", "logistic", "mlp"] = Field(
+        "causal_lm",
+        description="causal_lm: a language model (the settings below); logistic or mlp: the "
+        'classical reference on a record\'s raw features (task.kind = "tabular")',
+    )
+    hidden: int = Field(32, ge=1, description="mlp: hidden units")
     path: str = Field(
         "",
         description="local Hugging Face checkpoint (model + tokenizer) to fine-tune; empty = "

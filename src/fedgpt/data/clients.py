@@ -63,6 +63,7 @@ def clients_of_groups(
     classes: tuple[str, ...],
     question: str,
     train_fraction: float,
+    features: Sequence[tuple[float, ...]] = (),
 ) -> list[ClientText]:
     """One client per group of record indices, its records split in order (the first
     ``train_fraction`` train); a group without a training record is left out."""
@@ -70,8 +71,9 @@ def clients_of_groups(
 
     clients = []
     for cid, idx in groups.items():
+        num = tuple(features[i] for i in idx) if features else ()
         ex = Examples(tuple(texts[i] for i in idx), tuple(labels[i] for i in idx), classes,
-                      question)  # fmt: skip
+                      question, num)  # fmt: skip
         train, test = split_examples(ex, train_fraction)
         if len(train):
             clients.append(ClientText(cid, train, test))
@@ -89,10 +91,12 @@ class Partitioning:
     train_fraction: float = 0.8
 
 
-def records_clients(rows, label: str, natural, prefix: str, part: Partitioning, text, spec):
+def records_clients(
+    rows, label: str, natural, prefix: str, part: Partitioning, text, spec, numeric=None
+):
     """The clients of ``rows`` (dicts with a ``label`` key): ``natural()`` groups of row
-    indices, or Dirichlet sites named ``prefix/site_NN``; ``text(row)`` serialises a row;
-    ``spec`` = (classes, question)."""
+    indices, or Dirichlet sites named ``prefix/site_NN``; ``text(row)`` serialises a row,
+    ``numeric(row)`` encodes it as numbers; ``spec`` = (classes, question)."""
     from fedgpt.data.records import dirichlet_partition
 
     labels = [r[label] for r in rows]
@@ -102,4 +106,5 @@ def records_clients(rows, label: str, natural, prefix: str, part: Partitioning, 
         parts = dirichlet_partition(labels, part.num_clients, part.alpha, part.seed)
         groups = {f"{prefix}/site_{c:02d}": idx for c, idx in enumerate(parts)}
     texts = [text(r) for r in rows]
-    return clients_of_groups(groups, texts, labels, *spec, part.train_fraction)
+    num = [numeric(r) for r in rows] if numeric is not None else ()
+    return clients_of_groups(groups, texts, labels, *spec, part.train_fraction, num)

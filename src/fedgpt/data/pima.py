@@ -21,12 +21,15 @@ import io
 from importlib import resources
 
 from fedgpt.data.clients import ClientText, Partitioning, records_clients
-from fedgpt.data.records import serialise
+from fedgpt.data.records import scaled, serialise
 
 FEATURES = {"npreg": "Pregnancies", "glu": "Glucose", "bp": "Blood pressure",
             "skin": "Skin fold", "bmi": "BMI", "ped": "Pedigree", "age": "Age"}  # fmt: skip
 QUESTION = "Does this woman have diabetes? Answer:"
 CLASSES = ("no", "yes")
+#: the classical reference's encoding (fedgpt.data.records.scaled): (centre, scale)
+SCALES = {"npreg": (3, 3), "glu": (120, 30), "bp": (70, 12), "skin": (30, 10),
+          "bmi": (32, 7), "ped": (0.5, 0.3), "age": (35, 12)}  # fmt: skip
 AGE_BANDS = ((21, 24), (25, 29), (30, 39), (40, 49), (50, 200))
 
 
@@ -51,4 +54,6 @@ def pima_clients(part: Partitioning = Partitioning()) -> list[ClientText]:
                 for lo, hi in AGE_BANDS}  # fmt: skip
 
     text = lambda r: serialise(r, FEATURES)  # noqa: E731
-    return records_clients(rows, "type", natural, "pima", part, text, (CLASSES, QUESTION))
+    num = lambda r: scaled(r, SCALES)  # noqa: E731
+    spec = (CLASSES, QUESTION)
+    return records_clients(rows, "type", natural, "pima", part, text, spec, num)

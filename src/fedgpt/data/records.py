@@ -28,13 +28,21 @@ class Examples:
     labels: tuple[int, ...]
     classes: tuple[str, ...]
     question: str = ""  # appended to every text by the task ("Diabetic? Answer:")
+    # the same records as numbers (one tuple per record), for the classical reference
+    # models (:mod:`fedgpt.tasks.tabular`); empty where a data set has none
+    features: tuple[tuple[float, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def __add__(self, other: Examples) -> Examples:
         return Examples(self.texts + other.texts, self.labels + other.labels, self.classes,
-                        self.question)  # fmt: skip
+                        self.question, self.features + other.features)  # fmt: skip
+
+    def take(self, a: int, b: int) -> Examples:
+        """Records ``a`` to ``b`` (a slice)."""
+        return Examples(self.texts[a:b], self.labels[a:b], self.classes, self.question,
+                        self.features[a:b])  # fmt: skip
 
     @property
     def num_chars(self) -> int:
@@ -53,13 +61,21 @@ def serialise(row: Mapping[str, object], names: Mapping[str, str]) -> str:
     return " ".join(parts)
 
 
+def scaled(row: Mapping[str, object], scales: Mapping[str, tuple[float, float]]) -> tuple:
+    """``row``'s features as numbers (x − centre) / scale, in ``scales``' order. Centres and
+    scales are round numbers for each quantity's usual range (e.g. glucose around 120
+    mg/dl, in steps of 30), fixed once in the data set's loader as sites would agree on
+    them up front, not fitted to any site's records: every site encodes its records the
+    same way without sharing statistics."""
+    return tuple((float(row[k]) - c) / s for k, (c, s) in scales.items())
+
+
 def split_examples(ex: Examples, train_fraction: float) -> tuple[Examples, Examples]:
     """The first ``round(n * train_fraction)`` records train (at least one), the rest test,
     in the order given (as the text split does)."""
     n = len(ex)
     k = min(n, max(1, round(n * train_fraction))) if n else 0
-    cut = lambda a, b: Examples(ex.texts[a:b], ex.labels[a:b], ex.classes, ex.question)  # noqa: E731
-    return cut(0, k), cut(k, n)
+    return ex.take(0, k), ex.take(k, n)
 
 
 def dirichlet_partition(

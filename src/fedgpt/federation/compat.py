@@ -37,6 +37,8 @@ def refusal(cfg, tiers: bool | None = None) -> str | None:
     mode = f'privacy.mode = "{p.mode}"'
     if (why := mech().refusal(cfg)) is not None:
         return why
+    if (why := _family_clash(cfg, tiers)) is not None:
+        return why
     if mech.server_clips and not ss.reveals_individual:
         return (
             f"{mode} clips each update on the server, which cannot see updates under {sa}; "
@@ -77,6 +79,28 @@ def refusal(cfg, tiers: bool | None = None) -> str | None:
             "not release (the teachers would leak un-noised updates)"
         )
     return None
+
+
+def _family_clash(cfg, tiers: bool) -> str | None:
+    """The classical reference (``model.family`` logistic or mlp) reads raw features: it
+    goes with ``task.kind = "tabular"`` only, and with nothing made for language models."""
+    m = cfg.model
+    fam = f'model.family = "{m.family}"'
+    if m.family == "causal_lm":
+        if cfg.task.kind == "tabular":
+            return 'task.kind = "tabular" needs model.family = "logistic" or "mlp"'
+        return None
+    if cfg.task.kind != "tabular":
+        return f'{fam} reads raw features: set task.kind = "tabular"'
+    clashes = [
+        ("model.lora", m.lora.enabled),
+        ("model.path", bool(m.path)),
+        ("model.gradient_checkpointing", m.gradient_checkpointing),
+        ("data.public_plays", bool(cfg.data.public_plays)),
+        ("device tiers", tiers),
+    ]
+    what = next((w for w, on in clashes if on), None)
+    return None if what is None else f"{fam} (a classical model) does not take {what}"
 
 
 def _fedmd_clash(cfg, kind: str, mode: str, sa: str, tiers: bool) -> str | None:

@@ -218,6 +218,15 @@ def build_model(cfg: ModelConfig, texts: Iterable[str], seed: int) -> ModelBundl
     return bundle
 
 
+def tabular_bundle(cfg: ModelConfig, n_features: int, seed: int) -> ModelBundle:
+    """The classical reference model (``model.family`` logistic or mlp) over two classes."""
+    from fedgpt.models.tabular import build_tabular
+
+    model = build_tabular(cfg.family, n_features, 2, cfg.hidden, seed)
+    name = f"{cfg.family}-{n_features}" + (f"x{cfg.hidden}" if cfg.family == "mlp" else "")
+    return ModelBundle(model=model, tokenizer=None, codec=None, name=name)
+
+
 def save_model(bundle: ModelBundle, out: str | Path) -> Path:
     """Save in Hugging Face format (safetensors + tokenizer), loadable by plain transformers.
 
@@ -234,6 +243,11 @@ def save_model(bundle: ModelBundle, out: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model = bundle.model
+    if bundle.tokenizer is None:  # the classical reference: no tokenizer
+        from fedgpt.models.tabular import save_tabular
+
+        save_tabular(model, tmp)
+        return replace_dir(tmp, out)
     if bundle.lora:
         model.save_pretrained(tmp / "adapter", safe_serialization=True)
         import copy

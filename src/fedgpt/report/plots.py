@@ -75,9 +75,10 @@ def human_bytes(value: Any) -> str:
 
 
 def unit(summary: Mapping[str, Any]) -> str:
-    """ "classification" for a classification task; else "next-character" for the character
-    models FedGPT builds, "next-token" for the others."""
-    if summary.get("task") == "classification":
+    """ "classification" for a classification task (a language model's or the classical
+    reference's); else "next-character" for the character models FedGPT builds,
+    "next-token" for the others."""
+    if summary.get("task") in ("classification", "tabular"):
         return "classification"
     name = str(nested(summary, "model", "name") or "")
     return "next-character" if name.startswith("char-") or not name else "next-token"

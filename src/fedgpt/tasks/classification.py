@@ -97,8 +97,12 @@ class Classification(Task):
     def batch(self, data, batch_size, seq_len, gen):
         return data[torch.randint(0, data.shape[0], (batch_size,), generator=gen)]
 
+    def scores(self, model, rows):
+        """(B, K) class logits and the labels of ``rows``."""
+        return class_logits(model, rows)
+
     def loss(self, model, batch):
-        z, y = class_logits(model, batch)
+        z, y = self.scores(model, batch)
         return F.cross_entropy(z, y)
 
     @torch.no_grad()
@@ -106,7 +110,7 @@ class Classification(Task):
         model.eval()
         if data.shape[0] == 0:
             return 0.0, 0, 0, {}
-        z, y = zip(*(class_logits(model, chunk) for chunk in data.split(64)), strict=True)
+        z, y = zip(*(self.scores(model, chunk) for chunk in data.split(64)), strict=True)
         z, y = torch.cat(z).float().cpu(), torch.cat(y).cpu()
         loss_sum = float(F.cross_entropy(z, y, reduction="sum"))
         correct = int((z.argmax(-1) == y).sum())

@@ -57,7 +57,8 @@ def model_fingerprint(bundle, fm) -> str:
     """SHA-256 over the vocabulary and the trainable parameters' names and shapes: equal
     on two machines only if they train the same model."""
     h = hashlib.sha256()
-    h.update(json.dumps(sorted(bundle.tokenizer.get_vocab().items())).encode())
+    vocab = bundle.tokenizer.get_vocab() if bundle.tokenizer is not None else {}
+    h.update(json.dumps(sorted(vocab.items())).encode())
     h.update(json.dumps([list(fm.spec.names), [list(s) for s in fm.spec.shapes]]).encode())
     return h.hexdigest()
 
@@ -96,8 +97,7 @@ def prepare_local(cfg, node_config) -> Local:
     if key in _CACHE:
         return _CACHE[key]
 
-    from fedgpt.build import Prepared, prepare, prepare_with
-    from fedgpt.models.build import build_model
+    from fedgpt.build import Prepared, prepare, prepare_with, run_model
 
     if model_path:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_path})})
@@ -116,7 +116,7 @@ def prepare_local(cfg, node_config) -> Local:
             if missing:
                 raise ConfigError(f"node-config client-id {missing} not found in '{data_path}'")
             clients = [c for c in clients if c.client_id in wanted]
-        prep = prepare_with(cfg, clients, build_model(cfg.model, [], cfg.seed))
+        prep = prepare_with(cfg, clients, run_model(cfg))
     else:
         if cfg.data.source != "shakespeare":
             raise ConfigError(

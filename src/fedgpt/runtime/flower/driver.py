@@ -44,9 +44,9 @@ def server_model(cfg):
             'over Flower, data.source = "dir" needs model.path: a checkpoint every machine '
             "holds (the vocabulary cannot be built from text the server never sees)"
         )
-    from fedgpt.models.build import build_model
+    from fedgpt.build import run_model
 
-    return prepare_with(cfg, [], build_model(cfg.model, [], cfg.seed))
+    return prepare_with(cfg, [], run_model(cfg))
 
 
 def build_server(cfg, prep, runtime, ids: list[str], log: Log):

@@ -14,9 +14,9 @@ question "Will the borrower default? Answer:" and the classes "no" / "yes" (yes 
 
 from __future__ import annotations
 
-from fedgpt.data.clients import ClientText, Partitioning, records_clients
 import math
 
+from fedgpt.data.clients import ClientText, Partitioning, records_clients
 from fedgpt.data.records import serialise
 from fedgpt.errors import DataError
 
@@ -49,7 +49,8 @@ NUMERIC = ("log amount funded", "60-month term", "interest rate", "sub-grade ran
            "income verified", "income source verified", "log annual income", "years employed",
            "years employed unknown", "delinquencies in 2 years", "inquiries in 6 months",
            "revolving utilisation", "instalment accounts opened in 12 months",
-           "log instalment balance", "utilisation of all credit", "instalment accounts")  # fmt: skip
+           "log instalment balance", "utilisation of all credit",
+           "instalment accounts")  # fmt: skip
 
 
 def numeric(rec) -> tuple[float, ...]:

@@ -266,7 +266,8 @@ def time_breakdown(rows, final_eval: float, samples: float, baselines: float, to
 
 
 RUN_ID = "run.json"
-FEDERATED = ("test_loss", "test_accuracy", "perplexity", "test_auc", "test_ece")
+FEDERATED = ("test_loss", "test_accuracy", "perplexity", "test_auc", "test_auc_ci", "test_ece",
+             "test_hist")  # fmt: skip
 
 
 def read_run_id(run_dir: Path) -> str | None:

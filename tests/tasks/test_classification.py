@@ -138,8 +138,14 @@ def test_a_pima_federation_reports_auc_per_client_and_pooled(tmp_path):
     assert "test_auc" in summary["baselines"]["centralized"]
     assert "test_auc_mean" in summary["baselines"]["local_only"]
     report = (tmp_path / "r/report.md").read_text()
-    assert "| method | test loss | AUC | classification accuracy |" in report
-    assert f"| federated | {fed['test_loss']:.4f} | {fed['test_auc']:.4f} |" in report
+    assert "| method | test loss | AUC (95 % interval) | classification accuracy |" in report
+    assert fed["test_auc_ci"][0] <= fed["test_auc"] <= fed["test_auc_ci"][1]
+    assert len(fed["test_hist"]) == 300 and sum(fed["test_hist"][:200]) == 107
+    lo, hi = fed["test_auc_ci"]
+    assert (
+        f"| federated | {fed['test_loss']:.4f} | {fed['test_auc']:.4f} ({lo:.3f}–{hi:.3f}) |"
+        in report
+    )
     assert "| site | test records | accuracy | AUC | ECE | local-only AUC |" in report
     assert report.count("| pima/age\\_") == 5  # one row per clinic
     assert (tmp_path / "r/plots/sites_auc.png").stat().st_size > 1000

@@ -112,3 +112,24 @@ def test_mismatched_model_and_task_are_one_line(over, match, tiny_overrides, tmp
     with pytest.raises(ConfigError, match=match):
         run_experiment(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_auc_interval_covers_the_auc_and_narrows_with_more_records():
+    from fedgpt.tasks import scores
+
+    rng = np.random.default_rng(1)
+
+    def hist(n):
+        y = rng.integers(0, 2, n)
+        p = np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1)
+        return scores.histogram(torch.tensor(p), torch.tensor(y))
+
+    small, large = hist(200), hist(5000)
+    lo, hi = scores.auc_interval(small)
+    assert lo < scores.auc_from_histogram(small) < hi
+    lo2, hi2 = scores.auc_interval(large)
+    assert lo2 < scores.auc_from_histogram(large) < hi2
+    assert (hi2 - lo2) < 0.3 * (hi - lo)  # ~ 1/sqrt(n): 5000 records vs 200
+    assert scores.auc_interval(small) == scores.auc_interval(small)  # seeded
+    one_class = [0.0] * scores.BINS + [3.0] + [0.0] * (scores.BINS - 1) + [0.0] * scores.BINS
+    assert scores.auc_interval(one_class) is None

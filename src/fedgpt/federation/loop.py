@@ -149,7 +149,7 @@ class FederatedServer:
                 **({"dropped": refused} if refused else {}),
             }
         loss = loss_sum / count
-        pooled = scores.summarize([sum(x) for x in zip(*hists, strict=True)]) if hists else {}
+        pooled = scores.pooled_summary([sum(x) for x in zip(*hists, strict=True)]) if hists else {}
         return {
             "test_loss": loss,
             "test_accuracy": correct / count,

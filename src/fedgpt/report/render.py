@@ -244,11 +244,11 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
     auc = fed.get("test_auc") is not None  # classification: AUC where perplexity was
 
     def mid(d: Mapping[str, Any], suffix: str = "") -> str:
-        return (
-            _fmt(d.get("test_auc" + suffix), ".4f")
-            if auc
-            else fmt_ppl(d.get("perplexity" + suffix))
-        )
+        if not auc:
+            return fmt_ppl(d.get("perplexity" + suffix))
+        ci = d.get("test_auc_ci")  # the pooled AUC's 95 % bootstrap interval
+        span = f" ({ci[0]:.3f}–{ci[1]:.3f})" if isinstance(ci, list) and len(ci) == 2 else ""
+        return _fmt(d.get("test_auc" + suffix), ".4f") + span
 
     table_rows = [
         [
@@ -291,7 +291,7 @@ def _comparison_table(rows: Sequence[Row], summary: Mapping[str, Any]) -> Table:
     header = (
         "method",
         "test loss",
-        "AUC" if auc else "perplexity",
+        "AUC (95 % interval)" if auc else "perplexity",
         f"{unit(summary)} accuracy",
         "ratio to centralized",
         "training examples/steps",

@@ -10,6 +10,9 @@ clients these give:
 * AUC, P(p_pos > p_neg) + ½ P(p_pos = p_neg) with records of one bin counted as ties
   (Hanley & McNeil 1982, eq. 1 on grouped data); its error against the exact AUC is at most
   half the mass of pairs that share a bin;
+* a 95 % interval for that AUC: the stratified bootstrap (Efron & Tibshirani 1993, §16;
+  the numbers of positives and negatives kept, each class's records resampled), drawn
+  from the bins' counts, so it needs no list of scores either;
 * expected calibration error of p over ``ECE_BINS`` equal bins (Naeini et al. 2015; Guo et
   al. 2017 eq. 3 on the positive class): Σ_b (n_b/N) |positives_b/n_b − mean p_b|, exact,
   since every ECE bin is a union of score bins.
@@ -43,6 +46,27 @@ def auc_from_histogram(hist) -> float | None:
     return float((pos * (below + 0.5 * neg)).sum() / (n0 * n1))
 
 
+def _aucs(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """AUC of each row of (draws, BINS) negative and positive counts."""
+    below = np.cumsum(neg, axis=1) - neg
+    return (pos * (below + 0.5 * neg)).sum(1) / (neg.sum(1) * pos.sum(1))
+
+
+def auc_interval(hist, level: float = 0.95, draws: int = 2000, seed: int = 0):
+    """(low, high): the stratified-bootstrap percentile interval of the histogram's AUC,
+    from ``draws`` resamples on a generator seeded with ``seed``; None with one class."""
+    h = np.asarray(hist, dtype=np.float64).reshape(3, BINS)
+    n0, n1 = int(round(h[0].sum())), int(round(h[1].sum()))
+    if n0 == 0 or n1 == 0:
+        return None
+    rng = np.random.default_rng([seed, 0xA0C])
+    neg = rng.multinomial(n0, h[0] / h[0].sum(), size=draws).astype(np.float64)
+    pos = rng.multinomial(n1, h[1] / h[1].sum(), size=draws).astype(np.float64)
+    tail = (1 - level) / 2
+    low, high = np.quantile(_aucs(neg, pos), [tail, 1 - tail])
+    return [float(low), float(high)]
+
+
 def ece_from_histogram(hist) -> float | None:
     h = np.asarray(hist, dtype=np.float64).reshape(3, BINS)
     group = BINS // ECE_BINS
@@ -59,3 +83,9 @@ def ece_from_histogram(hist) -> float | None:
 def summarize(hist) -> dict:
     """AUC and ECE of a (summed) histogram; None where a class is missing."""
     return {"auc": auc_from_histogram(hist), "ece": ece_from_histogram(hist)}
+
+
+def pooled_summary(hist) -> dict:
+    """:func:`summarize` of the pooled histogram, with the AUC's 95 % interval
+    (``auc_ci``) and the histogram itself (``hist``: for intervals over several runs)."""
+    return {**summarize(hist), "auc_ci": auc_interval(hist), "hist": list(hist)}

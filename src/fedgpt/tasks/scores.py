@@ -46,7 +46,7 @@ def auc_from_histogram(hist) -> float | None:
     return float((pos * (below + 0.5 * neg)).sum() / (n0 * n1))
 
 
-def _aucs(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def aucs(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """AUC of each row of (draws, BINS) negative and positive counts."""
     below = np.cumsum(neg, axis=1) - neg
     return (pos * (below + 0.5 * neg)).sum(1) / (neg.sum(1) * pos.sum(1))
@@ -63,7 +63,7 @@ def auc_interval(hist, level: float = 0.95, draws: int = 2000, seed: int = 0):
     neg = rng.multinomial(n0, h[0] / h[0].sum(), size=draws).astype(np.float64)
     pos = rng.multinomial(n1, h[1] / h[1].sum(), size=draws).astype(np.float64)
     tail = (1 - level) / 2
-    low, high = np.quantile(_aucs(neg, pos), [tail, 1 - tail])
+    low, high = np.quantile(aucs(neg, pos), [tail, 1 - tail])
     return [float(low), float(high)]
 
 

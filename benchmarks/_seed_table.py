@@ -138,8 +138,12 @@ def summarise(runs: list[dict], key: str | None = None) -> dict:
 def single_site(runs: list[dict]) -> dict:
     sites = [a for r in runs for a in r["sites"] if a is not None]
     means = [statistics.mean(a for a in r["sites"] if a is not None) for r in runs]
-    return {"seeds": len(runs), "auc": statistics.mean(means),
-            "auc_sd_over_sites": statistics.pstdev(sites), "sites": len(runs[0]["sites"])}  # fmt: skip
+    return {
+        "seeds": len(runs),
+        "auc": statistics.mean(means),
+        "auc_sd_over_sites": statistics.pstdev(sites),
+        "sites": len(runs[0]["sites"]),
+    }
 
 
 def run_table(task: str, models: dict, configs: dict, seeds: list[int], log=print) -> dict:
@@ -184,9 +188,10 @@ def markdown(task: str, table: dict, claims: list[str]) -> str:
     for model, rows in table.items():
         central = rows.get("centralized", {}).get("auc")
         commands = sorted({r["command"] for r in rows.values()})
-        lines += [f"## {model}", "", *[f"`{c}`  " for c in commands], "",
-                  "| configuration | seeds | AUC | 95 % interval | × centralized | accuracy | "
-                  "ε | federated s | bytes moved |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        head = ("| configuration | seeds | AUC | 95 % interval | × centralized | accuracy | ε "
+                "| federated s | bytes moved |")  # fmt: skip
+        lines += [f"## {model}", "", *[f"`{c}`  " for c in commands], "", head,
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for key in [k for k in ORDER if k in rows]:
             r = rows[key]
             if key == "single_site":

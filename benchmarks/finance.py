@@ -20,8 +20,9 @@ from fedgpt.data.lending import lending_clients
 
 CLAIMS = ["fraud detection accuracy across banks: 86.7 % (classic) → 92.3 % (FedGPT); "
           "a different task (fraud, not loan default) on data not named"]  # fmt: skip
-COMMON = ['data.source="lending_club"', 'data.partition="natural"', "federation.fraction=1.0",
-          "federation.min_clients=2", "report.prompts=[]", "baselines.local_clients=10"]  # fmt: skip
+COMMON = ['data.source="lending_club"', 'data.partition="natural"',
+          "federation.fraction=1.0", "federation.min_clients=2", "report.prompts=[]",
+          "baselines.local_clients=10"]  # fmt: skip
 MODELS = {
     "logistic": [*COMMON, 'task.kind="tabular"', 'model.family="logistic"', "client.lr=0.02",
                  "client.local_steps=10", "client.batch_size=32", "federation.rounds=30",

@@ -97,20 +97,21 @@ def prepare(cfg: RunConfig) -> Prepared:
         torch.set_num_threads(cfg.runtime.threads)
     clients = load_clients(cfg)
     texts = (t for c in clients for t in texts_of(c.train))
-    prep = prepare_with(cfg, clients, run_model(cfg, texts))
+    classes = next((len(c.train.classes) for c in clients if hasattr(c.train, "classes")), 2)
+    prep = prepare_with(cfg, clients, run_model(cfg, texts, classes))
     check_usable(prep, cfg.data.path or cfg.data.source)
     return prep
 
 
-def run_model(cfg: RunConfig, texts=()) -> ModelBundle:
+def run_model(cfg: RunConfig, texts=(), num_classes: int = 2) -> ModelBundle:
     """The run's model: a language model (``model.family = "causal_lm"``, its vocabulary
     from ``texts`` when built fresh) or the classical reference over the data source's
-    numeric features."""
+    numeric features; a classifier's head or output has ``num_classes`` classes."""
     if cfg.model.family == "causal_lm":
-        return build_model(cfg.model, texts, cfg.seed)
+        return build_model(cfg.model, texts, cfg.seed, num_classes)
     from fedgpt.models.build import tabular_bundle
 
-    return tabular_bundle(cfg.model, feature_width(cfg.data.source), cfg.seed)
+    return tabular_bundle(cfg.model, feature_width(cfg.data.source), cfg.seed, num_classes)
 
 
 def feature_width(source: str) -> int:

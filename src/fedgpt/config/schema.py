@@ -93,6 +93,12 @@ class ModelConfig(_Section):
         'classical reference on a record\'s raw features (task.kind = "tabular")',
     )
     hidden: int = Field(32, ge=1, description="mlp: hidden units")
+    head: Literal["lm", "classifier"] = Field(
+        "lm",
+        description='task.kind = "classification": lm = the class is the language model\'s '
+        "next token (a verbaliser); classifier = a new linear head on the last token "
+        "(AutoModelForSequenceClassification), trained with the adapters",
+    )
     path: str = Field(
         "",
         description="local Hugging Face checkpoint (model + tokenizer) to fine-tune; empty = "

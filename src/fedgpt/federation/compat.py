@@ -86,6 +86,8 @@ def _family_clash(cfg, tiers: bool) -> str | None:
     goes with ``task.kind = "tabular"`` only, and with nothing made for language models."""
     m = cfg.model
     fam = f'model.family = "{m.family}"'
+    if m.head == "classifier" and (m.family != "causal_lm" or cfg.task.kind != "classification"):
+        return 'model.head = "classifier" needs task.kind = "classification" (a language model)'
     if m.family == "causal_lm":
         if cfg.task.kind == "tabular":
             return 'task.kind = "tabular" needs model.family = "logistic" or "mlp"'

@@ -71,12 +71,17 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+HEAD = "fedgpt_head"  # attribute of a model with a classification head: its class count
+PAD = 0  # the token id that right-pads a classifier's rows (its last-token pooling skips it)
+
+
 def build_char_gpt2(
-    cfg: ModelConfig, texts: Iterable[str], seed: int, tokenizer=None
+    cfg: ModelConfig, texts: Iterable[str], seed: int, tokenizer=None, num_labels: int = 2
 ) -> ModelBundle:
     """A fresh character-level GPT-2 initialised from ``seed``, its vocabulary built from
-    ``texts`` (or ``tokenizer``'s, to share another model's)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    ``texts`` (or ``tokenizer``'s, to share another model's); with ``model.head =
+    "classifier"`` a ``GPT2ForSequenceClassification`` of ``num_labels`` classes."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     _quiet_transformers()
     tokenizer = tokenizer if tokenizer is not None else build_char_tokenizer(texts)
@@ -92,23 +97,34 @@ def build_char_gpt2(
         bos_token_id=None,
         eos_token_id=None,
         tie_word_embeddings=False,
+        num_labels=num_labels,
+        pad_token_id=PAD if cfg.head == "classifier" else None,
     )
+    cls = GPT2ForSequenceClassification if cfg.head == "classifier" else GPT2LMHeadModel
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
+        model = cls(config)
+    if cfg.head == "classifier":
+        setattr(model, HEAD, num_labels)
     name = f"char-gpt2-{cfg.n_layer}x{cfg.n_embd}"
     return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=name)
 
 
-def _from_hub(repo: str) -> ModelBundle:
+def _from_hub(repo: str, head: str = "lm", num_labels: int = 2) -> ModelBundle:
     """A model by its Hugging Face hub id (downloaded to the hub cache), where the hub is
     reachable; else one line that names the way in without it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     logging.getLogger("fedgpt").warning("model.path: loading %s from the Hugging Face hub", repo)
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo)
-        model = AutoModelForCausalLM.from_pretrained(repo)
+        if head == "classifier":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                repo, num_labels=num_labels, pad_token_id=PAD
+            )
+            setattr(model, HEAD, num_labels)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(repo)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
@@ -119,15 +135,17 @@ def _from_hub(repo: str) -> ModelBundle:
     return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=repo)
 
 
-def load_pretrained(path: str | Path) -> ModelBundle:
+def load_pretrained(path: str | Path, head: str = "lm", num_labels: int = 2) -> ModelBundle:
     """A Hugging Face causal LM and its tokenizer: from a local folder, a pulled model's
-    name, or (only when asked for by ``hf:org/name``) the hub."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    name, or (only when asked for by ``hf:org/name``) the hub. ``head = "classifier"``:
+    the same checkpoint as ``AutoModelForSequenceClassification`` with a new head of
+    ``num_labels`` classes (initialised from the global torch seed)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
     p = Path(path)
     if is_hub_id(str(path)):
-        return _from_hub(str(path).removeprefix("hf:"))
+        return _from_hub(str(path).removeprefix("hf:"), head, num_labels)
     if is_pulled_name(str(path)):
         from fedgpt.models.catalogue import pulled
 
@@ -136,8 +154,10 @@ def load_pretrained(path: str | Path) -> ModelBundle:
         raise ModelError(f"model.path '{p}' does not exist")
     if not (p / "config.json").is_file():
         raise ModelError(f"model.path '{p}': expected a Hugging Face checkpoint with config.json")
+    kw = {"num_labels": num_labels, "pad_token_id": PAD} if head == "classifier" else {}
+    auto = AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
+        model = auto.from_pretrained(p, local_files_only=True, **kw)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model.path '{p}': cannot load the model: {first}") from None
@@ -147,6 +167,8 @@ def load_pretrained(path: str | Path) -> ModelBundle:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model.path '{p}': cannot load the tokenizer: {first}") from None
     model.float()
+    if head == "classifier":
+        setattr(model, HEAD, num_labels)
     return ModelBundle(model=model, tokenizer=tokenizer, codec=Codec(tokenizer), name=p.name)
 
 
@@ -192,20 +214,28 @@ def add_lora(bundle: ModelBundle, cfg: ModelConfig) -> ModelBundle:
         lora_dropout=cfg.lora.dropout,
         target_modules=targets,
         fan_in_fan_out=fan_in_fan_out,
-        task_type="CAUSAL_LM",
-    )
+        task_type="SEQ_CLS" if getattr(bundle.model, HEAD, None) else "CAUSAL_LM",
+    )  # SEQ_CLS: the new classification head trains (and travels) with the adapters
     model = get_peft_model(bundle.model, lcfg)
+    if (k := getattr(bundle.model, HEAD, None)) is not None:
+        setattr(model, HEAD, k)
     return ModelBundle(
         model=model, tokenizer=bundle.tokenizer, codec=bundle.codec, name=bundle.name, lora=True
     )
 
 
-def build_model(cfg: ModelConfig, texts: Iterable[str], seed: int) -> ModelBundle:
-    """The model described by ``cfg``: loaded from ``cfg.path`` or built fresh, plus LoRA."""
+def build_model(
+    cfg: ModelConfig, texts: Iterable[str], seed: int, num_labels: int = 2
+) -> ModelBundle:
+    """The model described by ``cfg``: loaded from ``cfg.path`` or built fresh, plus LoRA;
+    with ``model.head = "classifier"``, a sequence classifier of ``num_labels`` classes."""
     if cfg.path:
-        bundle = load_pretrained(cfg.path)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the new classification head, if any
+            bundle = load_pretrained(cfg.path, cfg.head, num_labels)
     else:
-        bundle = build_char_gpt2(cfg, texts, seed)
+        bundle = build_char_gpt2(cfg, texts, seed, num_labels=num_labels)
+
     if cfg.lora.enabled:
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
@@ -218,11 +248,13 @@ def build_model(cfg: ModelConfig, texts: Iterable[str], seed: int) -> ModelBundl
     return bundle
 
 
-def tabular_bundle(cfg: ModelConfig, n_features: int, seed: int) -> ModelBundle:
-    """The classical reference model (``model.family`` logistic or mlp) over two classes."""
+def tabular_bundle(
+    cfg: ModelConfig, n_features: int, seed: int, num_classes: int = 2
+) -> ModelBundle:
+    """The classical reference model (``model.family`` logistic or mlp)."""
     from fedgpt.models.tabular import build_tabular
 
-    model = build_tabular(cfg.family, n_features, 2, cfg.hidden, seed)
+    model = build_tabular(cfg.family, n_features, num_classes, cfg.hidden, seed)
     name = f"{cfg.family}-{n_features}" + (f"x{cfg.hidden}" if cfg.family == "mlp" else "")
     return ModelBundle(model=model, tokenizer=None, codec=None, name=name)
 

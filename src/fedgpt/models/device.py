@@ -58,14 +58,21 @@ def place(model: torch.nn.Module, dtype: str, device: torch.device) -> torch.nn.
     return model.to(device)
 
 
+def marked(model: torch.nn.Module, name: str):
+    """An attribute FedGPT set on ``model`` (or on the model a per-sample-gradient wrapper
+    holds as ``_module``), else None."""
+    value = getattr(model, name, None)
+    return value if value is not None else getattr(getattr(model, "_module", None), name, None)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
 def precision(model: torch.nn.Module):
     """The autocast context of ``model``'s forward passes (a no-op for float32)."""
-    low = getattr(model, AUTOCAST, None) or getattr(getattr(model, "_module", None), AUTOCAST, None)
-    if low is None:  # (``_module``: the model a per-sample-gradient wrapper holds)
+    low = marked(model, AUTOCAST)
+    if low is None:
         return contextlib.nullcontext()
     return torch.autocast(model_device(model).type, dtype=low)
 

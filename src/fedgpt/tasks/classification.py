@@ -8,7 +8,11 @@ the loss is the cross-entropy over the classes only,
 
     L(w) = −(1/|B|) Σ_i log softmax(z_i)[y_i],
 
-so the LM head itself is the classifier and LoRA adapts it like any other fine-tuning.
+so the LM head itself is the classifier and LoRA adapts it like any other fine-tuning. With
+``model.head = "classifier"`` a new linear head on the question's last token gives z instead
+(``AutoModelForSequenceClassification``; Radford et al. 2018, "Improving Language
+Understanding by Generative Pre-Training", §3.2: the last token's state, a linear layer),
+and the verbaliser is not used.
 Reported: accuracy (arg-max class), log loss (the mean L), and for two classes AUC and
 calibration (:mod:`fedgpt.tasks.scores`), per client and pooled.
 
@@ -24,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from fedgpt.errors import DataError
-from fedgpt.models.device import forward
+from fedgpt.models.build import HEAD, PAD
+from fedgpt.models.device import forward, marked, model_device
 from fedgpt.tasks.base import TASKS, Task
 from fedgpt.tasks.causal_lm import logits_of
 from fedgpt.tasks.scores import histogram
@@ -71,6 +76,8 @@ def class_logits(model, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     vocabulary the head is a fifth of a small model's compute."""
     tokens, lengths, labels, cls = unpack(rows)
     pos = torch.arange(tokens.shape[1]).expand_as(tokens)
+    if marked(model, HEAD) is not None:
+        return head_logits(model, tokens, lengths, pos), labels.to(model_device(model))
     try:
         keep = (lengths - 1)[:, None]
         logits = forward(model, input_ids=tokens, position_ids=pos, logits_to_keep=keep).logits
@@ -79,6 +86,15 @@ def class_logits(model, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     if logits.ndim != 3 or logits.shape[1] != 1:  # it kept other positions: take them all
         logits = logits_of(model, tokens)[torch.arange(tokens.shape[0]), lengths - 1][:, None]
     return logits[:, 0, cls.to(logits.device)].float(), labels.to(logits.device)
+
+
+def head_logits(model, tokens, lengths, pos) -> torch.Tensor:
+    """(B, K) logits of a classification head (``model.head = "classifier"``) on each row's
+    last token: the model pools the last token that is not the padding id, so a row whose
+    own last token is that id is refused."""
+    if bool((tokens[torch.arange(tokens.shape[0]), lengths - 1] == PAD).any()):
+        raise DataError(f"a record's text ends in token id {PAD}, the classifier's padding")
+    return forward(model, input_ids=tokens, position_ids=pos).logits.float()
 
 
 @TASKS.register("classification")

@@ -40,6 +40,24 @@ from fedgpt.privacy.mechanism import PRIVACY, mechanism_for
 from fedgpt.tasks import TASKS, Task
 
 
+def _records(module: str, name: str):
+    def loader():
+        import importlib
+
+        return getattr(importlib.import_module(f"fedgpt.data.{module}"), name)
+
+    return loader
+
+
+#: the data sources of labelled records: source -> () -> its clients' loader
+RECORDS = {
+    "pima": _records("pima", "pima_clients"),
+    "lending_club": _records("lending", "lending_clients"),
+    "lung_cancer": _records("rsets", "lung_clients"),
+    "hmda": _records("rsets", "hmda_clients"),
+}
+
+
 def load_clients(cfg: RunConfig) -> list[ClientText]:
     """The clients of the run, as configured (a seeded sample if ``data.max_clients``)."""
     d = cfg.data
@@ -47,14 +65,12 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
         from fedgpt.data import load_client_dir
 
         clients = load_client_dir(d.path, train_fraction=d.train_fraction)
-    elif d.source in ("pima", "lending_club"):
+    elif d.source in RECORDS:
         from fedgpt.data.clients import Partitioning
-        from fedgpt.data.lending import lending_clients
-        from fedgpt.data.pima import pima_clients
 
         part = Partitioning(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
                             d.train_fraction)  # fmt: skip
-        clients = (pima_clients if d.source == "pima" else lending_clients)(part)
+        clients = RECORDS[d.source]()(part)
     else:
         from fedgpt.data import shakespeare_clients
 
@@ -124,9 +140,13 @@ def feature_width(source: str) -> int:
         from fedgpt.data.lending import NUMERIC
 
         return len(NUMERIC)
+    from fedgpt.data.rsets import WIDTH
+
+    if source in WIDTH:
+        return WIDTH[source]
     raise ConfigError(
         f'model.family: data.source = "{source}" has no numeric features; the classical '
-        'models read "pima" or "lending_club"'
+        f"models read {', '.join(RECORDS)}"
     )
 
 

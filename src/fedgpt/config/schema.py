@@ -21,12 +21,14 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the clients' text comes from."""
 
-    source: Literal["shakespeare", "dir", "pima", "lending_club"] = Field(
+    source: Literal["shakespeare", "dir", "pima", "lending_club", "lung_cancer", "hmda"] = Field(
         "shakespeare",
         description='"shakespeare": the LEAF benchmark built from the shipped plays, one client '
         'per speaking role; "dir": your own data in data.path; "pima": the shipped Pima '
-        'diabetes records as clinics; "lending_club": loans as banks by state (needs '
-        'fedgpt[datasets]); both with task.kind = "classification" (docs/data.md)',
+        'diabetes records as clinics; "lending_club": loans as banks by state; "lung_cancer": '
+        'one-year survival by institution; "hmda": mortgage denial (Dirichlet lenders); the '
+        'last three need fedgpt[datasets]; records go with task.kind = "classification" or '
+        '"tabular" (docs/data.md)',
     )
     partition: Literal["natural", "dirichlet"] = Field(
         "natural",

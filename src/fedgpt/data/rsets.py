@@ -40,7 +40,8 @@ HMDA = {"pirat": "Debt payments to income", "hirat": "Housing expenses to income
         "mhist": "Mortgage credit score (1 best, 4 worst)", "phist": "Public bad credit record",
         "unemp": "Unemployment rate in the applicant's industry (%)",
         "selfemp": "Self-employed", "insurance": "Denied mortgage insurance",
-        "condomin": "Condominium", "single": "Single", "hschool": "High-school diploma"}  # fmt: skip
+        "condomin": "Condominium", "single": "Single",
+        "hschool": "High-school diploma"}  # fmt: skip
 HMDA_SCALES = {"pirat": (0.33, 0.1), "hirat": (0.25, 0.1), "lvrat": (0.75, 0.18),
                "chist": (2, 1.7), "mhist": (1.7, 0.5), "unemp": (3.8, 2)}  # fmt: skip
 YES_NO = ("phist", "selfemp", "insurance", "condomin", "single", "hschool")

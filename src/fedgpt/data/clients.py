@@ -19,16 +19,17 @@ __all__ = ["ClientText", "client_from_lines", "split_lines"]
 @dataclass(frozen=True)
 class ClientText:
     """The data of one client: ``train`` for local training, ``test`` for evaluation; text,
-    or labelled :class:`~fedgpt.data.records.Examples` for classification."""
+    labelled :class:`~fedgpt.data.records.Examples` for classification, or
+    :class:`~fedgpt.data.records.Instructions`."""
 
     client_id: str
-    train: str | Examples
-    test: str | Examples
+    train: object  # str | Examples | Instructions
+    test: object
 
     @property
     def num_chars(self) -> int:
         """Characters held by the client, train and test together."""
-        size = lambda x: x.num_chars if isinstance(x, Examples) else len(x)  # noqa: E731
+        size = lambda x: len(x) if isinstance(x, str) else x.num_chars  # noqa: E731
         return size(self.train) + size(self.test)
 
 
@@ -115,3 +116,11 @@ def records_as_text(clients: Sequence[ClientText]) -> list[ClientText]:
     modelling on the records themselves."""
     join = lambda part: "\n".join(part.texts) if isinstance(part, Examples) else part  # noqa: E731
     return [ClientText(c.client_id, join(c.train), join(c.test)) for c in clients]
+
+
+def records_as_instructions(clients: Sequence[ClientText]) -> list[ClientText]:
+    """Clients of labelled records as clients of instructions (the class as the answer)."""
+    from fedgpt.data.records import Instructions
+
+    conv = lambda part: Instructions.of_examples(part) if isinstance(part, Examples) else part  # noqa: E731
+    return [ClientText(c.client_id, conv(c.train), conv(c.test)) for c in clients]

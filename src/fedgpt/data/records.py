@@ -49,6 +49,35 @@ class Examples:
         return sum(len(t) for t in self.texts)
 
 
+@dataclass(frozen=True)
+class Instructions:
+    """Prompt and response pairs: instruction data, for the ``instruction`` task (the loss
+    on the response only)."""
+
+    prompts: tuple[str, ...]
+    responses: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __add__(self, other: Instructions) -> Instructions:
+        return Instructions(self.prompts + other.prompts, self.responses + other.responses)
+
+    def take(self, a: int, b: int) -> Instructions:
+        return Instructions(self.prompts[a:b], self.responses[a:b])
+
+    @property
+    def num_chars(self) -> int:
+        return sum(len(p) + len(r) for p, r in zip(self.prompts, self.responses, strict=True))
+
+    @classmethod
+    def of_examples(cls, ex: Examples) -> Instructions:
+        """Labelled records as instructions: the record and its question, then the class's
+        name as the response."""
+        return cls(tuple(f"{t} {ex.question}".rstrip() for t in ex.texts),
+                   tuple(" " + ex.classes[y] for y in ex.labels))  # fmt: skip
+
+
 def serialise(row: Mapping[str, object], names: Mapping[str, str]) -> str:
     """``row`` as TabLLM's list serialisation: "Name: value." per feature, in ``names``'
     order (``names`` maps column to the words a reader understands)."""

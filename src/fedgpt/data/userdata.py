@@ -8,6 +8,9 @@ client id::
         alice/test.jsonl       optional
         bob/train.jsonl
 
+or, for instruction tuning (``task.kind = "instruction"``), ``{"prompt": "...", "response":
+"..."}`` per line (every line of a client's files both, as non-empty strings).
+
 Blank lines are skipped; ``train.jsonl`` must hold at least one record. Without
 ``test.jsonl`` a client's ``train.jsonl`` records are split in order, the first
 ``train_fraction`` for training and the rest for testing (see
@@ -70,6 +73,54 @@ def read_jsonl_texts(path: Path) -> list[str]:
     return texts
 
 
+def read_jsonl_pairs(path: Path) -> list[tuple[str, str]]:
+    """The (``prompt``, ``response``) of every record of a JSON-lines file of instruction
+    data, in order; blank lines are skipped, every other line must hold both as strings."""
+    pairs = []
+    for lineno, line in enumerate(_read_regular(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        expected = f"{path}:{lineno}: expected a JSON object with string 'prompt' and 'response'"
+        try:
+            record = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise DataError(f"{expected}, got a line that is not a JSON object") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{expected}, got {type(record).__name__} {_describe(record)}")
+        for key in ("prompt", "response"):
+            value = record.get(key)
+            if not isinstance(value, str) or not value.strip() or not _valid_unicode(value):
+                raise DataError(f"{expected}; '{key}' = {_describe(value)}")
+        pairs.append((record["prompt"], record["response"]))
+    return pairs
+
+
+def _is_instructions(path: Path) -> bool:
+    """Whether the first record of a JSON-lines file has a ``prompt`` (instruction data)."""
+    for line in _read_regular(path).splitlines():
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                return False
+            return isinstance(record, dict) and "prompt" in record and "text" not in record
+    return False
+
+
+def _instruction_client(sub: Path, train_path: Path, test_path: Path, train_fraction: float):
+    from fedgpt.data.records import Instructions
+
+    pairs = read_jsonl_pairs(train_path)
+    if not pairs:
+        raise DataError(f"{train_path}: expected at least one prompt/response line, found none")
+    if test_path.exists() or test_path.is_symlink():
+        train, test = pairs, read_jsonl_pairs(test_path)
+    else:
+        train, test = split_lines(pairs, train_fraction)
+    part = lambda ps: Instructions(tuple(p for p, _ in ps), tuple(r for _, r in ps))  # noqa: E731
+    return ClientText(sub.name, part(train), part(test))
+
+
 def _valid_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -120,6 +171,9 @@ def load_client_dir(path: str | Path, train_fraction: float = 0.8) -> list[Clien
         train_path, test_path = sub / TRAIN_FILE, sub / TEST_FILE
         if not train_path.exists() and not train_path.is_symlink():
             raise DataError(f"{sub}: client directory has no {TRAIN_FILE}")
+        if _is_instructions(train_path):
+            clients.append(_instruction_client(sub, train_path, test_path, train_fraction))
+            continue
         train = read_jsonl_texts(train_path)
         if not train:
             raise DataError(f'{train_path}: expected at least one {{"text": ...}} line, found none')

@@ -164,7 +164,7 @@ def test_dp_sgd_protects_each_record(tmp_path):
     "over, needle",
     [
         (['task.kind="classification"'], "needs labelled records"),
-        (['data.source="pima"'], 'set task.kind = "classification"'),
+        (['task.kind="instruction"'], "needs prompt/response records"),
     ],
 )
 def test_task_and_data_must_match(over, needle, tmp_path):

@@ -96,23 +96,33 @@ def run_one(overrides: list[str], seed: int, root: Path, name: str) -> dict:
         out["centralized"] = {"auc": c.get("test_auc"), "hist": c.get("test_hist"),
                               "accuracy": c.get("test_accuracy")}  # fmt: skip
         out["sites"] = [r.get("test_auc") for r in loc["per_client"]]
+        per = summary.get("federated_per_client") or {}  # the same sites, federated model
+        out["fed_sites"] = [(per.get(r.get("client")) or {}).get("auc") for r in loc["per_client"]]
     return out
 
 
 def mean_interval(runs: list[dict], key: str = "hist", draws: int = 2000) -> list[float]:
-    """The two-level bootstrap interval of the mean AUC over ``runs``' histograms."""
+    """The 95 % interval of one run's AUC, over test records and seeds together.
+
+    Every seed is scored on the same test records, so averaging seeds does not shrink the
+    error that comes from which records happen to be in the test set: resampling each seed's
+    records on its own and averaging would make the interval about sqrt(seeds) too narrow.
+    Each draw instead picks a seed at random and resamples its test records by class (the
+    stratified bootstrap of :func:`fedgpt.tasks.scores.auc_interval`); the quantiles of
+    those AUCs cover the test-record error and the spread over seeds."""
     hists = [np.asarray(r[key], dtype=np.float64).reshape(3, scores.BINS) for r in runs]
     rng = np.random.default_rng(0)
-    per_seed = []  # each seed's test records resampled by class, then the seeds themselves
-    for h in hists:
+    seed_of = rng.integers(0, len(hists), size=draws)
+    out = np.empty(draws)
+    for i, h in enumerate(hists):
+        mine = np.flatnonzero(seed_of == i)
+        if not mine.size:
+            continue
         n0, n1 = int(round(h[0].sum())), int(round(h[1].sum()))
-        neg = rng.multinomial(n0, h[0] / n0, size=draws).astype(np.float64)
-        pos = rng.multinomial(n1, h[1] / n1, size=draws).astype(np.float64)
-        per_seed.append(scores.aucs(neg, pos))
-    per_seed = np.stack(per_seed)  # (seeds, draws)
-    pick = rng.integers(0, len(hists), size=(len(hists), draws))
-    means = per_seed[pick, np.arange(draws)[None, :]].mean(0)
-    return [float(x) for x in np.quantile(means, [0.025, 0.975])]
+        neg = rng.multinomial(n0, h[0] / h[0].sum(), size=mine.size).astype(np.float64)
+        pos = rng.multinomial(n1, h[1] / h[1].sum(), size=mine.size).astype(np.float64)
+        out[mine] = scores.aucs(neg, pos)
+    return [float(x) for x in np.quantile(out, [0.025, 0.975])]
 
 
 def summarise(runs: list[dict], key: str | None = None) -> dict:
@@ -135,14 +145,16 @@ def summarise(runs: list[dict], key: str | None = None) -> dict:
     return row
 
 
-def single_site(runs: list[dict]) -> dict:
-    sites = [a for r in runs for a in r["sites"] if a is not None]
-    means = [statistics.mean(a for a in r["sites"] if a is not None) for r in runs]
+def single_site(runs: list[dict], key: str = "sites") -> dict:
+    """Mean over seeds of the mean AUC over sites, each site's model on its own test
+    records (``"sites"``: trained alone; ``"fed_sites"``: the federated model)."""
+    sites = [a for r in runs for a in r[key] if a is not None]
+    means = [statistics.mean(a for a in r[key] if a is not None) for r in runs]
     return {
         "seeds": len(runs),
         "auc": statistics.mean(means),
         "auc_sd_over_sites": statistics.pstdev(sites),
-        "sites": len(runs[0]["sites"]),
+        "sites": len(runs[0][key]),
     }
 
 
@@ -166,12 +178,14 @@ def run_table(task: str, models: dict, configs: dict, seeds: list[int], log=prin
                 if config == "fedavg":
                     rows["centralized"] = summarise(runs, "centralized")
                     rows["single_site"] = single_site(runs)
+                    rows["fedavg_sites"] = single_site(runs, "fed_sites")
             table[model] = rows
     return table
 
 
 LABELS = {
     "single_site": "single site (mean ± sd over sites)",
+    "fedavg_sites": "FedAvg model on each site (mean ± sd over sites)",
     "centralized": "centralized",
     "fedavg": "FedAvg",
     "fedprox_fedadam": "FedProx + FedAdam",
@@ -194,7 +208,7 @@ def markdown(task: str, table: dict, claims: list[str]) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for key in [k for k in ORDER if k in rows]:
             r = rows[key]
-            if key == "single_site":
+            if key in ("single_site", "fedavg_sites"):
                 auc = f"{r['auc']:.3f} ± {r['auc_sd_over_sites']:.3f}"
                 lines.append(f"| {LABELS[key]} | {r['seeds']} | {auc} | | "
                              f"{r['auc'] / central:.3f} | | | | |")  # fmt: skip
@@ -222,7 +236,7 @@ def plot(task: str, table: dict, out: Path) -> None:
     for ax, (model, rows) in zip(axes[0], table.items(), strict=True):
         keys = [k for k in ORDER if k in rows]
         aucs = [rows[k]["auc"] for k in keys]
-        err = [[0, 0] if k == "single_site" else
+        err = [[0, 0] if k in ("single_site", "fedavg_sites") else
                [rows[k]["auc"] - rows[k]["auc_ci"][0], rows[k]["auc_ci"][1] - rows[k]["auc"]]
                for k in keys]  # fmt: skip
         ax.barh(range(len(keys)), aucs, xerr=np.array(err).T, color="tab:blue", alpha=0.8)
@@ -230,7 +244,7 @@ def plot(task: str, table: dict, out: Path) -> None:
         ax.invert_yaxis()
         ax.axvline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlim(0.4, 1.0)
-        ax.set_xlabel("pooled test AUC (95 % interval)")
+        ax.set_xlabel("test AUC: pooled (95 % interval), or mean over sites")
         ax.set_title(model)
     fig.suptitle(task)
     fig.tight_layout()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from fedgpt.build import prepare
 from fedgpt.config import load_config
 from fedgpt.experiment import run_experiment
 from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
@@ -59,9 +60,10 @@ def run_case(name: str, extra: list[str], device: str, args, root: Path) -> dict
             f'out_dir="{root}"', *extra]  # fmt: skip
     run = root / f"{name}-{device}"
     start = time.perf_counter()
-    summary = run_experiment(load_config(None, over), run)
+    cfg = load_config(None, over)
+    summary = run_experiment(cfg, run)
     seconds = time.perf_counter() - start
-    first = load_checkpoint(sorted((run / "checkpoints").glob("round_*"))[0]).weights
+    first = prepare(cfg).init.cpu()  # the run's starting weights (seeded)
     return {
         "device": summary["model"]["device"],
         "seconds": seconds,

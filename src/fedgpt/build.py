@@ -70,7 +70,7 @@ def load_clients(cfg: RunConfig) -> list[ClientText]:
         from fedgpt.data.clients import Partitioning
 
         part = Partitioning(d.partition, d.num_clients, d.dirichlet_alpha, cfg.seed,
-                            d.train_fraction)  # fmt: skip
+                            d.train_fraction, d.max_records)  # fmt: skip
         clients = RECORDS[d.source]()(part)
         if cfg.task.kind == "causal_lm":  # the records as text, one per line
             from fedgpt.data.clients import records_as_text

@@ -68,3 +68,30 @@ def test_a_missing_cuda_device_is_one_line_and_nothing_is_written(tiny_overrides
 def test_an_unknown_device_name_is_refused(bad, tiny_overrides):
     with pytest.raises(ConfigError, match="runtime.device"):
         load_config(None, [*tiny_overrides, f'runtime.device="{bad}"'])
+
+
+def test_a_bfloat16_lora_model_is_saved_merged_in_float32(tiny_overrides, tmp_path):
+    from safetensors.torch import load_file
+
+    from fedgpt.models.build import save_model
+
+    cfg = load_config(None, [*tiny_overrides, "model.lora.enabled=true", 'model.dtype="bfloat16"'])
+    prep = prepare(cfg)
+    model = prep.bundle.model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(1e-3 * torch.randn(p.shape, generator=gen))
+    import copy
+
+    want = copy.deepcopy(model).float().merge_and_unload().state_dict()
+    base = {k: v.float() for k, v in copy.deepcopy(model).unload().state_dict().items()}
+    save_model(prep.bundle, tmp_path / "m")
+    got = load_file(tmp_path / "m" / "model.safetensors")
+    moved = [k for k in got if k in base and not torch.equal(want[k], base[k])]
+    assert moved  # the adapters changed some weights
+    for k in moved:
+        assert got[k].dtype == torch.float32
+        delta = (want[k] - base[k]).norm()
+        assert float((got[k] - want[k]).norm()) < 1e-3 * float(delta), k

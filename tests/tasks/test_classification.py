@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from fedgpt.config import load_config
 from fedgpt.data.pima import pima_clients, pima_rows
 from fedgpt.data.records import Examples, dirichlet_partition, serialise
-from fedgpt.errors import DataError
+from fedgpt.errors import ConfigError, DataError
 from fedgpt.experiment import run_experiment
 from fedgpt.models.build import build_char_gpt2
 from fedgpt.tasks import scores
@@ -114,6 +114,29 @@ def test_pima_as_clinics():
     assert sorted(i for p in parts for i in p) == list(range(532))
     assert parts == dirichlet_partition([r["type"] for r in rows], 10, 0.5, seed=3)
     assert serialise({"a": 0.5, "b": 3}, {"a": "A", "b": "B"}) == "A: 0.5. B: 3."
+
+
+def test_max_records_keeps_a_seeded_ordered_sample_of_each_site():
+    from fedgpt.data.clients import Partitioning
+
+    full = {c.client_id: c for c in pima_clients()}
+    capped = pima_clients(Partitioning(seed=4, max_records=40))
+    assert [c.client_id for c in capped] == list(full)
+    for c in capped:
+        whole = full[c.client_id].train.texts + full[c.client_id].test.texts
+        kept = c.train.texts + c.test.texts
+        assert len(kept) == min(40, len(whole)) and (len(c.train), len(c.test)) == (32, 8)
+        pos = [whole.index(t) for t in kept]
+        assert pos == sorted(pos)  # a sample in the records' order
+    again = pima_clients(Partitioning(seed=4, max_records=40))
+    other = pima_clients(Partitioning(seed=5, max_records=40))
+    assert [c.train.texts for c in again] == [c.train.texts for c in capped]
+    assert [c.train.texts for c in other] != [c.train.texts for c in capped]
+
+
+def test_max_records_is_refused_for_text():
+    with pytest.raises(ConfigError, match="data.max_records samples records"):
+        load_config(None, ["data.max_records=5"])
 
 
 PIMA = ['data.source="pima"', 'task.kind="classification"', "model.n_layer=1",

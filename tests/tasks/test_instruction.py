@@ -61,13 +61,16 @@ def test_a_federation_on_instruction_folders(tmp_path):
         lines = [json.dumps({"prompt": f"What is {i} plus {i}?", "response": f" {2 * i}"})
                  for i in range(30)]  # fmt: skip
         (tmp_path / "data" / c / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "data" / "carol").mkdir()  # a single record: it trains, and has no test
+    one = json.dumps({"prompt": "What is 1 plus 1?", "response": " 2"})
+    (tmp_path / "data" / "carol" / "train.jsonl").write_text(one + "\n")
     over = ['data.source="dir"', f'data.path="{tmp_path / "data"}"', 'task.kind="instruction"',
             "model.n_layer=1", "model.n_embd=16", "client.seq_len=32", "federation.rounds=2",
             "federation.fraction=1.0", "client.local_steps=2", "baselines.local_max_steps=2",
             "report.prompts=[]", f'out_dir="{tmp_path}"']  # fmt: skip
     summary = run_experiment(load_config(None, over), tmp_path / "run")
     per = summary["federated_per_client"]
-    assert set(per) == {"alice", "bob"}
+    assert set(per) == {"alice", "bob"}  # carol trained, but holds no test record
     # 6 test records each (30 lines, 0.8 train), every response token counted once
     want = sum(len(f" {2 * i}") for i in range(24, 30))
     assert per["alice"]["count"] == want

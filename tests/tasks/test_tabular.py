@@ -133,3 +133,13 @@ def test_the_auc_interval_covers_the_auc_and_narrows_with_more_records():
     assert scores.auc_interval(small) == scores.auc_interval(small)  # seeded
     one_class = [0.0] * scores.BINS + [3.0] + [0.0] * (scores.BINS - 1) + [0.0] * scores.BINS
     assert scores.auc_interval(one_class) is None
+
+
+def test_an_epoch_of_records_is_records_over_batch_size():
+    from fedgpt.client import num_local_steps
+    from fedgpt.config.schema import ClientConfig
+
+    train = pima_clients()[0].train
+    rows = Tabular().encode(None, train, 64)
+    cfg = ClientConfig(local_epochs=2.0, batch_size=8, seq_len=64)
+    assert num_local_steps(Tabular().epoch_batches(rows, 8, 64), cfg) == -(-2 * len(train) // 8)

@@ -67,10 +67,11 @@ def make_optimizer(
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def num_local_steps(num_tokens: int, cfg: ClientConfig) -> int:
-    """``local_steps``, or the steps of ``local_epochs`` passes over ``num_tokens``."""
+def num_local_steps(epoch_batches: float, cfg: ClientConfig) -> int:
+    """``local_steps``, or the steps of ``local_epochs`` passes over data that one pass
+    covers in ``epoch_batches`` batches (:meth:`fedgpt.tasks.base.Task.epoch_batches`)."""
     if cfg.local_epochs > 0:
-        return max(1, math.ceil(cfg.local_epochs * num_tokens / (cfg.batch_size * cfg.seq_len)))
+        return max(1, math.ceil(cfg.local_epochs * epoch_batches))
     return cfg.local_steps
 
 
@@ -139,7 +140,7 @@ def local_update(
             p.requires_grad_(keep)
     if opt_memory is not None and "state" in opt_memory:
         opt.load_state_dict(opt_memory["state"])
-    steps = num_local_steps(tokens.numel(), cfg)
+    steps = num_local_steps(task.epoch_batches(tokens, cfg.batch_size, cfg.seq_len), cfg)
     anchor = global_weights.to(fm.flat.device)  # w_t where the model is (FedProx)
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout

@@ -63,6 +63,13 @@ class DataConfig(_Section):
     max_clients: int = Field(
         0, ge=0, description="keep a seeded random sample of this many clients; 0 = all"
     )
+    max_records: int = Field(
+        0,
+        ge=0,
+        le=10**7,
+        description="records: each site keeps a seeded sample of at most this many records "
+        "(in their order, before the train/test split), to size a run; 0 = all",
+    )
 
     @model_validator(mode="after")
     def _path_needs_dir(self) -> DataConfig:
@@ -70,6 +77,11 @@ class DataConfig(_Section):
             raise ValueError(
                 f'data.path is set but data.source = "{self.source}": set data.source = "dir" '
                 "to train on your own data (or drop data.path)"
+            )
+        if self.max_records and self.source in ("shakespeare", "dir"):
+            raise ValueError(
+                f'data.max_records samples records of a data set of records, not of "{self.source}"'
+                " text: use data.max_clients, or drop data.max_records"
             )
         return self
 

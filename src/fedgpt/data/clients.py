@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from fedgpt.data.records import Examples
 
 __all__ = ["ClientText", "client_from_lines", "split_lines"]
@@ -65,13 +67,17 @@ def clients_of_groups(
     question: str,
     train_fraction: float,
     features: Sequence[tuple[float, ...]] = (),
+    cap: tuple[int, int] = (0, 0),
 ) -> list[ClientText]:
     """One client per group of record indices, its records split in order (the first
-    ``train_fraction`` train); a group without a training record is left out."""
+    ``train_fraction`` train); a group without a training record is left out. ``cap`` =
+    (most records per group, seed): a larger group keeps a seeded sample of that many, in
+    their order, before the split (0 = all)."""
     from fedgpt.data.records import split_examples
 
     clients = []
-    for cid, idx in groups.items():
+    for g, (cid, idx) in enumerate(groups.items()):
+        idx = _capped(idx, *cap, g)
         num = tuple(features[i] for i in idx) if features else ()
         ex = Examples(tuple(texts[i] for i in idx), tuple(labels[i] for i in idx), classes,
                       question, num)  # fmt: skip
@@ -79,6 +85,14 @@ def clients_of_groups(
         if len(train):
             clients.append(ClientText(cid, train, test))
     return clients
+
+
+def _capped(idx: Sequence[int], most: int, seed: int, group: int) -> Sequence[int]:
+    """``idx`` itself, or a seeded sample of ``most`` of its indices in their order."""
+    if not most or len(idx) <= most:
+        return idx
+    rng = np.random.default_rng([seed, 0xCA9, group])
+    return [idx[i] for i in np.sort(rng.choice(len(idx), size=most, replace=False))]
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class Partitioning:
     alpha: float = 0.5
     seed: int = 0
     train_fraction: float = 0.8
+    max_records: int = 0
 
 
 def records_clients(
@@ -108,7 +123,8 @@ def records_clients(
         groups = {f"{prefix}/site_{c:02d}": idx for c, idx in enumerate(parts)}
     texts = [text(r) for r in rows]
     num = [numeric(r) for r in rows] if numeric is not None else ()
-    return clients_of_groups(groups, texts, labels, *spec, part.train_fraction, num)
+    cap = (part.max_records, part.seed)
+    return clients_of_groups(groups, texts, labels, *spec, part.train_fraction, num, cap)
 
 
 def records_as_text(clients: Sequence[ClientText]) -> list[ClientText]:

@@ -262,8 +262,8 @@ def tabular_bundle(
 def save_model(bundle: ModelBundle, out: str | Path) -> Path:
     """Save in Hugging Face format (safetensors + tokenizer), loadable by plain transformers.
 
-    A LoRA model is saved merged (a plain causal LM) and its adapters beside it in
-    ``adapter/`` (loadable with PEFT).
+    A LoRA model is saved merged (a plain causal LM, float32 whatever ``model.dtype``) and
+    its adapters beside it in ``adapter/`` (loadable with PEFT).
     """
     import shutil
 
@@ -284,7 +284,8 @@ def save_model(bundle: ModelBundle, out: str | Path) -> Path:
         model.save_pretrained(tmp / "adapter", safe_serialization=True)
         import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
+        # merged in float32: a small adapter delta added to bfloat16 weights would round away
+        model = copy.deepcopy(model).float().merge_and_unload()
     model.save_pretrained(tmp, safe_serialization=True)
     bundle.tokenizer.save_pretrained(tmp)
     return replace_dir(tmp, out)

@@ -50,6 +50,11 @@ class Task:
     def num_examples(self, data: torch.Tensor) -> int:
         raise NotImplementedError
 
+    def epoch_batches(self, data: torch.Tensor, batch_size: int, seq_len: int) -> float:
+        """Batches in one pass over ``data`` (``client.local_epochs``): windows of
+        ``seq_len`` tokens here; records for tasks of records."""
+        return data.numel() / (batch_size * seq_len)
+
     def encode(self, codec, part, seq_len: int) -> torch.Tensor:
         """A client's data (text, or labelled records) as the tensor the task reads."""
         if not isinstance(part, str):

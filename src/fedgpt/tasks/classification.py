@@ -144,6 +144,9 @@ class Classification(Task):
     def num_examples(self, data):
         return int(data.shape[0])
 
+    def epoch_batches(self, data, batch_size, seq_len):
+        return data.shape[0] / batch_size
+
     def records(self, data, seq_len):
         return data
 

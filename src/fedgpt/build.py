@@ -56,6 +56,8 @@ RECORDS = {
     "lung_cancer": _records("rsets", "lung_clients"),
     "hmda": _records("rsets", "hmda_clients"),
     "drug_reviews": _records("drugs", "drug_clients"),
+    "cgd": _records("trials", "cgd_clients"),
+    "opt": _records("trials", "opt_clients"),
 }
 
 
@@ -149,13 +151,15 @@ def feature_width(source: str) -> int:
         from fedgpt.data.lending import NUMERIC
 
         return len(NUMERIC)
-    from fedgpt.data.rsets import WIDTH
+    from fedgpt.data import rsets, trials
 
-    if source in WIDTH:
-        return WIDTH[source]
+    width = {**rsets.WIDTH, **trials.WIDTH}
+    if source in width:
+        return width[source]
+    readable = ["pima", "lending_club", *width]
     raise ConfigError(
         f'model.family: data.source = "{source}" has no numeric features; the classical '
-        f"models read {', '.join(RECORDS)}"
+        f"models read {', '.join(readable)}"
     )
 
 

@@ -22,14 +22,23 @@ class DataConfig(_Section):
     """Where the clients' text comes from."""
 
     source: Literal[
-        "shakespeare", "dir", "pima", "lending_club", "lung_cancer", "hmda", "drug_reviews"
+        "shakespeare",
+        "dir",
+        "pima",
+        "lending_club",
+        "lung_cancer",
+        "hmda",
+        "cgd",
+        "opt",
+        "drug_reviews",
     ] = Field(
         "shakespeare",
         description='"shakespeare": the LEAF benchmark built from the shipped plays, one client '
         'per speaking role; "dir": your own data in data.path; "pima": the shipped Pima '
         'diabetes records as clinics; "lending_club": loans as banks by state; "lung_cancer": '
-        'one-year survival by institution; "hmda": mortgage denial (Dirichlet lenders) (these '
-        'three need fedgpt[datasets]); "drug_reviews": review sentiment by condition (after '
+        'one-year survival by institution; "hmda": mortgage denial (Dirichlet lenders); "cgd": '
+        'infections in a CGD trial by hospital; "opt": preterm birth by clinic (these five '
+        'need fedgpt[datasets]); "drug_reviews": review sentiment by condition (after '
         '`fedgpt data pull drug-reviews`); records go with task.kind = "classification" or '
         '"tabular", or as text with "causal_lm" (docs/data.md)',
     )

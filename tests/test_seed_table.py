@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedgpt.tasks import scores
 
@@ -23,11 +24,7 @@ def _hist(n: int, shift: float, seed: int) -> list[float]:
     rng = np.random.default_rng(seed)
     y = rng.random(n) < 0.35
     p = 1 / (1 + np.exp(-(rng.normal(size=n) + shift * y - 0.7)))
-    h = np.zeros((3, scores.BINS))
-    b = np.minimum((p * scores.BINS).astype(int), scores.BINS - 1)
-    np.add.at(h[0], b[~y], 1)
-    np.add.at(h[1], b[y], 1)
-    return h.ravel().tolist()
+    return scores.histogram(torch.tensor(p), torch.tensor(y.astype(int)))
 
 
 def test_equal_seeds_give_one_runs_interval_and_spread_seeds_widen_it():

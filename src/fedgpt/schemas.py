@@ -35,7 +35,23 @@ MAX_INT = 2**53  # integers beyond this are refused (floats hold them exactly be
 MAX_ITEMS = 64  # entries of a metrics dict
 MAX_NAMES = 4096  # entries of a dict or list keyed by client ids
 MAX_BLOB = 1 << 16  # bytes of one key or sealed share
-HIST = 300  # numbers of a score histogram: 3 x fedgpt.tasks.scores.BINS
+
+
+def _score_edges() -> tuple[float, ...]:
+    """The inner edges of the score bins (fedgpt.tasks.scores): steps of 0.01 in p (the
+    calibration bins' edges 0.1, ..., 0.9 among them), and in the tails, where p < 0.09 or
+    p > 0.91, steps of 0.2 in log-odds out to ±9, so that a rare class's scores (p of
+    0.001 against 0.005) still fall in different bins."""
+    import math
+
+    tails = {1 / (1 + math.exp(-k / 5)) for k in (*range(-45, -11), *range(12, 46))}
+    return tuple(sorted(tails | {k / 100 for k in range(1, 100)}))
+
+
+SCORE_EDGES = _score_edges()
+BIN_LOW = (0.0, *SCORE_EDGES)  # bin b holds BIN_LOW[b] <= p < BIN_HIGH[b]
+BIN_HIGH = (*SCORE_EDGES, 1.0)
+HIST = 3 * len(BIN_LOW)  # numbers of a score histogram: 3 x fedgpt.tasks.scores.BINS
 
 
 def one_line(text: Any, limit: int = MAX_REASON) -> str:
@@ -127,7 +143,7 @@ class EvaluateResult(_Config):
             raise ValueError(f"hist: {int(sum(counts))} records counted, count says {self.count}")
         for b, (n0, n1, s) in enumerate(zip(neg, pos, psum, strict=True)):
             n = n0 + n1
-            if not (b / bins * n - 1e-6 * n <= s <= (b + 1) / bins * n + 1e-6 * n):
+            if not (BIN_LOW[b] * n - 1e-6 * n <= s <= BIN_HIGH[b] * n + 1e-6 * n):
                 raise ValueError(f"hist: the sum of p in bin {b} lies outside the bin")
         return self
 

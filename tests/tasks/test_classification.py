@@ -28,6 +28,17 @@ from fedgpt.tasks.classification import (
 )
 
 
+def test_a_rare_class_of_small_scores_keeps_its_order():
+    """Scores of 0.001 to 0.03 (a model of rare defaults) fall in different bins: the
+    pooled AUC is sklearn's, not the 0.5 that one bin of ties would give."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(2000) < 0.05).astype(int)
+    p = 1 / (1 + np.exp(-(rng.normal(-5.0, 0.8, 2000) + 1.5 * y)))
+    assert p.max() < 0.2
+    auc = scores.auc_from_histogram(scores.histogram(torch.tensor(p), torch.tensor(y)))
+    assert auc == pytest.approx(roc_auc_score(y, p), abs=0.01) and auc > 0.8
+
+
 def test_histogram_auc_is_sklearns_up_to_ties_and_ece_is_exact():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 4000)
@@ -35,7 +46,7 @@ def test_histogram_auc_is_sklearns_up_to_ties_and_ece_is_exact():
     hist = scores.histogram(torch.tensor(p), torch.tensor(y))
     exact = roc_auc_score(y, p)
     # pairs sharing a bin are counted as ties: at most half their share of all pairs
-    b = np.minimum((p * scores.BINS).astype(int), scores.BINS - 1)
+    b = scores.bin_index(torch.tensor(p)).numpy()
     shared = sum((b[y == 1] == k).sum() * (b[y == 0] == k).sum() for k in range(scores.BINS))
     bound = 0.5 * shared / ((y == 1).sum() * (y == 0).sum())
     assert abs(scores.auc_from_histogram(hist) - exact) <= bound + 1e-12
@@ -163,7 +174,8 @@ def test_a_pima_federation_reports_auc_per_client_and_pooled(tmp_path):
     report = (tmp_path / "r/report.md").read_text()
     assert "| method | test loss | AUC (95 % interval) | classification accuracy |" in report
     assert fed["test_auc_ci"][0] <= fed["test_auc"] <= fed["test_auc_ci"][1]
-    assert len(fed["test_hist"]) == 300 and sum(fed["test_hist"][:200]) == 107
+    hist = fed["test_hist"]
+    assert len(hist) == 3 * scores.BINS and sum(hist[: 2 * scores.BINS]) == 107
     lo, hi = fed["test_auc_ci"]
     assert (
         f"| federated | {fed['test_loss']:.4f} | {fed['test_auc']:.4f} ({lo:.3f}–{hi:.3f}) |"
@@ -219,7 +231,10 @@ def test_a_single_class_client_still_counts_and_forged_histograms_are_refused(ch
         "huge": [1e308] * HIST,
         "fractional": [0.5] * scores.BINS + [0.0] * (2 * scores.BINS),
         "miscounted": [5.0] + [0.0] * (HIST - 1),
-        "p outside its bin": [2.0] + [0.0] * (2 * scores.BINS - 1) + [1.9] + [0.0] * 99,
+        "p outside its bin": [2.0]
+        + [0.0] * (2 * scores.BINS - 1)
+        + [1.9]
+        + [0.0] * (scores.BINS - 1),
     }
     for name, hist in forged.items():
         bad = Message("evaluate/result", {"round": 1, "loss_sum": loss, "correct": correct,

@@ -1,10 +1,13 @@
 """Classification metrics from score histograms, so that pooled AUC and calibration can be
 computed from what clients report (counts per score bin) rather than a list of scores.
 A histogram is not private: with few test records per client it tells each record's
-score to 0.01 and its label (docs/data.md); it is sent like the other evaluation sums.
+score to a bin and its label (docs/data.md); it is sent like the other evaluation sums.
 
 Each client reports, for the positive class's probability p, the number of negatives and
-of positives in each of ``BINS`` equal bins of [0, 1] and the sum of p per bin. Summed over
+of positives in each of ``BINS`` bins and the sum of p per bin. The bins are 0.01 wide in
+p, and in the tails (p < 0.09 or p > 0.91) 0.2 wide in log-odds out to ±9
+(``fedgpt.schemas.SCORE_EDGES``): a model of a rare class gives every record a p near 0,
+and bins of 0.01 alone would put them all in the first and its AUC at 0.5. Summed over
 clients these give:
 
 * AUC, P(p_pos > p_neg) + ½ P(p_pos = p_neg) with records of one bin counted as ties
@@ -15,7 +18,7 @@ clients these give:
   from the bins' counts, so it needs no list of scores either;
 * expected calibration error of p over ``ECE_BINS`` equal bins (Naeini et al. 2015; Guo et
   al. 2017 eq. 3 on the positive class): Σ_b (n_b/N) |positives_b/n_b − mean p_b|, exact,
-  since every ECE bin is a union of score bins.
+  since every ECE bin is a union of score bins (their edges are among the score bins').
 """
 
 from __future__ import annotations
@@ -23,13 +26,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-BINS = 100
+from fedgpt.schemas import BIN_HIGH, BIN_LOW, SCORE_EDGES
+
+BINS = len(BIN_LOW)
 ECE_BINS = 10
+_EDGES = torch.tensor(SCORE_EDGES, dtype=torch.float64)
+#: the calibration bin of each score bin (each lies inside one; its middle says which)
+ECE_OF = np.minimum(((np.array(BIN_LOW) + np.array(BIN_HIGH)) / 2 * ECE_BINS).astype(int),
+                    ECE_BINS - 1)  # fmt: skip
+
+
+def bin_index(p_pos: torch.Tensor) -> torch.Tensor:
+    """The score bin of each probability: BIN_LOW[b] <= p < BIN_HIGH[b] (p = 1 in the last)."""
+    return torch.bucketize(p_pos.double().cpu(), _EDGES, right=True)
 
 
 def histogram(p_pos: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """[negatives per bin | positives per bin | sum of p per bin], 3 × BINS numbers."""
-    b = torch.clamp((p_pos * BINS).long(), 0, BINS - 1)
+    p_pos, labels = p_pos.cpu(), labels.cpu()
+    b = bin_index(p_pos)
     neg = torch.bincount(b[labels == 0], minlength=BINS).double()
     pos = torch.bincount(b[labels == 1], minlength=BINS).double()
     psum = torch.zeros(BINS, dtype=torch.float64).index_add_(0, b, p_pos.double())
@@ -69,10 +84,8 @@ def auc_interval(hist, level: float = 0.95, draws: int = 2000, seed: int = 0):
 
 def ece_from_histogram(hist) -> float | None:
     h = np.asarray(hist, dtype=np.float64).reshape(3, BINS)
-    group = BINS // ECE_BINS
-    n = (h[0] + h[1]).reshape(ECE_BINS, group).sum(1)
-    pos = h[1].reshape(ECE_BINS, group).sum(1)
-    psum = h[2].reshape(ECE_BINS, group).sum(1)
+    group = lambda row: np.bincount(ECE_OF, weights=row, minlength=ECE_BINS)  # noqa: E731
+    n, pos, psum = group(h[0] + h[1]), group(h[1]), group(h[2])
     total = n.sum()
     if total == 0:
         return None

@@ -35,7 +35,7 @@ MODELS = {
                 "model.lora.alpha=16", "client.lr=0.0005", "client.batch_size=4",
                 "client.seq_len=144", "client.local_steps=2", "federation.rounds=3",
                 "federation.eval_every=3", "baselines.local_max_steps=6",
-                "baselines.local_eval_every=3"],
+                "baselines.local_eval_every=3", "baselines.lr=0.0005"],
 }  # fmt: skip
 FEWEST = min(len(c.train) for c in lending_clients())  # the smallest bank's training loans
 # (of all the loans: the DP rows are planned for the logistic model's data, not SmolLM2's)

@@ -30,7 +30,7 @@ MODELS = {
                 "model.lora.enabled=true", "model.lora.r=8", "model.lora.alpha=16",
                 "client.lr=0.0005", "client.batch_size=4", "client.seq_len=64",
                 "client.local_steps=3", "federation.rounds=6", "federation.eval_every=6",
-                "baselines.local_max_steps=18"],
+                "baselines.local_max_steps=18", "baselines.lr=0.0005"],
 }  # fmt: skip
 
 

@@ -93,6 +93,9 @@ BAD_CONFIGS = [
     "runtime.ledger=2",
     "data.plays=[[[[1]]]]",
     'runtime.receipts_dir="/etc/hostname"',
+    f'runtime.ledger_key="{"k" * 300}"',  # longer than a file name may be
+    f'out_dir="{"o" * 300}"',
+    "data.max_records=5",  # text has no records to sample
 ]
 
 

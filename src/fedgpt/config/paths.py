@@ -16,11 +16,28 @@ HUB_ID = re.compile(r"hf:[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 SYSTEM_TREES = ("/proc", "/sys", "/dev")  # not places a run's files can live
 
 
+def _os_errors_named(check):
+    """``check(key, value)``, with an error of the OS itself (a name too long for the file
+    system, a folder it may not search) as one ConfigError naming the key."""
+    import functools
+
+    @functools.wraps(check)
+    def checked(key: str, value: str) -> None:
+        try:
+            check(key, value)
+        except OSError as exc:
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            raise ConfigError(f"{key} '{shown}': {exc.strerror or exc}") from None
+
+    return checked
+
+
 def _inside_system_tree(path: Path) -> bool:
     resolved = str(path.resolve())
     return any(resolved == t or resolved.startswith(t + "/") for t in SYSTEM_TREES)
 
 
+@_os_errors_named
 def check_folder_to_write(key: str, value: str) -> None:
     """``value`` is, or can become, a folder this process may write."""
     path = Path(value)
@@ -37,6 +54,7 @@ def check_folder_to_write(key: str, value: str) -> None:
         raise ConfigError(f"{key} '{value}': '{existing}' is not writable")
 
 
+@_os_errors_named
 def check_folder_to_read(key: str, value: str) -> None:
     if "\x00" in value:
         raise ConfigError(f"{key}: contains a NUL character")
@@ -47,6 +65,7 @@ def check_folder_to_read(key: str, value: str) -> None:
         raise ConfigError(f"{key} '{value}': expected a folder, found a file")
 
 
+@_os_errors_named
 def check_file_or_new(key: str, value: str) -> None:
     """``value`` is a regular file, or nothing yet (it will be created)."""
     if "\x00" in value:

@@ -95,6 +95,29 @@ def _capped(idx: Sequence[int], most: int, seed: int, group: int) -> Sequence[in
     return [idx[i] for i in np.sort(rng.choice(len(idx), size=most, replace=False))]
 
 
+def slug(name: str) -> str:
+    """A site's name as part of a client id: lower case, other characters as one "_"."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def sites_of(
+    rows, key: str, prefix: str, min_site: int = 0, other: str = "other"
+) -> dict[str, list[int]]:
+    """Row indices grouped by ``row[key]``, as ``prefix/slug(value)``; values with fewer
+    than ``min_site`` rows share the site ``prefix/other``. Sorted by site name."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[str(r[key])] = counts.get(str(r[key]), 0) + 1
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        v = str(r[key])
+        site = slug(v) if counts[v] >= min_site else other
+        groups.setdefault(f"{prefix}/{site}", []).append(i)
+    return dict(sorted(groups.items()))
+
+
 @dataclass(frozen=True)
 class Partitioning:
     """How a data set of records becomes clients (``data.partition`` and its settings)."""

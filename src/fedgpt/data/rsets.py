@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from fedgpt.data.clients import ClientText, Partitioning, records_clients
+from fedgpt.data.clients import ClientText, Partitioning, records_clients, sites_of
 from fedgpt.data.lending import read_rdataset
 from fedgpt.data.records import serialise
 from fedgpt.errors import DataError
@@ -88,16 +88,8 @@ def lung_clients(part: Partitioning = Partitioning()) -> list[ClientText]:
     rows = lung_rows()
     rows = [rows[i] for i in np.random.default_rng(0x1C).permutation(len(rows))]
 
-    def natural() -> dict[str, list[int]]:
-        counts: dict[int, int] = {}
-        for r in rows:
-            counts[r["inst"]] = counts.get(r["inst"], 0) + 1
-        site = lambda i: f"lung/inst_{i:02d}" if counts[i] >= MIN_SITE else "lung/inst_other"  # noqa: E731
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(site(r["inst"]), []).append(i)
-        return dict(sorted(groups.items()))
-
+    sites = [{"inst": f"inst_{r['inst']:02d}"} for r in rows]
+    natural = lambda: sites_of(sites, "inst", "lung", MIN_SITE, "inst_other")  # noqa: E731
     num = lambda r: _scaled(r, LUNG_SCALES)  # noqa: E731
     spec = (CLASSES, LUNG_QUESTION)
     return records_clients(rows, "label", natural, "lung", part, _lung_text, spec, num)

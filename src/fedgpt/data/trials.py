@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedgpt.data.clients import ClientText, Partitioning, records_clients
+from fedgpt.data.clients import ClientText, Partitioning, records_clients, sites_of
 from fedgpt.data.lending import read_rdataset
 from fedgpt.data.records import serialise
 
@@ -100,25 +100,10 @@ def _cgd_text(row) -> str:
     return serialise(shown, CGD)
 
 
-def _site_slug(name: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def cgd_clients(part: Partitioning = Partitioning()) -> list[ClientText]:
     rows = cgd_rows()
 
-    def natural() -> dict[str, list[int]]:
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["center"]] = counts.get(r["center"], 0) + 1
-        site = lambda c: f"cgd/{_site_slug(c)}" if counts[c] >= CGD_MIN_SITE else "cgd/other"  # noqa: E731
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(site(r["center"]), []).append(i)
-        return dict(sorted(groups.items()))
-
+    natural = lambda: sites_of(rows, "center", "cgd", CGD_MIN_SITE)  # noqa: E731
     spec = (CLASSES, CGD_QUESTION)
     return records_clients(rows, "label", natural, "cgd", part, _cgd_text, spec, _cgd_numeric)
 
@@ -160,12 +145,8 @@ def _opt_text(row) -> str:
 def opt_clients(part: Partitioning = Partitioning()) -> list[ClientText]:
     rows = opt_rows()
 
-    def natural() -> dict[str, list[int]]:
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(f"opt/{CLINICS[r['Clinic']]}", []).append(i)
-        return dict(sorted(groups.items()))
-
+    sites = [{"clinic": CLINICS[r["Clinic"]]} for r in rows]
+    natural = lambda: sites_of(sites, "clinic", "opt")  # noqa: E731
     spec = (CLASSES, OPT_QUESTION)
     return records_clients(rows, "label", natural, "opt", part, _opt_text, spec, _opt_numeric)
 

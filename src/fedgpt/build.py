@@ -380,6 +380,7 @@ def build_strategy(
         quorum=quorum,
         post_steps=post_steps(cfg, ctx),
         log_heterogeneity=not privacy.active,
+        stream=f.streaming and f.distill != "feddf",  # FedDF's teachers are the updates
     )
 
 

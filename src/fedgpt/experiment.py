@@ -59,6 +59,18 @@ def run_experiment(
     return run_prepared(cfg, prep, run_dir, resume, hooks, t_start)
 
 
+def in_process_runtime(cfg: RunConfig, app, faults=None) -> InProcessRuntime:
+    """The in-process runtime of ``cfg``: serial, or ``runtime.workers`` processes."""
+    timeout = cfg.runtime.round_timeout or None
+    if cfg.runtime.workers > 1:
+        from fedgpt.runtime.workers import WorkerRuntime
+
+        return WorkerRuntime(
+            app, cfg.runtime.workers, cfg.runtime.threads, faults=faults, timeout=timeout
+        )
+    return InProcessRuntime(app, faults=faults, timeout=timeout)
+
+
 def run_prepared(
     cfg: RunConfig,
     prep: Prepared,
@@ -80,7 +92,7 @@ def run_prepared(
         cfg, prep, ids, privacy.z, tiers, keys[0] if keys else None, identities,
         receipts_dir=receipts_root(cfg),
     )  # fmt: skip
-    runtime = InProcessRuntime(app, faults=faults, timeout=cfg.runtime.round_timeout or None)
+    runtime = in_process_runtime(cfg, app, faults)
     server, privacy, tiers = build_server(
         cfg, prep, runtime, ids, keys[1] if keys else None, privacy=privacy, tiers=tiers,
         registry=identities.public() if identities is not None else None,

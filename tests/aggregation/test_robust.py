@@ -142,15 +142,35 @@ def test_bucketing_by_hand():
 
 
 def test_streaming_rules_fold_one_update_at_a_time():
-    from fedgpt.aggregation import AGGREGATORS
-    from fedgpt.aggregation.fedavg import weighted_average
+    from fedgpt.aggregation import AGGREGATORS, ServerContext
+    from fedgpt.aggregation.fedavg import coverage_average, weighted_average
 
     streaming = [n for n in AGGREGATORS if AGGREGATORS.get(n).streaming]
     assert streaming == ["fedavg"]  # every other rule declares it needs all updates
     g = torch.Generator().manual_seed(1)
     deltas, n = torch.randn(5, 300, generator=g), torch.tensor([3.0, 1.0, 7.0, 2.0, 5.0])
-    fedavg = AGGREGATORS.get("fedavg")
-    acc = None
+    cls = AGGREGATORS.get("fedavg")
+    fedavg = cls(cls.Config(kind="fedavg"), ServerContext())
+    acc = fedavg.begin({}, 300, 1)
     for d, w in zip(deltas, n.tolist(), strict=True):  # as replies arrive
-        acc = fedavg.fold(acc, d, w)
-    assert torch.allclose(fedavg.finish(acc), weighted_average(deltas, n), atol=1e-6)
+        fedavg.fold(acc, d, w, float(d.norm()))
+    got = fedavg.finish(acc, {}, g).delta
+    assert torch.allclose(got, weighted_average(deltas, n), atol=1e-6)
+    # device tiers: each slice folded through its indices, averaged per coordinate
+    masks = {"s": torch.arange(300) < 100, "m": torch.arange(300) < 200}
+    tiers = ["s", "m", None, "s", "m"]
+    acc = fedavg.begin({}, 300, 1)
+    for d, w, t in zip(deltas, n.tolist(), tiers, strict=True):
+        index = None if t is None else masks[t].nonzero().squeeze(1)
+        fedavg.fold(acc, d if t is None else d[masks[t]], w, 0.0, index, t)
+    full = torch.stack([masks[t] if t else torch.ones(300, dtype=torch.bool) for t in tiers])
+    want = coverage_average(deltas * full, full, n)
+    assert torch.allclose(fedavg.finish(acc, {}, g, masks).delta, want, atol=1e-6)
+    # an identical copy taken back out leaves the others' mean
+    acc = fedavg.begin({}, 300, 1)
+    for d, w in zip(deltas, n.tolist(), strict=True):
+        fedavg.fold(acc, d, w, 0.0)
+    fedavg.fold(acc, deltas[2], 7.0, 0.0, sign=-1)
+    keep = [0, 1, 3, 4]
+    want = weighted_average(deltas[keep], n[keep])
+    assert torch.allclose(fedavg.finish(acc, {}, g).delta, want, atol=1e-5)

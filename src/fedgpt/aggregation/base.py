@@ -12,8 +12,11 @@ declarations in one place (:mod:`fedgpt.federation.compat`):
   sum that reveals only the sum cannot feed it; a linear rule (FedAvg) can;
 * ``coverage`` — it accepts coverage masks (device tiers: which parameters each client
   trained);
-* ``streaming`` — it can fold updates one at a time as they arrive (``fold`` / ``finish``,
-  a running sum: the server holds O(model), not O(clients × model)).
+* ``streaming`` — it can fold updates one at a time as they arrive (``begin`` / ``fold``
+  / ``finish``, a running sum, :mod:`fedgpt.aggregation.stream`): the server holds
+  O(model), not O(clients × model). Rules that need every update at once (median, Krum,
+  attention) do not stream; the server holds at most ``federation.max_held_updates`` of
+  them and refuses a larger cohort in one line.
 
 A new rule is one module plus one registration line::
 
@@ -110,6 +113,24 @@ class Aggregator:
         return {}
 
     def aggregate(self, state: State, updates: Updates, gen: torch.Generator) -> Aggregate:
+        raise NotImplementedError
+
+    # streaming rules (``streaming = True``) also implement these three
+    def begin(self, state: State, numel: int, rnd: int) -> Any:
+        """A fresh accumulator for round ``rnd``."""
+        raise NotImplementedError
+
+    def fold(self, acc: Any, delta: torch.Tensor, weight: float, norm: float,
+             index: torch.Tensor | None = None, tier: str | None = None,
+             sign: int = 1) -> None:  # fmt: skip
+        """Fold one validated update (``norm``: its L2 norm, already computed;
+        ``index``: the coordinates a device tier's slice covers); ``sign = -1`` takes a
+        folded update back out."""
+        raise NotImplementedError
+
+    def finish(self, acc: Any, state: State, gen: torch.Generator,
+               masks: dict | None = None) -> Aggregate:  # fmt: skip
+        """The aggregate of what was folded (``masks``: tier -> bool mask)."""
         raise NotImplementedError
 
 

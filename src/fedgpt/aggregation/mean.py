@@ -9,6 +9,7 @@ import torch
 
 from fedgpt.aggregation.base import AGGREGATORS, Aggregate, Aggregator, Updates
 from fedgpt.aggregation.fedavg import coverage_average, weighted_average
+from fedgpt.aggregation.stream import RunningSum
 
 
 @AGGREGATORS.register("fedavg")
@@ -25,12 +26,14 @@ class FedAvgAggregator(Aggregator):
             return Aggregate(coverage_average(updates.deltas, updates.masks, updates.weights))
         return Aggregate(weighted_average(updates.deltas, updates.weights), state)
 
-    @staticmethod
-    def fold(acc: tuple[torch.Tensor, float] | None, delta: torch.Tensor, n: float):
-        """Running (Σ n_k Δ_k, Σ n_k) in float64: one update at a time."""
-        term = delta.double() * n
-        return (term, n) if acc is None else (acc[0] + term, acc[1] + n)
+    def begin(self, state, numel: int, rnd: int) -> RunningSum:
+        return RunningSum(numel)
 
-    @staticmethod
-    def finish(acc: tuple[torch.Tensor, float]) -> torch.Tensor:
-        return (acc[0] / acc[1]).to(torch.float32)
+    def fold(self, acc: RunningSum, delta, weight, norm, index=None, tier=None, sign=1):
+        if sign > 0:
+            acc.fold(delta, weight, index, tier)
+        else:
+            acc.unfold(delta, weight, index, tier)
+
+    def finish(self, acc: RunningSum, state, gen, masks=None) -> Aggregate:
+        return Aggregate(acc.mean(masks), state)

@@ -46,6 +46,7 @@ class Update:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # reply settings a client step adds ("tier")
+    payload: dict | None = None  # the tensors that carry ``delta`` when compressed
 
 
 class NonFiniteLoss(RuntimeError):

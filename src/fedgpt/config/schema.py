@@ -162,6 +162,18 @@ class ClientConfig(_Section):
     """Local training on each client."""
 
     optimizer: Literal["sgd", "adamw"] = Field("adamw", description="local optimiser")
+    compression: Literal["none", "fp16", "bf16", "qsgd8", "qsgd4", "topk"] = Field(
+        "none",
+        description="how each update travels (after DP noise): fp16/bf16 casts; qsgd8/qsgd4 "
+        "unbiased stochastic quantisation to 8 or 4 bits per value (QSGD); topk the largest "
+        "topk_fraction of the values with error feedback; refused with secure aggregation",
+    )
+    qsgd_bucket: int = Field(
+        512, ge=8, le=1 << 20, description="qsgd8/qsgd4: values per bucket sharing one scale"
+    )
+    topk_fraction: float = Field(
+        0.01, gt=0.0, le=1.0, description="topk: the share of an update's values sent"
+    )
     lr: float = Field(3e-3, gt=0, le=100.0, description="local learning rate")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(
@@ -298,6 +310,19 @@ class FederationConfig(_Section):
         description="reject a client update whose L2 norm is more than this many times the "
         "median norm of the round's updates (with at least 3 updates); not checkable under "
         "secure aggregation; 0 = off",
+    )
+    streaming: bool = Field(
+        True,
+        description="fold each client update into the aggregate as it arrives and let it "
+        "go, so a round holds O(model) on the server whatever the number of clients (rules "
+        "that need every update at once, e.g. median or krum, hold them all regardless)",
+    )
+    outlier_holdback: int = Field(
+        4,
+        ge=1,
+        description="with streaming and norm_outlier_factor > 0: how many of the largest-norm "
+        "updates are kept back until the round's median norm is known; more outliers than "
+        "this fail the round (nothing aggregated) with one line",
     )
     max_examples: int = Field(
         1_000_000,
@@ -473,6 +498,14 @@ class RuntimeConfig(_Section):
     """How messages travel between server and clients."""
 
     threads: int = Field(0, ge=0, description="torch threads; 0 = leave the default")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="in-process runs: clients trained and evaluated by this many worker "
+        "processes at once (forked each exchange, sharing the data, model and weights "
+        "copy-on-write; updates return through shared memory; each gets threads / workers "
+        "torch threads); same results as 1 for the same seed",
+    )
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",

@@ -43,12 +43,17 @@ def client_algorithm(
 ) -> ClientAlgorithm:
     """The client algorithm of a run: the privacy mechanism's training (DP-SGD) or plain
     local training, and the steps ``before`` (e.g. a device tier's slice), then the
-    mechanism's own (local DP), then ``after`` (e.g. attack simulation)."""
+    mechanism's own (local DP), then ``after`` (e.g. attack simulation), then the
+    update's compression (``client.compression``)."""
     from fedgpt.privacy.mechanism import mechanism_for
 
     mech = mechanism_for(privacy)
     training = mech.client_training(cfg, privacy) or LocalTraining(cfg)
     steps = [*before, *mech.client_steps(privacy, noise_multiplier), *after]
+    if cfg.compression != "none":  # last: what is released is what gets compressed
+        from fedgpt.client.compress import Compress
+
+        steps.append(Compress(cfg.compression, cfg.qsgd_bucket, cfg.topk_fraction))
     return ClientAlgorithm(fm, data, task if task is not None else CausalLM(), training, steps)
 
 
@@ -152,7 +157,8 @@ class ClientApp:
         if isinstance(result, Failure):
             return Message("train/failure", {"round": rnd, "reason": result.reason})
         config = {"round": rnd, "num_examples": result.num_examples, "metrics": result.metrics}
-        return Message("train/result", {**config, **result.extra}, {"delta": result.delta})
+        tensors = result.payload if result.payload is not None else {"delta": result.delta}
+        return Message("train/result", {**config, **result.extra}, tensors)
 
     def evaluate(self, client_id: str, msg: Message) -> Message:
         fm, task = self.algorithm.fm, self.algorithm.task

@@ -39,6 +39,14 @@ def refusal(cfg, tiers: bool | None = None) -> str | None:
         return why
     if (why := _family_clash(cfg, tiers)) is not None:
         return why
+    if (comp := cfg.client.compression) != "none":
+        if p.secure_aggregation != "none":
+            return (
+                f'client.compression = "{comp}" does not combine with {sa}, which encodes '
+                'updates its own way; use compression = "none"'
+            )
+        if f.distill == "fedmd":
+            return f'client.compression = "{comp}": federation.distill = "fedmd" sends logits'
     if mech.server_clips and not ss.reveals_individual:
         return (
             f"{mode} clips each update on the server, which cannot see updates under {sa}; "

@@ -68,7 +68,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _field(h, data: bytes) -> None:
+def _field(h, data: bytes | memoryview) -> None:
     """Length-prefixed, so no two different sequences of fields hash alike."""
     h.update(len(data).to_bytes(8, "big"))
     h.update(data)
@@ -76,7 +76,15 @@ def _field(h, data: bytes) -> None:
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
     """The raw bytes of a tensor's elements in row-major order (any dtype)."""
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return bytes(tensor_view(t))
+
+
+def tensor_view(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a tensor's elements in row-major order, without a copy when the
+    tensor is contiguous in host memory (hashing reads them in place: SHA-256 runs at its
+    own speed instead of behind a copy)."""
+    flat = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B") if flat.numel() else memoryview(b"")
 
 
 def _hash_tensors(h, tensors: Mapping[str, object]) -> None:
@@ -91,7 +99,7 @@ def _hash_tensors(h, tensors: Mapping[str, object]) -> None:
             continue
         _field(h, str(t.dtype).encode())
         _field(h, json.dumps(list(t.shape)).encode())
-        _field(h, tensor_bytes(t))
+        _field(h, tensor_view(t))
 
 
 def payload_hash(msg: Message) -> str:

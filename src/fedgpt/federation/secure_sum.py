@@ -26,15 +26,32 @@ from typing import ClassVar
 
 import torch
 
-from fedgpt.aggregation.base import Updates
+from fedgpt.aggregation.base import Aggregate, Aggregator, Updates
 from fedgpt.federation.exchange import Exchange
 from fedgpt.federation.ledger import payload_hash
 from fedgpt.federation.state import ServerState
-from fedgpt.federation.validation import max_update_bytes, validate_reply
+from fedgpt.federation.streaming import Folder
+from fedgpt.federation.validation import (
+    check_update,
+    decompressed,
+    max_update_bytes,
+    validate_reply,
+)
 from fedgpt.messages import Failure, Message
 from fedgpt.registry import Registry
 from fedgpt.schemas import Expect, check_reply
 from fedgpt.seeding import client_seed
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What a streaming collect folds into: the aggregator, its state, the round's
+    generator, and whether to sketch each update for the heterogeneity metrics."""
+
+    aggregator: Aggregator
+    state: dict
+    gen: torch.Generator
+    sketch: bool = True
 
 
 @dataclass
@@ -49,10 +66,13 @@ class Collected:
     metrics: dict[str, dict] = field(default_factory=dict)
     failure: str | None = None  # the protocol failed as a whole (nothing aggregated)
     train_loss: float | None = None  # when only its weighted mean was revealed (SecAgg)
+    folded: Aggregate | None = None  # the streamed aggregate (see federation.streaming)
+    heterogeneity: dict[str, dict] = field(default_factory=dict)
 
 
 class SecureSum:
     name: ClassVar[str] = ""
+    streams: ClassVar[bool] = False  # can fold each update into the aggregate on arrival
     reveals_individual: ClassVar[bool] = True
     coverage: ClassVar[bool] = True
     clients_need_cohort: ClassVar[bool] = False  # remote clients learn the client ids first
@@ -77,9 +97,43 @@ class PlainSum(SecureSum):
     chunks = 0  # CKKS ciphertexts per update (0: a float32 vector)
     train_config: ClassVar[dict] = {}
 
-    def collect(self, state: ServerState, cohort: list[str], ex: Exchange) -> Collected:
+    streams = True
+
+    def collect(
+        self, state: ServerState, cohort: list[str], ex: Exchange, fold: Fold | None = None
+    ) -> Collected:
+        """The round's replies; with ``fold`` (the aggregator, its state, the round's
+        generator) each valid update is folded on arrival (:meth:`stream`)."""
+        msgs, nonces = self._messages(state, cohort)
+        if fold is not None and not self.chunks:
+            return self.stream(state, msgs, nonces, ex, fold)
         rnd, w = state.round + 1, state.weights
-        seed = self.cfg.seed
+        received = ex.send(msgs, hash_type="train/result")
+        sizes = {t: int(m.sum()) for t, m in self.tier_masks.items()}
+        good: dict[str, Message] = {}
+        for cid in cohort:
+            received[cid], reason = self.decompress(received[cid], w.numel())
+            reason = reason or validate_reply(
+                received[cid], rnd, w.numel(), self.chunks, sizes, nonce=nonces[cid],
+                max_bytes=max_update_bytes(w.numel(), self.chunks),
+            )  # fmt: skip
+            if reason is None:
+                good[cid] = received[cid]
+            else:
+                ex.drop(cid, reason)
+        if not self.chunks:
+            good = self._outliers(good, ex)
+        return self.combine(good, state, ex)
+
+    def decompress(self, reply, numel: int):
+        """(the reply with its update decoded, or why it does not decode)."""
+        c = self.cfg.client
+        sizes = {numel, *(int(m.sum()) for m in self.tier_masks.values())}
+        return decompressed(reply, c.compression, sizes, c.qsgd_bucket)
+
+    def _messages(self, state: ServerState, cohort: list[str]):
+        """The train messages, each with a fresh nonce the reply must echo."""
+        rnd, w, seed = state.round + 1, state.weights, self.cfg.seed
         nonces = {cid: secrets.token_hex(16) for cid in cohort}  # echoed: replays refused
         msgs = {
             cid: Message(
@@ -94,21 +148,75 @@ class PlainSum(SecureSum):
             )  # fmt: skip
             for cid in cohort
         }
-        received = ex.send(msgs, hash_type="train/result")
-        sizes = {t: int(m.sum()) for t, m in self.tier_masks.items()}
-        good: dict[str, Message] = {}
-        for cid in cohort:
-            reason = validate_reply(
-                received[cid], rnd, w.numel(), self.chunks, sizes, nonce=nonces[cid],
-                max_bytes=max_update_bytes(w.numel(), self.chunks),
-            )  # fmt: skip
-            if reason is None:
-                good[cid] = received[cid]
+        return msgs, nonces
+
+    def stream(self, state, msgs, nonces, ex: Exchange, fold: Fold) -> Collected:
+        """Validate and fold each reply as it arrives (:mod:`fedgpt.federation.streaming`);
+        nothing but each client's config and norm is kept."""
+        f = self.cfg.federation
+        folder = Folder(
+            fold.aggregator, fold.state, state.weights.numel(), state.round + 1, fold.gen,
+            factor=f.norm_outlier_factor, holdback=f.outlier_holdback,
+            tier_masks=self.tier_masks, sketch=fold.sketch,
+        )  # fmt: skip
+        kept: dict[str, dict] = {}  # client -> its reply's config, and its weight n_k
+        first: dict[str, str | None] = {}  # client -> the hash of its first reply
+        borrowed = bool(getattr(ex.runtime, "borrowed", False))
+        for cid, reply, again in ex.stream(msgs, hash_type="train/result"):
+            if again:
+                delta = reply.tensors.get("delta") if isinstance(reply, Message) else None
+                folder.again(cid, first.get(cid), ex.hashes.get(cid), delta)
+                kept.pop(cid, None)
             else:
-                ex.drop(cid, reason)
-        if not self.chunks:
-            good = self._outliers(good, ex)
-        return self.combine(good, state, ex)
+                first[cid] = ex.hashes.get(cid)
+                self._arrival(folder, state, cid, reply, nonces[cid], ex, kept, borrowed)
+            del reply
+        return self._folded(folder, kept, msgs, ex)
+
+    def _arrival(self, folder, state, cid, reply, nonce, ex, kept, borrowed) -> None:
+        """Check one reply (its norm computed once) and fold it, or drop its sender."""
+        f, numel = self.cfg.federation, state.weights.numel()
+        sizes = {t: int(m.sum()) for t, m in self.tier_masks.items()}
+        reply, why = self.decompress(reply, numel)
+        if why is not None:
+            ex.drop(cid, why)
+            return
+        why, norm = check_update(
+            reply, state.round + 1, numel, 0, sizes, nonce=nonce,
+            max_bytes=max_update_bytes(numel),
+        )  # fmt: skip
+        if why is None and f.max_update_norm and norm > f.max_update_norm:
+            folder.seen(cid, norm)  # counts towards the median, as on the held path
+            why = f"update norm {norm:.4g} above federation.max_update_norm = " \
+                  f"{f.max_update_norm:g}"  # fmt: skip
+        if why is not None:
+            ex.drop(cid, why)
+            return
+        n = float(min(reply.config["num_examples"], f.max_examples))
+        folder.add(cid, reply.tensors["delta"], n, norm, reply.config.get("tier"), borrowed)
+        kept[cid] = {**reply.config, "_n": n}
+
+    def _folded(self, folder: Folder, kept: dict, msgs, ex: Exchange) -> Collected:
+        """The round's outcome once every reply arrived: the held-back outliers settled,
+        duplicated senders refused."""
+        agg, refused = folder.finish()
+        for cid, why in refused.items():
+            ex.drop(cid, why)
+            kept.pop(cid, None)
+        for cid, count in ex.counts.items():
+            if count > 1 and cid in msgs:  # refused once, with the count of its replies
+                ex.dropped[:] = [d for d in ex.dropped if d["client"] != cid]
+                ex.drop(cid, f"duplicate sender: {count} replies to one message")
+                kept.pop(cid, None)
+        n = {c: cfg.pop("_n") for c, cfg in kept.items()}
+        metrics = {c: cfg.get("metrics", {}) for c, cfg in kept.items()}
+        if folder.failure is not None or agg is None:
+            return Collected([], weights=n, metrics=metrics, failure=folder.failure)
+        return Collected(
+            [c for c in msgs if c in kept], average=agg.delta, weights=n, metrics=metrics,
+            folded=agg,
+            heterogeneity=folder.heterogeneity(agg.delta),
+        )  # fmt: skip
 
     def _outliers(self, good: dict[str, Message], ex: Exchange) -> dict[str, Message]:
         """Refuse updates whose norm is above ``federation.max_update_norm``, or more than
@@ -167,6 +275,7 @@ class CkksSum(PlainSum):
 
     reveals_individual = False
     coverage = False
+    streams = False
     clients_need_cohort = True  # a key holder checks the set's size against the cohort
     train_config: ClassVar[dict] = {"secure_aggregation": "ckks"}
 

@@ -25,7 +25,7 @@ from fedgpt.aggregation.base import Aggregator, Updates
 from fedgpt.aggregation.fedavg import dissimilarity
 from fedgpt.errors import RunFailed
 from fedgpt.federation.exchange import Exchange
-from fedgpt.federation.secure_sum import Collected, SecureSum
+from fedgpt.federation.secure_sum import Collected, Fold, SecureSum
 from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.registry import Registry
 from fedgpt.seeding import generator
@@ -64,17 +64,24 @@ class FedAvgFamily(Strategy):
         quorum: int = 0,
         post_steps: tuple[PostStep, ...] = (),
         log_heterogeneity: bool = True,
+        stream: bool = True,
     ):
         self.secure_sum, self.aggregator, self.optimizer = secure_sum, aggregator, optimizer
         self.seed, self.quorum, self.post_steps = seed, quorum, post_steps
         self.log_heterogeneity = log_heterogeneity  # off under DP: no per-client data
+        # fold each update on arrival: a streaming rule, a secure sum that can, and no
+        # post-step that needs the individual updates (FedDF's teachers)
+        self.stream = stream and aggregator.streaming and secure_sum.streams
 
     def init(self, weights: torch.Tensor) -> ServerState:
         return ServerState(0, weights.clone(), self.optimizer.init(weights))
 
     def round(self, state, cohort, ex):
         rnd = state.round + 1
-        got = self.secure_sum.collect(state, cohort, ex)
+        if self.stream:
+            got = self.secure_sum.collect(state, cohort, ex, self._fold(state))
+        else:
+            got = self.secure_sum.collect(state, cohort, ex)
         if got.failure is not None and self.quorum:
             return state, below_quorum(rnd, got.failure, ex)
         if self.quorum and len(got.participants) < self.quorum:
@@ -103,8 +110,19 @@ class FedAvgFamily(Strategy):
             result.train_loss = got.train_loss
         return new, self._report(result, ex)
 
+    def _fold(self, state: ServerState) -> Fold:
+        agg_state = {k: v for k, v in state.opt_state.items() if k.startswith(EXTRA_STATE)}
+        gen = generator(self.seed, state.round + 1, "__bucket__")
+        return Fold(self.aggregator, agg_state, gen, sketch=self.log_heterogeneity)
+
     def _aggregate(self, state, got: Collected, result: RoundResult):
         """(the delta or None, the aggregator's new state)."""
+        if got.folded is not None:
+            result.attention = got.folded.weights
+            if self.log_heterogeneity:
+                result.heterogeneity = got.heterogeneity
+            agg_state = {k: v for k, v in got.folded.state.items() if k.startswith(EXTRA_STATE)}
+            return got.folded.delta, agg_state
         if got.average is not None:
             return got.average, {}
         if got.updates is None:

@@ -74,9 +74,20 @@ class CentralDP:
         self, deltas: torch.Tensor, weights: torch.Tensor, gen: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict]:
         """Δ̃ for the stacked client deltas (K, P); ``weights`` are ignored (equal weights)."""
+        clipped, norms = clip_rows(deltas, self.clip)
+        return self.release(clipped.sum(0), norms, gen)
+
+    def scale(self, norm: float) -> float:
+        """min(1, S / ‖Δ‖): the factor clipping scales one update by (as :func:`clip_rows`)."""
+        return float(torch.clamp(self.clip / (torch.tensor(norm) + 1e-12), max=1.0))
+
+    def release(
+        self, clipped_sum: torch.Tensor, norms: torch.Tensor, gen: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """Δ̃ from the sum of the clipped updates and their original norms (the streaming
+        server folds each clipped update as it arrives and calls this once)."""
         clip = self.clip
-        clipped, norms = clip_rows(deltas, clip)
-        total = clipped.sum(0) + gaussian_noise(deltas.shape[1], self.z_updates * clip, gen)
+        total = clipped_sum + gaussian_noise(clipped_sum.numel(), self.z_updates * clip, gen)
         avg = total / self.expected_clients
         info = {"clip_norm": clip, "clipped": int((norms > clip).sum())}
         if self.adaptive:

@@ -239,11 +239,33 @@ class DPFedAvg(Aggregator):
     from the OS CSPRNG unless ``privacy.reproducible_noise``."""
 
     individual = True
+    streaming = True  # each update is clipped and folded as it arrives
 
     def __init__(self, dp: CentralDP, reproducible: bool, seed: int):
         self.dp, self.reproducible, self.seed = dp, reproducible, seed
 
+    def _noise(self, rnd: int) -> torch.Generator | None:
+        return generator(self.seed, rnd, "__dp_noise__") if self.reproducible else None
+
     def aggregate(self, state, updates: Updates, gen: torch.Generator) -> Aggregate:
-        noise = generator(self.seed, updates.round, "__dp_noise__") if self.reproducible else None
-        avg, _ = self.dp.aggregate(updates.deltas, updates.weights, noise)
+        avg, _ = self.dp.aggregate(updates.deltas, updates.weights, self._noise(updates.round))
+        return Aggregate(avg, state)
+
+    def begin(self, state, numel: int, rnd: int) -> dict:
+        return {"sum": torch.zeros(numel), "norms": [], "round": rnd}
+
+    def fold(self, acc, delta, weight, norm, index=None, tier=None, sign=1):
+        scale = sign * self.dp.scale(norm)
+        if index is None:
+            acc["sum"].add_(delta, alpha=scale)
+        else:
+            acc["sum"].index_add_(0, index, delta, alpha=scale)
+        if sign > 0:
+            acc["norms"].append(norm)
+        else:  # an identical copy of a folded update: the same norm
+            acc["norms"].remove(norm)
+
+    def finish(self, acc, state, gen, masks=None) -> Aggregate:
+        norms = torch.tensor(acc["norms"], dtype=torch.float32)
+        avg, _ = self.dp.release(acc["sum"], norms, self._noise(acc["round"]))
         return Aggregate(avg, state)

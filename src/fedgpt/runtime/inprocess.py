@@ -4,7 +4,7 @@ other, in this process. No serialisation; byte counts come from the payload size
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from fedgpt.messages import Failure, Message, Reply
 
@@ -53,28 +53,42 @@ class InProcessRuntime:
         timeout: float | None = None,
         on_reply: Callable[[str, Reply], None] | None = None,
     ) -> dict[str, Reply]:
-        deadline = timeout if timeout is not None else self.timeout
         replies: dict[str, Reply] = {}
-        for cid, msg in messages.items():
-            if self.drop is not None and self.drop(cid, msg.type):
-                reply: Reply = Failure("client dropped out (fault injection)")
-            elif self.faults is not None and (fault := self.faults.before(cid, msg)) is not None:
-                reply = fault
-            else:
-                try:
-                    reply = self.handler(cid, msg)
-                except Exception as exc:  # a crashing client must not stop the round
-                    log.warning("client %s failed on %s: %r", cid, msg.type, exc)
-                    reply = Failure(f"client raised {type(exc).__name__}: {exc}")
-                late = self.faults.delay(cid, msg) if self.faults is not None else 0.0
-                if deadline and late > deadline:
-                    reply = Failure(
-                        f"no reply within the round deadline of {deadline:g} s "
-                        f"(straggler, {late:g} s, fault injection)"
-                    )
-            arrived = self.tamper(cid, msg, reply) if self.tamper is not None else [(cid, reply)]
-            for sender, r in arrived:
-                replies[sender] = r
-                if on_reply is not None:
-                    on_reply(sender, r)
+        for sender, r in self.stream(messages, timeout):
+            replies[sender] = r
+            if on_reply is not None:
+                on_reply(sender, r)
         return replies
+
+    def stream(
+        self, messages: Mapping[str, Message], timeout: float | None = None
+    ) -> Iterator[tuple[str, Reply]]:
+        """Each reply as it is produced, as ``(sender, reply)``: the server can fold one
+        update and let it go before the next client trains."""
+        deadline = timeout if timeout is not None else self.timeout
+        for cid, msg in messages.items():
+            reply = self.answer(cid, msg, deadline)
+            yield from self.tamper(cid, msg, reply) if self.tamper is not None else [(cid, reply)]
+            del reply
+
+    def answer(self, cid: str, msg: Message, deadline: float | None) -> Reply:
+        """``cid``'s reply to ``msg``, with the configured faults applied."""
+        if self.drop is not None and self.drop(cid, msg.type):
+            return Failure("client dropped out (fault injection)")
+        if self.faults is not None and (fault := self.faults.before(cid, msg)) is not None:
+            return fault
+        reply = self.call(cid, msg)
+        late = self.faults.delay(cid, msg) if self.faults is not None else 0.0
+        if deadline and late > deadline:
+            return Failure(
+                f"no reply within the round deadline of {deadline:g} s "
+                f"(straggler, {late:g} s, fault injection)"
+            )
+        return reply
+
+    def call(self, cid: str, msg: Message) -> Reply:
+        try:
+            return self.handler(cid, msg)
+        except Exception as exc:  # a crashing client must not stop the round
+            log.warning("client %s failed on %s: %r", cid, msg.type, exc)
+            return Failure(f"client raised {type(exc).__name__}: {exc}")

@@ -1,0 +1,126 @@
+"""``runtime.workers``: clients answered by forked worker processes give the same weights
+and the same client state as one process for the same seed; a worker that dies costs
+only its clients' replies; faults apply as in the serial runtime."""
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import TINY
+from safetensors.torch import load_file
+
+from fedgpt.config import load_config
+from fedgpt.experiment import run_experiment
+from fedgpt.runtime import InProcessRuntime, Message
+from fedgpt.runtime.workers import WorkerRuntime, _decode, client_states, merge_states
+
+
+def run(tmp_path, workers, *extra):
+    out = tmp_path / f"w{workers}"
+    cfg = load_config(
+        None,
+        [*TINY, "baselines.enabled=false", "federation.rounds=3", "federation.min_clients=4",
+         f"runtime.workers={workers}", f"runtime.threads={workers}", f'out_dir="{out}"',
+         'name="x"', *extra],
+    )  # fmt: skip
+    summary = run_experiment(cfg, out / "x")
+    last = sorted((out / "x" / "checkpoints").glob("round_*"))[-1]
+    return load_file(last / "weights.safetensors")["weights"], summary, out / "x"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["client.keep_optimizer_state=true", 'client.optimizer="adamw"'],
+        ['privacy.mode="dp_sgd"', "privacy.target_epsilon=8", "privacy.reproducible_noise=true"],
+    ],
+    ids=["plain", "optimizer-memory", "dp_sgd"],
+)
+def test_workers_give_the_weights_and_client_state_of_one_process(tmp_path, extra):
+    w1, s1, d1 = run(tmp_path, 1, *extra)
+    w2, s2, d2 = run(tmp_path, 2, *extra)
+    assert torch.equal(w1, w2)  # one torch thread per worker, as the serial run here
+    lines = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+             for d in (d1, d2)]  # fmt: skip
+    for a, b in zip(*lines, strict=True):
+        assert a.get("participants") == b.get("participants")
+        assert a.get("test_loss") == b.get("test_loss")
+        assert a.get("epsilon") == b.get("epsilon")  # DP-SGD's steps came back from workers
+    states = [client_state(d) for d in (d1, d2)]
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        same(_decode(states[0][key]), _decode(states[1][key]))
+
+
+def client_state(run_dir) -> dict[str, bytes]:
+    last = sorted((run_dir / "checkpoints").glob("round_*"))[-1]
+    return {k: v.numpy().tobytes() for k, v in load_file(last / "client_state.safetensors").items()}
+
+
+def same(a, b):
+    """Equal values, whatever the order of dict keys."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for k in a:
+            same(a[k], b[k])
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+def handler_dying_in_a_worker(parent: int, victim: str):
+    def handler(cid, msg):
+        if cid == victim and os.getpid() != parent:
+            os._exit(3)  # the worker process dies, as if killed
+        delta = torch.full((2048,), float(len(cid)))
+        return Message("train/result", {"round": 1, "num_examples": 1}, {"delta": delta})
+
+    return handler
+
+
+def test_a_dead_worker_fails_only_its_own_clients():
+    rt = WorkerRuntime(handler_dying_in_a_worker(os.getpid(), "c2"), workers=2, threads=2)
+    msgs = {
+        f"c{i}": Message("train", {"round": 1}, {"weights": torch.zeros(2048)}) for i in range(6)
+    }
+    got = rt.send_and_receive(msgs)
+    dead = {c for c, r in got.items() if not isinstance(r, Message)}
+    # worker 0 answers c0, c2, c4: c0 before it died; worker 1 answers c1, c3, c5
+    assert dead == {"c2", "c4"}
+    assert all(float(got[c].tensors["delta"][0]) == 2.0 for c in ("c0", "c1", "c3", "c5"))
+
+
+def test_streamed_updates_are_borrowed_and_copied_when_kept():
+    rt = WorkerRuntime(handler_dying_in_a_worker(os.getpid(), "none"), workers=2, threads=2)
+    msgs = {
+        f"c{i}" * (i + 1): Message("train", {}, {"weights": torch.zeros(2048)}) for i in range(5)
+    }
+    kept = rt.send_and_receive(msgs)  # copies: every reply still holds its own values
+    assert [float(kept[c].tensors["delta"][0]) for c in msgs] == [2.0, 4.0, 6.0, 8.0, 10.0]
+    serial = InProcessRuntime(handler_dying_in_a_worker(os.getpid(), "none"))
+    assert list(serial.send_and_receive(msgs)) == list(kept)
+
+
+def test_drops_apply_before_the_workers():
+    calls = []
+    rt = WorkerRuntime(
+        handler_dying_in_a_worker(os.getpid(), "none"), workers=2, threads=2,
+        drop=lambda cid, kind: calls.append(cid) or cid == "c1",
+    )  # fmt: skip
+    msgs = {f"c{i}": Message("train", {}, {"weights": torch.zeros(2048)}) for i in range(4)}
+    got = rt.send_and_receive(msgs)
+    assert got["c1"].reason == "client dropped out (fault injection)"
+    assert all(isinstance(got[c], Message) for c in ("c0", "c2", "c3"))
+
+
+def test_client_state_merges_per_client():
+    base = {"a": json.dumps({"x": 1, "y": 2}).encode(), "k": b"same"}
+    w1 = client_states({"a": json.dumps({"x": 5, "y": 2, "z": 9}).encode(), "k": b"same"}, {"x"})
+    w2 = client_states({"a": json.dumps({"x": 1, "y": 7}).encode(), "k": b"same"}, {"y"})
+    merged = merge_states(base, [w1, w2])
+    assert json.loads(merged["a"]) == {"x": 5, "y": 7}
+    with pytest.raises(RuntimeError, match="not kept per client"):
+        merge_states(base, [{"k": b"other"}])

@@ -60,7 +60,7 @@ def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
     ids = [f"client-{i:03d}" for i in range(n)]
     identities = Identities.generate(ids) if signed else None
     app = Synthetic(d, identities=identities)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     out = run_round(
         InProcessRuntime(app),
         ids,
@@ -76,7 +76,7 @@ def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
         graph_seed=0,
         registry=identities.public() if identities else None,
     )
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
     assert out.failure is None, out.failure
     xs = torch.randn(n, d)
     t = time.perf_counter()
@@ -88,6 +88,7 @@ def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
         "neighbours": k or n - 1,
         "signed": signed,
         "wall_s": wall,
+        "cpu_s": cpu,
         "client_s_total": app.seconds,
         "client_s_each": app.seconds / n,
         "server_s": wall - app.seconds,
@@ -96,6 +97,38 @@ def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
         "plaintext_bytes_up_per_client": 4 * d,
         "plaintext_server_sum_s": plain,
     }
+
+
+def allocating_keystream(seed: bytes, n: int):
+    """The mask expansion as it was: fresh zero input, fresh output and a copy per call."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    return np.frombuffer(enc.update(b"\0" * (8 * n)), dtype=np.uint64).copy()
+
+
+def compare_prg(n: int, d: int, repeats: int) -> dict:
+    """SecAgg+ protocol CPU with the reused keystream buffer against the allocating
+    expansion, interleaved (A B A B) in this process."""
+    from fedgpt.privacy.secagg import crypto
+
+    k = 2 * math.ceil(math.log2(n))
+    reused, original = crypto._keystream, allocating_keystream
+    runs: dict[str, list[dict]] = {"reused buffers": [], "allocating": []}
+    for _ in range(repeats):
+        for name, fn in (("reused buffers", reused), ("allocating", original)):
+            crypto._keystream = fn
+            try:
+                runs[name].append(protocol(n, d, k))
+            finally:
+                crypto._keystream = reused
+    med = {name: {m: float(np.median([r[m] for r in v])) for m in ("wall_s", "cpu_s")}
+           for name, v in runs.items()}  # fmt: skip
+    new, old = med["reused buffers"], med["allocating"]
+    return {
+        "clients": n, "dim": d, "neighbours": k, "repeats": repeats, "median": med,
+        "cpu_ratio": new["cpu_s"] / old["cpu_s"], "wall_ratio": new["wall_s"] / old["wall_s"],
+    }  # fmt: skip
 
 
 def workload(n: int) -> dict:
@@ -152,9 +185,18 @@ def main() -> None:
     )
     ap.add_argument("--skip-workload", action="store_true")
     ap.add_argument(
+        "--compare-prg", type=int, default=0, metavar="REPEATS",
+        help="only: SecAgg+ at 100 clients x 1e6 with reused against allocating mask buffers",
+    )  # fmt: skip
+    ap.add_argument(
         "--unsigned", action="store_true", help="also the SecAgg+ rows without identities"
     )
     args = ap.parse_args()
+    if args.compare_prg:
+        r = compare_prg(100, 1_000_000, args.compare_prg)
+        (RESULTS.parent / "secagg_prg.json").write_text(json.dumps(r, indent=2) + "\n")
+        print(json.dumps(r, indent=2))
+        return
     rows = []
     for n in args.clients:
         for d in args.dims:

@@ -46,6 +46,11 @@ class Runtime(Protocol):
     ``send_and_receive`` delivers each message to its client and returns one reply per
     client: a :class:`Message` or a :class:`Failure`. ``on_reply`` (optional) is called as
     each reply arrives, for progress display.
+
+    A runtime may also offer ``stream(messages, timeout)``, an iterator of ``(sender,
+    reply)`` as replies arrive, so the server can fold each update and let it go
+    (streaming aggregation); a runtime whose ``borrowed`` is true reuses an update's
+    memory once the next reply is asked for.
     """
 
     def send_and_receive(

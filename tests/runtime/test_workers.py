@@ -35,8 +35,9 @@ def run(tmp_path, workers, *extra):
         [],
         ["client.keep_optimizer_state=true", 'client.optimizer="adamw"'],
         ['privacy.mode="dp_sgd"', "privacy.target_epsilon=8", "privacy.reproducible_noise=true"],
+        ['client.compression="topk"', "client.topk_fraction=0.05"],
     ],
-    ids=["plain", "optimizer-memory", "dp_sgd"],
+    ids=["plain", "optimizer-memory", "dp_sgd", "topk-residuals"],
 )
 def test_workers_give_the_weights_and_client_state_of_one_process(tmp_path, extra):
     w1, s1, d1 = run(tmp_path, 1, *extra)

@@ -44,7 +44,7 @@ class FedAvg:
         return {}
 
     def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor):
-        return params + self.lr * delta, state
+        return torch.add(params, delta, alpha=self.lr), state  # no temporary of Δ's size
 
 
 @SERVER_OPTIMIZERS.register("fedavgm")
@@ -61,8 +61,8 @@ class FedAvgM:
         return {"v": torch.zeros_like(params)}
 
     def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor):
-        v = self.momentum * state["v"] + delta
-        return params + self.lr * v, {"v": v}
+        v = torch.add(delta, state["v"], alpha=self.momentum)  # no temporaries of Δ's size
+        return torch.add(params, v, alpha=self.lr), {"v": v}
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,10 @@ class RunningSum:
 
     def mean(self, masks: dict[str | None, torch.Tensor] | None = None) -> torch.Tensor:
         """The weighted mean; with tiers (``masks``: tier -> bool mask) per coordinate over
-        the clients that trained it, 0 where nobody did."""
+        the clients that trained it, 0 where nobody did. Computed in place: the sum is
+        spent (no second model-sized buffer)."""
         if set(self.weight) <= {None}:
-            return self.num / self.total
+            return self.num.div_(self.total)
         den = torch.zeros_like(self.num)
         for tier, w in self.weight.items():
             den.add_(masks[tier].to(den.dtype), alpha=w) if tier is not None else den.add_(w)

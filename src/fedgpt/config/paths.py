@@ -82,7 +82,12 @@ PULLED_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
 
 
 def is_pulled_name(path: str) -> bool:
-    return bool(PULLED_NAME.fullmatch(path)) and not Path(path).exists()
+    if not PULLED_NAME.fullmatch(path):
+        return False
+    try:
+        return not Path(path).exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ConfigError(f"model.path '{path[:40]}...': {exc.strerror}") from None
 
 
 def is_hub_id(path: str) -> bool:

@@ -28,6 +28,7 @@ from fedgpt.federation.exchange import Exchange
 from fedgpt.federation.secure_sum import Collected, Fold, SecureSum
 from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.registry import Registry
+from fedgpt.schemas import not_finite
 from fedgpt.seeding import generator
 
 # a post-step: (new weights, round, w_t, individual updates or None) -> new weights
@@ -96,7 +97,7 @@ class FedAvgFamily(Strategy):
         new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta)
         for step in self.post_steps:
             new_w = step(new_w, rnd, state.weights, got.updates)
-        if not bool(torch.isfinite(new_w).all()):
+        if not_finite(new_w):  # one pass of its norm, no mask of the model's size
             raise RunFailed(
                 f"round {rnd}: the new weights are not finite (the aggregate or the server "
                 "optimiser overflowed); they were not applied"

@@ -173,12 +173,12 @@ def masked_input(st: RoundState, me: str, inbox: dict[str, list[bytes]], alive: 
         for v, parts in inbox.items():
             if v < me and len(parts) > 2:
                 st.pq_mask[v] = crypto.kem_decapsulate(st.kem[1], parts[2])
-    n = st.x.size
-    y = st.x + crypto.prg(st.b, n)
+    y = crypto.add_prg(st.x.copy(), st.b)
     for v in alive:
         if v != me and v in st.peers:
             pq = st.pq_mask.get(v, b"") if st.kem is not None else b""
-            y += pairwise_mask(st.s_sk, st.peers[v][1], st.rnd, me, v, n, pq)
+            seed = crypto.agree(st.s_sk, st.peers[v][1], MASK_INFO, salt(st.rnd), pq)
+            crypto.add_prg(y, seed, 1 if v > me else -1)  # as pairwise_mask, in place
     return y
 
 

@@ -98,5 +98,27 @@ def open_sealed(key: bytes, blob: bytes, ad: bytes) -> bytes:
 
 def prg(seed: bytes, n: int) -> np.ndarray:
     """``n`` uint64 words of the ChaCha20 keystream keyed by the 256-bit ``seed``."""
+    return _keystream(seed, n).copy()
+
+
+_SCRATCH: dict[int, tuple[bytearray, memoryview]] = {}  # n -> (zeros in, keystream out)
+
+
+def _keystream(seed: bytes, n: int) -> np.ndarray:
+    """The keystream in a buffer reused from call to call (valid until the next call):
+    expanding a mask allocates nothing, so a round of many masks does not fault in fresh
+    pages for each (``update_into``, the library's in-place form)."""
+    if n not in _SCRATCH:
+        _SCRATCH.clear()  # one size at a time: the round's vector length
+        _SCRATCH[n] = (bytearray(8 * n), memoryview(bytearray(8 * n + 64)))
+    zeros, out = _SCRATCH[n]
     enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(enc.update(b"\0" * (8 * n)), dtype=np.uint64).copy()
+    enc.update_into(zeros, out)
+    return np.frombuffer(out, dtype=np.uint64, count=n)
+
+
+def add_prg(acc: np.ndarray, seed: bytes, sign: int = 1) -> np.ndarray:
+    """``acc`` ± PRG(``seed``) over Z_2^64, in place (no temporary vector)."""
+    m = _keystream(seed, acc.size)
+    (np.add if sign > 0 else np.subtract)(acc, m, out=acc)
+    return acc

@@ -303,12 +303,13 @@ class _Round:
         for u in sorted(masked):
             total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=np.uint64)
         for u in sorted(masked):  # remove self masks
-            total -= crypto.prg(self._secret(b_sh[u], f"{u}'s self mask"), self.words)
+            crypto.add_prg(total, self._secret(b_sh[u], f"{u}'s self mask"), -1)
         for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u
             s_sk = self._secret(s_sh[u], f"{u}'s mask key")
             for v in self.graph[u]:
                 if v in masked:
-                    total -= self._pair_mask(u, v, s_sk, pq)
+                    seed, sign = self._pair_mask(u, v, s_sk, pq)
+                    crypto.add_prg(total, seed, -sign)
         return total
 
     def _reveal(self, u3: list[str], gone: set[str], sigs: dict[str, bytes]):
@@ -369,10 +370,10 @@ class _Round:
             self.out.dropped.append({"client": self.at_index[x], "reason": why})
         return secret
 
-    def _pair_mask(self, u: str, v: str, s_sk: int, pq: dict) -> np.ndarray:
-        """What survivor v added to its input for its dropped peer u."""
+    def _pair_mask(self, u: str, v: str, s_sk: int, pq: dict) -> tuple[bytes, int]:
+        """What survivor v added to its input for its dropped peer u: (seed, sign) of
+        ±PRG(seed)."""
         if self.p.post_quantum and (u, v) not in pq:
             raise _Abort(f"{v} did not reveal its post-quantum pair secret with {u}")
         seed = crypto.agree(s_sk, self.pk[v][1], MASK_INFO, salt(self.rnd), pq.get((u, v), b""))
-        m = crypto.prg(seed, self.words)
-        return m if u > v else (np.uint64(0) - m)
+        return seed, 1 if u > v else -1  # v added +PRG(seed) when u > v, else −PRG(seed)

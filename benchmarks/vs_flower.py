@@ -1,0 +1,265 @@
+"""FedGPT in-process against Flower's simulation engine (Ray) on the same FedAvg job,
+written to benchmarks/results/vs_flower.json (and .md, and vs_flower.png).
+
+The job: the Shakespeare clients of the configuration below, K of them, every one trained
+in each round (fraction 1, so both frameworks train the same cohort), R rounds of the same
+local training (FedGPT's trainer: the same model, local steps, batch, sequence length and
+per-client seeds), FedAvg weighted by the number of examples, no evaluation during the
+rounds. FedGPT runs it with ``fedgpt.experiment.run_experiment`` (everything a run does:
+ledger, checkpoints, receipts, report) with ``runtime.workers`` = cores; Flower with its
+``FedAvg`` strategy and a ClientApp that calls FedGPT's client algorithm, under
+``flwr.simulation.run_simulation`` with one actor per core. Both final weight vectors are
+evaluated by the same function on every client's test text: the losses must agree.
+
+Each run is its own process; the parent samples the process tree (psutil, every 0.1 s)
+for peak memory (PSS summed over the tree: pages shared by forked or Ray processes
+count once) and CPU seconds, and repeats the two interleaved
+(FedGPT, Flower, FedGPT, Flower, ...). Needs ``pip install -e ".[bench]"``.
+
+Usage: python benchmarks/vs_flower.py [--clients 10 50 100] [--rounds 3] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+JOB = [
+    "data.min_chars=2000",
+    "model.n_layer=2",
+    "model.n_embd=64",
+    "model.n_head=2",
+    "model.context=64",
+    "client.local_steps=4",
+    "client.batch_size=8",
+    "client.seq_len=64",
+    "federation.fraction=1.0",
+    'federation.server_optimizer="fedavg"',
+    "federation.norm_outlier_factor=0",
+    "baselines.enabled=false",
+]
+
+
+def job(clients: int, rounds: int, workers: int, out: str) -> list[str]:
+    return [
+        *JOB,
+        f"data.max_clients={clients}",
+        f"federation.min_clients={clients}",
+        f"federation.rounds={rounds}",
+        f"federation.eval_every={rounds + 1}",
+        f"runtime.workers={workers}",
+        f"runtime.threads={workers}",
+        f'out_dir="{out}"',
+        'name="run"',
+    ]
+
+
+def run_fedgpt(clients: int, rounds: int, workers: int, out: str) -> str:
+    from fedgpt.config import load_config
+    from fedgpt.experiment import run_experiment
+    from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
+
+    cfg = load_config(None, job(clients, rounds, workers, out))
+    run_experiment(cfg, Path(out) / "run")
+    w = load_checkpoint(latest_checkpoint(Path(out) / "run" / "checkpoints")).weights
+    path = Path(out) / "weights.pt"
+    import torch
+
+    torch.save(w, path)
+    return str(path)
+
+
+_PREP: dict = {}
+
+
+def _prepared(cfg):
+    """Each Flower actor prepares the data and model once, as a FedGPT process does."""
+    if "p" not in _PREP:
+        import torch
+
+        from fedgpt.experiment import prepare
+        from fedgpt.federation.client_app import client_algorithm
+
+        torch.set_num_threads(1)
+        prep = prepare(cfg)
+        _PREP["p"] = (prep, client_algorithm(prep.fm, prep.data, cfg.client), list(prep.data))
+    return _PREP["p"]
+
+
+def run_flower(clients: int, rounds: int, workers: int, out: str) -> str:
+    import torch
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from fedgpt.config import load_config
+    from fedgpt.seeding import client_seed
+
+    cfg = load_config(None, job(clients, rounds, 1, out))
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        prep, algo, ids = _prepared(cfg)
+        cid = ids[int(context.node_config["partition-id"])]
+        w = msg.content["arrays"].to_torch_state_dict()["w"]
+        rnd = int(msg.content["config"]["server-round"])
+        up = algo.train(cid, rnd, client_seed(cfg.seed, rnd, cid), w)
+        arrays = ArrayRecord({"w": w + up.delta})
+        metrics = MetricRecord({"num-examples": int(up.num_examples)})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+    server = ServerApp()
+    final: dict = {}
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedgpt.experiment import prepare
+
+        init = prepare(cfg).init
+        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
+                          min_available_nodes=clients)  # fmt: skip
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": init}),
+                                num_rounds=rounds)  # fmt: skip
+        final["w"] = result.arrays.to_torch_state_dict()["w"]
+
+    backend = {"init_args": {"num_cpus": workers, "include_dashboard": False},
+               "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}  # fmt: skip
+    run_simulation(server, client, num_supernodes=clients, backend_config=backend)
+    path = Path(out) / "weights.pt"
+    torch.save(final["w"], path)
+    return str(path)
+
+
+def test_loss(weights_path: str, clients: int, rounds: int) -> float:
+    import torch
+
+    from fedgpt.config import load_config
+    from fedgpt.experiment import prepare
+
+    cfg = load_config(None, job(clients, rounds, 1, "/tmp"))
+    prep = prepare(cfg)
+    prep.fm.load(torch.load(weights_path))
+    from fedgpt.tasks import CausalLM
+
+    loss = count = 0.0
+    for d in prep.data.values():
+        s, _, n, _ = CausalLM().evaluate(prep.fm.model, d.test, cfg.client.seq_len, 0)
+        loss, count = loss + s, count + n
+    return loss / count
+
+
+def measure(kind: str, clients: int, rounds: int, workers: int) -> dict:
+    """Run one framework in a child process, sampling its process tree."""
+    import psutil
+
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            kind,
+            str(clients),
+            str(rounds),
+            str(workers),
+            out,
+        ]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        peak, cpu, stop = [0], {}, threading.Event()
+
+        def sample():
+            root = psutil.Process(proc.pid)
+            while not stop.is_set():
+                try:
+                    tree = [root, *root.children(recursive=True)]
+                    rss = 0
+                    for p in tree:
+                        try:
+                            rss += p.memory_full_info().pss  # shared pages once
+                            t = p.cpu_times()
+                            cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+                        except psutil.Error:
+                            pass
+                    peak[0] = max(peak[0], rss)
+                except psutil.Error:
+                    break
+                time.sleep(0.1)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        stdout, _ = proc.communicate()
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{kind} failed with exit {proc.returncode}")
+        path = stdout.strip().splitlines()[-1]
+        loss = test_loss(path, clients, rounds)
+    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "peak_rss_gb": peak[0] / 1e9, "loss": loss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        kind, k, r, w, out = args.one
+        fn = run_fedgpt if kind == "fedgpt" else run_flower
+        print(fn(int(k), int(r), int(w), out), flush=True)
+        return
+    rows = []
+    for k in args.clients:
+        runs: dict[str, list[dict]] = {"fedgpt": [], "flower": []}
+        for _ in range(args.repeats):
+            for kind in runs:  # interleaved: A B A B
+                runs[kind].append(measure(kind, k, args.rounds, args.workers))
+                print(k, kind, runs[kind][-1], flush=True)
+        med = {
+            kind: {m: statistics.median(x[m] for x in v) for m in v[0]} for kind, v in runs.items()
+        }
+        f, g = med["flower"], med["fedgpt"]
+        rows.append({
+            "clients": k, "rounds": args.rounds, "workers": args.workers, "fedgpt": g, "flower": f,
+            "wall_flower_over_fedgpt": f["wall_s"] / g["wall_s"],
+            "cpu_flower_over_fedgpt": f["cpu_s"] / g["cpu_s"],
+            "memory_fedgpt_over_flower": g["peak_rss_gb"] / f["peak_rss_gb"],
+            "loss_difference": abs(f["loss"] - g["loss"]),
+            "runs": runs,
+        })  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "vs_flower.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "| clients | FedGPT wall | Flower wall | Flower ÷ FedGPT wall | CPU ratio | peak RSS "
+        "FedGPT / Flower | loss FedGPT / Flower |",
+        "| --: | --: | --: | --: | --: | --: | --: |",
+    ]
+    for r in rows:
+        g, f = r["fedgpt"], r["flower"]
+        lines.append(
+            f"| {r['clients']} | {g['wall_s']:.1f} s | {f['wall_s']:.1f} s | "
+            f"{r['wall_flower_over_fedgpt']:.2f}x | {r['cpu_flower_over_fedgpt']:.2f}x | "
+            f"{g['peak_rss_gb']:.2f} / {f['peak_rss_gb']:.2f} GB | "
+            f"{g['loss']:.5f} / {f['loss']:.5f} |"
+        )
+    (RESULTS / "vs_flower.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

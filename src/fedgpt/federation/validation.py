@@ -10,23 +10,10 @@ from fedgpt.messages import Message, Reply
 from fedgpt.schemas import Expect, check_config, check_payload, envelope, l2_norm, not_finite
 
 
-def validate_reply(
-    reply: Reply,
-    rnd: int,
-    numel: int,
-    ckks_chunks: int = 0,
-    tier_sizes: dict | None = None,
-    *,
-    nonce: str | None = None,
-    max_norm: float = 0.0,
-    max_bytes: int = 0,
-) -> str | None:
-    """Why a training reply cannot be used, or ``None`` if it is a valid update
-    (:func:`check_update`, without its norm)."""
-    return check_update(
-        reply, rnd, numel, ckks_chunks, tier_sizes, nonce=nonce, max_norm=max_norm,
-        max_bytes=max_bytes,
-    )[0]  # fmt: skip
+def validate_reply(*args, **kwargs) -> str | None:
+    """Why a training reply cannot be used, or ``None`` if it is a valid update: the
+    reason of :func:`check_update` (same arguments), without the norm."""
+    return check_update(*args, **kwargs)[0]
 
 
 def check_update(

@@ -73,11 +73,19 @@ class InProcessRuntime:
 
     def answer(self, cid: str, msg: Message, deadline: float | None) -> Reply:
         """``cid``'s reply to ``msg``, with the configured faults applied."""
+        early = self.before(cid, msg)
+        return early if early is not None else self.after(cid, msg, self.call(cid, msg), deadline)
+
+    def before(self, cid: str, msg: Message) -> Failure | None:
+        """The injected failure that replaces calling the client, if any."""
         if self.drop is not None and self.drop(cid, msg.type):
             return Failure("client dropped out (fault injection)")
-        if self.faults is not None and (fault := self.faults.before(cid, msg)) is not None:
-            return fault
-        reply = self.call(cid, msg)
+        if self.faults is not None:
+            return self.faults.before(cid, msg)
+        return None
+
+    def after(self, cid: str, msg: Message, reply: Reply, deadline: float | None) -> Reply:
+        """``reply``, or a Failure when the simulated straggler misses the deadline."""
         late = self.faults.delay(cid, msg) if self.faults is not None else 0.0
         if deadline and late > deadline:
             return Failure(

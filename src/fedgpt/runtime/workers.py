@@ -71,7 +71,7 @@ class WorkerRuntime(InProcessRuntime):
 
     def stream(self, messages: Mapping[str, Message], timeout=None) -> Iterator[tuple[str, Reply]]:
         deadline = timeout if timeout is not None else self.timeout
-        early = {c: f for c, m in messages.items() if (f := self._before(c, m)) is not None}
+        early = {c: f for c, m in messages.items() if (f := self.before(c, m)) is not None}
         tasks = [(c, m) for c, m in messages.items() if c not in early and parallel(m)]
         pool = _Pool(self, tasks) if len(tasks) > 1 else None
         try:
@@ -79,9 +79,9 @@ class WorkerRuntime(InProcessRuntime):
                 if cid in early:
                     reply: Reply = early[cid]
                 elif pool is not None and parallel(msg):
-                    reply = self._after(cid, msg, pool.next(cid), deadline)
+                    reply = self.after(cid, msg, pool.next(cid), deadline)
                 else:
-                    reply = self._after(cid, msg, self.call(cid, msg), deadline)
+                    reply = self.after(cid, msg, self.call(cid, msg), deadline)
                 yield from (
                     self.tamper(cid, msg, reply) if self.tamper is not None else [(cid, reply)]
                 )
@@ -91,22 +91,6 @@ class WorkerRuntime(InProcessRuntime):
         finally:
             if pool is not None:
                 pool.close(self.handler)
-
-    def _before(self, cid: str, msg: Message) -> Failure | None:
-        if self.drop is not None and self.drop(cid, msg.type):
-            return Failure("client dropped out (fault injection)")
-        if self.faults is not None:
-            return self.faults.before(cid, msg)
-        return None
-
-    def _after(self, cid, msg, reply: Reply, deadline) -> Reply:
-        late = self.faults.delay(cid, msg) if self.faults is not None else 0.0
-        if deadline and late > deadline:
-            return Failure(
-                f"no reply within the round deadline of {deadline:g} s "
-                f"(straggler, {late:g} s, fault injection)"
-            )
-        return reply
 
     def slots(self, numel: int) -> torch.Tensor:
         """(workers, SLOTS, numel) float32 in shared memory, reused across exchanges."""

@@ -372,7 +372,7 @@ def build_strategy(
         )
     else:
         secure_sum = SECURE_SUMS.get(kind)(cfg, masks)
-    return FedAvgFamily(
+    strategy = FedAvgFamily(
         secure_sum,
         build_aggregator(cfg, ctx, privacy),
         make_server_optimizer(f),
@@ -381,6 +381,29 @@ def build_strategy(
         post_steps=post_steps(cfg, ctx),
         log_heterogeneity=not privacy.active,
         stream=f.streaming and f.distill != "feddf",  # FedDF's teachers are the updates
+    )
+    check_held(cfg, strategy, privacy.per_round)
+    return strategy
+
+
+def check_held(cfg: RunConfig, strategy: FedAvgFamily, per_round: int) -> None:
+    """A strategy that holds every update of a round (it does not stream) may hold at most
+    ``federation.max_held_updates`` of them: a larger cohort is refused in one line."""
+    f = cfg.federation
+    if strategy.stream or per_round <= f.max_held_updates:
+        return
+    if not f.streaming:
+        why = "federation.streaming = false"
+    elif f.distill == "feddf":
+        why = 'federation.distill = "feddf" (its teachers are the updates)'
+    elif not strategy.aggregator.streaming:
+        why = f"the {f.aggregator.kind} aggregator needs every update at once"
+    else:
+        why = f'privacy.secure_aggregation = "{cfg.privacy.secure_aggregation}" does not stream'
+    raise ConfigError(
+        f"federation.max_held_updates = {f.max_held_updates}, but this run samples {per_round} "
+        f"clients per round and {why}: lower federation.fraction / min_clients or raise "
+        "federation.max_held_updates"
     )
 
 

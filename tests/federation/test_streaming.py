@@ -234,3 +234,26 @@ def test_the_sketch_estimates_dissimilarity_of_a_large_model():
         cos = float(d @ agg / (d.norm() * agg.norm()))
         assert got[str(i)][0] == pytest.approx(rel, rel=0.03)
         assert got[str(i)][1] == pytest.approx(cos, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (['federation.aggregator={kind="median"}'], "the median aggregator needs every update"),
+        (["federation.streaming=false"], "federation.streaming = false"),
+    ],
+)
+def test_a_cohort_larger_than_the_held_cap_is_refused_before_any_round(overrides, why):
+    from fedgpt.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        setup("federation.max_held_updates=5", *overrides, clients=6)
+    msg = str(err.value)
+    assert "\n" not in msg and "max_held_updates = 5" in msg and "samples 6 clients" in msg
+    assert why in msg
+    setup("federation.max_held_updates=6", *overrides, clients=6)  # at the cap: accepted
+
+
+def test_the_held_cap_does_not_bound_a_streaming_rule():
+    server, _ = setup("federation.max_held_updates=1", clients=6)
+    assert server.strategy.stream

@@ -324,6 +324,14 @@ class FederationConfig(_Section):
         "updates are kept back until the round's median norm is known; more outliers than "
         "this fail the round (nothing aggregated) with one line",
     )
+    max_held_updates: int = Field(
+        256,
+        ge=1,
+        description="rules that need every update of a round at once (median, trimmed mean, "
+        "krum, attention, FedDF, a secure sum that does not stream, or streaming = false) hold "
+        "the whole cohort on the server: a run whose clients per round exceed this is refused "
+        "before it starts (memory grows with clients x model on that path)",
+    )
     max_examples: int = Field(
         1_000_000,
         ge=1,

@@ -22,6 +22,7 @@ class ServerPrivacy:
     def __init__(self, cfg: PrivacyConfig, num_clients: int, per_round: int, rounds: int):
         self.cfg = cfg
         self.mechanism = mechanism_for(cfg)
+        self.per_round = per_round
         self.sample_rate = per_round / num_clients
         self.z = self.mechanism.noise_multiplier(cfg, self.sample_rate, rounds)
         self.accounting = self.mechanism.accounting(cfg, self.z, self.sample_rate, per_round)

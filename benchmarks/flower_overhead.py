@@ -10,7 +10,12 @@ the final weights agree. The load average is recorded too: on a shared 2-core ma
 moves the Flower numbers a lot (each exchange starts Python processes that import torch
 and transformers).
 
-Usage: python benchmarks/flower_overhead.py [--rounds 2] [--repeats 1]
+With ``--baseline SRC`` (the ``src`` folder of another FedGPT checkout, e.g. a ``git
+worktree`` of an earlier commit) every repeat also runs the Flower job on that code (its
+ServerApp, ClientApp and agent processes get ``PYTHONPATH=SRC``), interleaved A B A B, and
+the ratio of the wall times is reported (``wall_ratio``: this code / baseline).
+
+Usage: python benchmarks/flower_overhead.py [--rounds 2] [--repeats 1] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -76,7 +81,27 @@ def phases(log: str) -> dict:
     return marks
 
 
-def over_flower(overrides: list[str], out: Path) -> dict:
+def exchanges(log: str) -> int | None:
+    """The number of exchanges the ServerApp reports (None: code that does not say)."""
+    m = re.search(r"\[fedgpt\]\s+[\d.]+s (\d+) exchanges with the nodes", log)
+    return int(m.group(1)) if m else None
+
+
+def over_flower(overrides: list[str], out: Path, src: str | None = None) -> dict:
+
+    old = os.environ.get("PYTHONPATH")
+    if src:
+        os.environ["PYTHONPATH"] = src
+    try:
+        return _over_flower(overrides, out)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def _over_flower(overrides: list[str], out: Path) -> dict:
     from flower_harness import Deployment
 
     import fedgpt.runtime.flower as pkg
@@ -111,6 +136,7 @@ def over_flower(overrides: list[str], out: Path) -> dict:
         "clientapp_s": row["compute-time"]["clientapp-seconds"],
         "network_bytes": row["network-traffic"]["total-bytes"],
         "phases_s": phases(log),
+        "exchanges": exchanges(log),
     }
 
 
@@ -118,6 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--baseline", default="", help="src folder of the code to compare with")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     overrides = [*TINY, f"federation.rounds={args.rounds}"]
@@ -131,10 +158,17 @@ def main() -> None:
             diff = float(
                 (weights(out / "b" / "flower") - weights(out / "a" / "inprocess")).abs().max()
             )
+            base = {}
+            if args.baseline:
+                base = over_flower(overrides, out / "c", args.baseline)
+                bdiff = (weights(out / "c" / "flower") - weights(out / "a" / "inprocess")).abs()
+                base["max_abs_weight_diff"] = float(bdiff.max())
+                base["wall_ratio"] = fl["wall_s"] / base["wall_s"]
             runs.append(
                 {
                     "inprocess": ref,
                     "flower": fl,
+                    **({"baseline": base} if base else {}),
                     "per_round_overhead_s": [
                         f - i for f, i in zip(fl["round_s"], ref["round_s"], strict=True)
                     ],
@@ -143,11 +177,17 @@ def main() -> None:
                 }
             )
     med = sorted(r["flower"]["wall_s"] - r["inprocess"]["wall_s"] for r in runs)
+    ratios = sorted(r["baseline"]["wall_ratio"] for r in runs if "baseline" in r)
     result = {
         "job": {"overrides": overrides, "nodes": NODES, "clients": 6, "clients_per_round": 2},
         "machine": {"cpus": os.cpu_count()},
         "runs": runs,
         "median_extra_wall_s": med[len(med) // 2],
+        **(
+            {"baseline": args.baseline, "median_wall_ratio": ratios[len(ratios) // 2]}
+            if ratios
+            else {}
+        ),
         "note": "round 1 is one exchange (train); the last round adds the evaluation exchange "
         "(all nodes); handshake = phases_s.handshake_done - nodes_connected; each exchange "
         "pays the SuperNode's pull interval (up to 3 s in flwr 1.42) and a fresh "

@@ -23,7 +23,12 @@ from fedgpt.errors import ConfigError  # noqa: E402
 from fedgpt.experiment import prepare, run_experiment  # noqa: E402
 from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
 from fedgpt.federation.verify import verify_run  # noqa: E402
-from fedgpt.runtime.flower import client_app, server_app  # noqa: E402
+from fedgpt.runtime.flower import (  # noqa: E402
+    agent,
+    client_app,
+    server_app,  # noqa: E402
+)
+from fedgpt.runtime.flower import node as node_app
 from fedgpt.runtime.flower.settings import FlowerSettings  # noqa: E402
 
 SERVER = 1
@@ -41,7 +46,8 @@ class MemoryGrid:
     ``down``: node ids that never answer; ``broken``: node ids whose ClientApp raises.
     """
 
-    def __init__(self, node_configs: dict[int, dict], down=(), broken=()):
+    def __init__(self, node_configs: dict[int, dict], down=(), broken=(), handler=None):
+        self.handler = handler or node_app.handle  # what a node runs: Flower's ClientApp
         self.contexts = {
             n: Context(run_id=7, node_id=n, node_config=c, state=RecordDict(), run_config={})
             for n, c in node_configs.items()
@@ -49,11 +55,13 @@ class MemoryGrid:
         self.down, self.broken = set(down), set(broken)
         self.inbox: dict[str, object] = {}
         self.count = 0
+        self.pushes = 0  # exchanges: each push is answered before the server goes on
 
     def get_node_ids(self):
         return list(self.contexts)
 
     def push_messages(self, messages):
+        self.pushes += 1
         ids = []
         for msg in messages:
             self.count += 1
@@ -70,7 +78,7 @@ class MemoryGrid:
                 continue
             delivered = wire(msg)
             delivered.metadata.__dict__["_message_id"] = mid
-            reply = client_app.handle(delivered, self.contexts[node])
+            reply = self.handler(delivered, self.contexts[node])
             self.inbox[mid] = wire(reply)
         return ids
 
@@ -84,9 +92,9 @@ def task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 7)
     monkeypatch.setattr(TaskIdentity, "_node_id", SERVER)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    client_app._CACHE.clear()
+    node_app._CACHE.clear()
     yield
-    client_app._CACHE.clear()
+    node_app._CACHE.clear()
 
 
 def split_nodes(overrides: list[str], n: int = 3) -> dict[int, dict]:
@@ -205,14 +213,14 @@ def test_dead_and_crashing_nodes_become_dropouts(tmp_path, monkeypatch):
 
 def test_node_with_another_model_is_refused(tmp_path, monkeypatch):
     grid = MemoryGrid(split_nodes(FLOWER_TINY))
-    real = client_app.model_fingerprint
+    real = node_app.model_fingerprint
     calls = {"n": 0}
 
     def fingerprint(bundle, fm):  # the first node prepared (the server) is honest
         calls["n"] += 1
         return real(bundle, fm) if calls["n"] == 1 else "another vocabulary"
 
-    monkeypatch.setattr(client_app, "model_fingerprint", fingerprint)
+    monkeypatch.setattr(node_app, "model_fingerprint", fingerprint)
     with pytest.raises(ConfigError, match="model differs from the server's"):
         over_flower(FLOWER_TINY, tmp_path, grid)
 
@@ -372,7 +380,7 @@ def test_server_stopped_mid_run_resumes_to_the_same_weights(tmp_path, monkeypatc
     run_dir = tmp_path / "fl" / "fl"
     assert load_checkpoint(latest_checkpoint(run_dir / "checkpoints")).round == 1
     monkeypatch.setattr(FederatedServer, "run_round", real)
-    client_app._CACHE.clear()  # the nodes may have restarted too
+    node_app._CACHE.clear()  # the nodes may have restarted too
     settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
     summary = server_app.run(MemoryGrid(split_nodes(over)), settings)
     assert summary["rounds"] == 2
@@ -420,7 +428,7 @@ def killed_and_resumed(over, tmp_path, monkeypatch, kill_in: int, mid_round: boo
     with pytest.raises(KeyboardInterrupt):
         over_flower(over, tmp_path, MemoryGrid(split_nodes(over)))
     monkeypatch.setattr(FederatedServer, "run_round", real)
-    client_app._CACHE.clear()
+    node_app._CACHE.clear()
     run_dir = tmp_path / "fl" / "fl"
     settings = FlowerSettings(min_nodes=1, node_wait=0, resume=str(run_dir))
     return run_dir, server_app.run(MemoryGrid(split_nodes(over)), settings)
@@ -534,3 +542,98 @@ def test_a_round_redone_after_a_crash_is_charged_to_the_budget(case, tmp_path, m
     trained_in_3 = {c for c, r in seen.items() if len(r) >= 3}
     assert trained_in_3 and set(unseen) == trained_in_3, (unseen, trained_in_3)
     assert max(true_epsilon(case, seen[c]) for c in trained_in_3) > 0.9 * target
+
+
+def test_a_plain_round_is_one_exchange_and_every_receipt_arrives(tmp_path):
+    """The run setup rides with the first batch and each round's receipts with the next
+    one: hello, one exchange per round, the final evaluation, and one to hand over the last
+    round's receipts. Every participant still holds a receipt of every round it took part
+    in, and the ledger agrees with all of them."""
+    rounds = 3
+    over = [*FLOWER_TINY, f"federation.rounds={rounds}", "federation.eval_every=1000"]
+    nodes = split_nodes(over)
+    for n, c in nodes.items():
+        c["receipts-dir"] = str(tmp_path / "receipts" / str(n))
+    grid = MemoryGrid(nodes)
+    summary = over_flower(over, tmp_path, grid)
+    assert summary["rounds"] == rounds
+    assert grid.pushes == rounds + 3
+    run = tmp_path / "fl" / "fl"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    taken = sum(len(r["participants"]) for r in rows)
+    files = sorted((tmp_path / "receipts").rglob("receipts.jsonl"))
+    verdict = verify_run(run, receipts=files)
+    assert verdict.ok, verdict.problems
+    assert verdict.receipts == taken and taken >= 2 * rounds
+
+
+@pytest.fixture
+def agent_parent(monkeypatch):
+    """The ClientApps' parent process, as Flower's SuperExec would be: the node agents
+    they start live as long as it does."""
+    import os
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    monkeypatch.setattr(os, "getppid", lambda: parent.pid)
+    yield parent
+    parent.kill()
+    parent.wait()
+
+
+def agent_sockets(nodes: dict, parent: int) -> list:
+    return [agent.socket_path({**c, "agent-idle": 60}, parent) for c in nodes.values()]
+
+
+def test_the_node_agent_answers_as_the_clientapp_process_would(tmp_path, agent_parent):
+    """Every message goes through Flower's ClientApp entry point, which hands it to the
+    node's agent process over its socket: the same final weights and ledger as in-process,
+    one agent per node for the whole run, which goes when the SuperExec goes."""
+    import time
+
+    over = with_identities([*FLOWER_TINY, "client.keep_optimizer_state=true"], tmp_path / "ids")
+    ref = in_process(over, tmp_path)
+    nodes = {n: {**c, "agent-idle": 60} for n, c in split_nodes(over).items()}
+    grid = MemoryGrid(nodes, handler=client_app.forward)
+    over_flower(over, tmp_path, grid)
+    assert (final_weights(tmp_path / "fl" / "fl") - ref).abs().max().item() <= 1e-6
+    assert verify_run(tmp_path / "fl" / "fl").ok
+    sockets = agent_sockets(nodes, agent_parent.pid)
+    assert all(p.exists() for p in sockets) and not node_app._CACHE  # the work was there
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in sockets)
+    assert sockets[0].parent.stat().st_mode & 0o777 == 0o700
+    agent_parent.kill()
+    agent_parent.wait()
+    end = time.monotonic() + 10
+    while any(p.exists() for p in sockets) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(p.exists() for p in sockets)  # every agent left with its parent
+
+
+def test_a_node_whose_agent_cannot_start_answers_itself(tmp_path, agent_parent, caplog):
+    nodes = {n: {**c, "agent-idle": "soon"} for n, c in split_nodes(FLOWER_TINY).items()}
+    grid = MemoryGrid(nodes, handler=client_app.forward)
+    ref = in_process(FLOWER_TINY, tmp_path)
+    over_flower(FLOWER_TINY, tmp_path, grid)
+    assert (final_weights(tmp_path / "fl" / "fl") - ref).abs().max().item() <= 1e-6
+    assert "node agent unavailable" in caplog.text and node_app._CACHE
+
+
+def test_an_error_in_the_agent_reaches_the_clientapp():
+    import socket
+    import threading
+
+    from flwr.app import ConfigRecord, RecordDict
+
+    def handler(content, ctx):
+        raise ValueError("not a FedGPT batch")
+
+    ours, theirs = socket.socketpair()
+    server = threading.Thread(target=agent.serve_one, args=(theirs, handler))
+    server.start()
+    rd = RecordDict({"x": ConfigRecord({"a": 1})})
+    agent.send_frames(ours, b"{}", agent.to_bytes(rd), agent.to_bytes(rd))
+    status, why, _ = agent.recv_frames(ours, 3)
+    server.join()
+    assert status == b"err" and why == b"ValueError: not a FedGPT batch"

@@ -94,12 +94,18 @@ class FederatedServer:
             result.eval = self.evaluate(state.weights, rnd)
             result.eval_seconds = time.perf_counter() - t1
 
-    def send_receipts(self, rnd: int, run_id: str, receipts: dict[str, bytes]) -> int:
-        """Hand each client its signed receipt (federation.receipts); the number kept."""
+    def send_receipts(self, rnd: int, run_id: str, receipts: dict[str, bytes]) -> int | None:
+        """Hand each client its signed receipt (federation.receipts); the number kept, or
+        None where the runtime carries them with its next exchange (``carry``: a round over
+        Flower is then one exchange)."""
         from fedgpt.federation.receipts import RECEIPT
 
         cfg = {"round": rnd, "run_id": run_id}
         msgs = {c: Message(RECEIPT, cfg, blobs={"receipt": [raw]}) for c, raw in receipts.items()}
+        carry = getattr(self.runtime, "carry", None)
+        if carry is not None:
+            carry(msgs)
+            return None
         replies = self.runtime.send_and_receive(msgs) if msgs else {}
         kept = [r for r in replies.values() if isinstance(r, Message) and r.config.get("kept")]
         return len(kept)

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedgpt.errors import ConfigError, RunError
 from fedgpt.messages import Failure, Message
-from fedgpt.runtime.flower.client_app import HELLO, SETUP
+from fedgpt.runtime.flower.node import HELLO, SETUP
 from fedgpt.runtime.flower.runtime import FlowerRuntime
 from fedgpt.runtime.flower.settings import FlowerSettings
 
@@ -93,6 +93,13 @@ def handshake(
     return node_of
 
 
+def setup_refused(key: str, reply) -> None:
+    """A node that could not take the run setup: its clients fail every message of the run
+    (the node refuses them), so the run goes on without them; say so once."""
+    if isinstance(reply, Failure):
+        say(f"{key[1:]} did not take the run setup: {reply.reason}")
+
+
 def order_clients(prep, node_of: dict[str, int]) -> list[str]:
     """The run's client ids in the server's order (Shakespeare: the dataset's order, as
     in-process; user data: sorted)."""
@@ -127,8 +134,8 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
     from fedgpt.build import client_setup
     from fedgpt.runner import new_run_dir
     from fedgpt.runtime.faults import FaultInjector, FaultyRuntime
-    from fedgpt.runtime.flower.client_app import model_fingerprint
     from fedgpt.runtime.flower.driver import build_server, run_rounds, server_model
+    from fedgpt.runtime.flower.node import model_fingerprint
 
     cfg = settings.fedgpt_config()
     prep = server_model(cfg)
@@ -141,18 +148,15 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
     node_of = handshake(grid, nodes, cfg, fingerprint, numel, settings.timeout, session)
     ids = order_clients(prep, node_of)
     timeout = cfg.runtime.round_timeout or settings.timeout  # FedGPT's deadline wins if set
-    runtime = FlowerRuntime(grid, node_of, timeout=timeout)
+    runtime = flower = FlowerRuntime(grid, node_of, timeout=timeout)
     faults = FaultInjector.from_config(cfg, ids)
     if faults is not None:  # simulated faults, applied at the server's end of the wire
         runtime = FaultyRuntime(runtime, faults, cfg.runtime.round_timeout or None)
     server, privacy, tiers = build_server(cfg, prep, runtime, ids, say)
     setup = client_setup(cfg, ids, privacy, tiers)
-    if setup is not None:
-        per_node = {f"@node:{n}": n for n in sorted(set(node_of.values()))}
-        rt = FlowerRuntime(grid, per_node, timeout=settings.timeout)
-        for k, r in rt.send_and_receive({k: Message(SETUP, setup) for k in per_node}).items():
-            if isinstance(r, Failure):
-                raise RunError(f"node {per_node[k]} did not take the run setup: {r.reason}")
+    if setup is not None:  # travels at the head of each node's first batch
+        per_node = {f"@node:{n}": Message(SETUP, setup) for n in sorted(set(node_of.values()))}
+        flower.carry(per_node, on_reply=setup_refused)
     trainable, total = prep.bundle.counts()
     say(f"run folder: {run_dir}")
     say(
@@ -170,6 +174,8 @@ def run(grid: Grid, settings: FlowerSettings) -> dict:
         cfg, prep, server, privacy, run_dir, say, extra, bool(settings.resume), attempt,
         run_id=session["run_id"],
     )  # fmt: skip
+    flower.flush()  # the last round's receipts
+    say(f"{flower.round_trips + 1} exchanges with the nodes, the hello included")
     say(f"done: {summary['rounds']} rounds, test loss {summary['federated']['test_loss']}")
     return summary
 

@@ -609,6 +609,7 @@ def test_the_node_agent_answers_as_the_clientapp_process_would(tmp_path, agent_p
     while any(p.exists() for p in sockets) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(p.exists() for p in sockets)  # every agent left with its parent
+    assert not any(p.with_suffix(".lock").exists() for p in sockets)  # and tidied up
 
 
 def test_a_node_whose_agent_cannot_start_answers_itself(tmp_path, agent_parent, caplog):

@@ -235,6 +235,10 @@ def _leave(server: socket.socket, path: Path) -> None:
                 path.unlink()
         except FileNotFoundError:
             pass
+        log = path.with_suffix(".log")
+        if log.exists() and log.stat().st_size == 0:
+            log.unlink()
+        path.with_suffix(".lock").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

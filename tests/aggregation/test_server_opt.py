@@ -49,6 +49,19 @@ def test_fedavgm_two_steps():
     assert torch.allclose(x, torch.tensor([1.5, 1.6], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("opt", [FedAvg(lr=0.7), FedAvgM(lr=0.7, momentum=0.9), FedAdam()])
+def test_a_consumed_delta_gives_the_same_bits_and_leaves_the_old_state(opt):
+    gen = torch.Generator().manual_seed(3)
+    x, v0 = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen)
+    state = {k: v0.abs() if k == "v" else t for k, t in opt.init(x).items()}
+    before = {k: t.clone() for k, t in state.items()}
+    delta = torch.randn(1000, generator=gen)
+    ref_x, ref_s = opt.apply(state, x, delta.clone())
+    got_x, got_s = opt.apply(state, x, delta.clone(), consume=True)
+    assert torch.equal(got_x, ref_x) and all(torch.equal(got_s[k], ref_s[k]) for k in ref_s)
+    assert all(torch.equal(state[k], before[k]) for k in state)  # the old state stays
+
+
 # beta1 = 0.9, beta2 = 0.99, tau = 0.01, lr = 0.1; v_{-1} = tau^2 = 1e-4, m_{-1} = 0.
 # m = 0.1 * D = [0.02, -0.04]
 # Adam:    v = 0.99e-4 + 0.01 D^2          = [0.000499, 0.001699]

@@ -15,6 +15,11 @@ save and restore them exactly. With Δ_t the weighted average of client deltas
     Yogi:    v_t = v_{t−1} − (1 − β2) Δ_t² sign(v_{t−1} − Δ_t²)
   then x_{t+1} = x_t + η m_t / (√v_t + τ), with v_{−1} = τ² and m_{−1} = 0 as in the
   paper (no bias correction).
+
+``apply(state, params, delta, consume=False)`` returns (new params, new state) and leaves
+its inputs as they were; with ``consume=True`` the caller hands over ``delta`` (the
+round's own aggregate buffer, used for nothing after) and FedAvgM builds v_t in it, so a
+round's server step needs one new model-sized buffer (the new params), not two.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class FedAvg:
     def init(self, params: torch.Tensor) -> State:
         return {}
 
-    def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor):
+    def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor, consume=False):
         return torch.add(params, delta, alpha=self.lr), state  # no temporary of Δ's size
 
 
@@ -60,8 +65,11 @@ class FedAvgM:
     def init(self, params: torch.Tensor) -> State:
         return {"v": torch.zeros_like(params)}
 
-    def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor):
-        v = torch.add(delta, state["v"], alpha=self.momentum)  # no temporaries of Δ's size
+    def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor, consume=False):
+        if consume:  # v_t = Δ_t + β v_{t-1}, built in Δ_t's buffer: the same bits
+            v = delta.add_(state["v"], alpha=self.momentum)
+        else:
+            v = torch.add(delta, state["v"], alpha=self.momentum)
         return torch.add(params, v, alpha=self.lr), {"v": v}
 
 
@@ -85,7 +93,7 @@ class _Adaptive:
     def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor):
+    def apply(self, state: State, params: torch.Tensor, delta: torch.Tensor, consume=False):
         m = self.beta1 * state["m"] + (1 - self.beta1) * delta
         v = self.second_moment(state["v"], delta * delta)
         return params + self.lr * m / (v.sqrt() + self.tau), {"m": m, "v": v}

@@ -94,7 +94,10 @@ class FedAvgFamily(Strategy):
         delta, agg_state = self._aggregate(state, got, result)
         if delta is None:
             return ServerState(rnd, state.weights, state.opt_state), self._report(result, ex)
-        new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta)
+        # a folded or securely summed aggregate is this round's own buffer, used for nothing
+        # after: the server step may build in it (a held rule's may view the updates)
+        own = got.folded is not None or got.average is not None
+        new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta, consume=own)
         for step in self.post_steps:
             new_w = step(new_w, rnd, state.weights, got.updates)
         if not_finite(new_w):  # one pass of its norm, no mask of the model's size

@@ -37,9 +37,11 @@ def one(params: int, clients: int, streaming: bool, factor: float) -> dict:
     from fedgpt.federation.secure_sum import PlainSum
     from fedgpt.federation.state import ServerState
     from fedgpt.federation.strategy import FedAvgFamily
+    from fedgpt.malloc import return_large_blocks
     from fedgpt.messages import Message
     from fedgpt.runtime import InProcessRuntime
 
+    return_large_blocks()  # as fedgpt.build.build_server does for every server
     cfg = load_config(None, [f"federation.norm_outlier_factor={factor}"])
     cls = AGGREGATORS.get("fedavg")
     agg = cls(cls.Config(kind="fedavg"), ServerContext())

@@ -11,6 +11,11 @@ ledger, checkpoints, receipts, report) with ``runtime.workers`` = cores; Flower 
 ``flwr.simulation.run_simulation`` with one actor per core. Both final weight vectors are
 evaluated by the same function on every client's test text: the losses must agree.
 
+The clients' training CPU is the floor for both: a third process (``train``) runs only
+the clients' training, every client of every round, one thread, in a plain loop over the
+same trainer and seeds (plus one process's imports and preparation). Each framework's
+non-training CPU per round is its CPU minus that, over the rounds.
+
 Each run is its own process; the parent samples the process tree (psutil, every 0.1 s)
 for peak memory (PSS summed over the tree: pages shared by forked or Ray processes
 count once) and CPU seconds, and repeats the two interleaved
@@ -142,6 +147,23 @@ def run_flower(clients: int, rounds: int, workers: int, out: str) -> str:
     return str(path)
 
 
+def run_train(clients: int, rounds: int, workers: int, out: str) -> str:
+    """Only the clients' training: what both frameworks must spend at the least."""
+    import torch
+
+    from fedgpt.config import load_config
+    from fedgpt.seeding import client_seed
+
+    cfg = load_config(None, job(clients, rounds, 1, out))
+    prep, algo, ids = _prepared(cfg)
+    for rnd in range(1, rounds + 1):
+        for cid in ids:
+            algo.train(cid, rnd, client_seed(cfg.seed, rnd, cid), prep.init)
+    path = Path(out) / "weights.pt"
+    torch.save(prep.init, path)
+    return str(path)
+
+
 def test_loss(weights_path: str, clients: int, rounds: int) -> float:
     import torch
 
@@ -220,12 +242,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         kind, k, r, w, out = args.one
-        fn = run_fedgpt if kind == "fedgpt" else run_flower
+        fn = {"fedgpt": run_fedgpt, "flower": run_flower, "train": run_train}[kind]
         print(fn(int(k), int(r), int(w), out), flush=True)
         return
     rows = []
     for k in args.clients:
-        runs: dict[str, list[dict]] = {"fedgpt": [], "flower": []}
+        runs: dict[str, list[dict]] = {"fedgpt": [], "flower": [], "train": []}
         for _ in range(args.repeats):
             for kind in runs:  # interleaved: A B A B
                 runs[kind].append(measure(kind, k, args.rounds, args.workers))
@@ -233,9 +255,14 @@ def main() -> None:
         med = {
             kind: {m: statistics.median(x[m] for x in v) for m in v[0]} for kind, v in runs.items()
         }
-        f, g = med["flower"], med["fedgpt"]
+        f, g, t = med["flower"], med["fedgpt"], med["train"]
+        for m in (f, g):  # CPU beyond the clients' training, per round
+            m["non_training_cpu_per_round_s"] = (m["cpu_s"] - t["cpu_s"]) / args.rounds
+        gn, fn = g["non_training_cpu_per_round_s"], f["non_training_cpu_per_round_s"]
         rows.append({
             "clients": k, "rounds": args.rounds, "workers": args.workers, "fedgpt": g, "flower": f,
+            "training_only": {"cpu_s": t["cpu_s"], "wall_s": t["wall_s"]},
+            "non_training_cpu_fedgpt_over_flower": gn / fn if fn > 0 else None,
             "wall_flower_over_fedgpt": f["wall_s"] / g["wall_s"],
             "cpu_flower_over_fedgpt": f["cpu_s"] / g["cpu_s"],
             "memory_fedgpt_over_flower": g["peak_rss_gb"] / f["peak_rss_gb"],
@@ -245,20 +272,45 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "vs_flower.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
-        "| clients | FedGPT wall | Flower wall | Flower ÷ FedGPT wall | CPU ratio | peak RSS "
-        "FedGPT / Flower | loss FedGPT / Flower |",
-        "| --: | --: | --: | --: | --: | --: | --: |",
+        "| clients | FedGPT wall | Flower wall | Flower ÷ FedGPT wall | CPU ratio | non-training "
+        "CPU per round FedGPT / Flower | peak memory FedGPT / Flower | loss FedGPT / Flower |",
+        "| --: | --: | --: | --: | --: | --: | --: | --: |",
     ]
     for r in rows:
         g, f = r["fedgpt"], r["flower"]
+        nt = r["non_training_cpu_fedgpt_over_flower"]
         lines.append(
             f"| {r['clients']} | {g['wall_s']:.1f} s | {f['wall_s']:.1f} s | "
             f"{r['wall_flower_over_fedgpt']:.2f}x | {r['cpu_flower_over_fedgpt']:.2f}x | "
-            f"{g['peak_rss_gb']:.2f} / {f['peak_rss_gb']:.2f} GB | "
-            f"{g['loss']:.5f} / {f['loss']:.5f} |"
+            f"{g['non_training_cpu_per_round_s']:.2f} / {f['non_training_cpu_per_round_s']:.2f} s"
+            f" ({nt:.3f}) | {g['peak_rss_gb']:.2f} / {f['peak_rss_gb']:.2f} GB "
+            f"({r['memory_fedgpt_over_flower']:.2f}) | {g['loss']:.5f} / {f['loss']:.5f} |"
         )
     (RESULTS / "vs_flower.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(rows)
+
+
+def plot(rows: list[dict]) -> None:
+    """Wall time, non-training CPU per round and peak memory against clients per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["clients"] for r in rows]
+    panels = [("wall_s", "end-to-end wall (s)"),
+              ("non_training_cpu_per_round_s", "non-training CPU per round (s)"),
+              ("peak_rss_gb", "peak memory, PSS (GB)")]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for kind, name in (("fedgpt", "FedGPT in-process"), ("flower", "Flower simulation")):
+            ax.plot(ks, [r[kind][key] for r in rows], marker="o", label=name)
+        ax.set_xlabel("clients per round")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "vs_flower.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from fedgpt.federation.loop import FederatedServer
 from fedgpt.federation.sampling import clients_per_round
 from fedgpt.federation.secure_sum import SECURE_SUMS, CkksSum
 from fedgpt.federation.strategy import FedAvgFamily, Strategy
+from fedgpt.malloc import return_large_blocks
 from fedgpt.messages import Runtime
 from fedgpt.models.build import ModelBundle, build_model
 from fedgpt.models.params import FlatModel, bind_flat
@@ -441,6 +442,7 @@ def build_server(
     """The server over ``runtime`` for clients ``ids``, complete: (server, privacy, tiers)
     (``privacy`` and ``tiers`` are made here unless given; ``registry``: SecAgg's client
     identities, public part, or None to read them from ``privacy.secagg_identities``)."""
+    return_large_blocks()  # freed updates go back to the OS: the server stays O(model)
     privacy = privacy if privacy is not None else make_privacy(cfg, len(ids))
     tiers = tiers if tiers is not None else device_tiers(cfg, prep, ids)
     ckks = None
@@ -481,6 +483,7 @@ def server_for(
 ) -> FederatedServer:
     """The server for a model you already hold (``fm``, a bound flat view), without
     device tiers: what :func:`build_server` makes from a :class:`Prepared`."""
+    return_large_blocks()
     ctx = ServerContext(fm, public, cfg.seed, cfg.client.seq_len, vocab_size)
     privacy = make_privacy(cfg, len(ids))
     ckks = None

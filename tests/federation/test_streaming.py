@@ -257,3 +257,22 @@ def test_a_cohort_larger_than_the_held_cap_is_refused_before_any_round(overrides
 def test_the_held_cap_does_not_bound_a_streaming_rule():
     server, _ = setup("federation.max_held_updates=1", clients=6)
     assert server.strategy.stream
+
+
+def test_the_round_sketches_stay_within_their_budget_in_a_large_cohort():
+    from fedgpt.aggregation import AGGREGATORS, ServerContext
+    from fedgpt.federation.streaming import SKETCH_BUDGET, SKETCH_SIZE, Folder
+
+    cls = AGGREGATORS.get("fedavg")
+    agg = cls(cls.Config(kind="fedavg"), ServerContext())
+    gen = torch.Generator().manual_seed(0)
+    small = Folder(agg, {}, 4_000, 1, gen, cohort=1000)
+    assert small.sketch.exact  # a model below the per-client size is still exact
+    big = Folder(agg, {}, 1_000_000, 1, gen, cohort=1000)
+    delta = torch.randn(1_000_000, generator=gen)
+    big.add("c0", delta, 1.0, float(delta.norm()))
+    held = big.sketch.rows["c0"][1].numel()
+    assert held * 1000 <= SKETCH_BUDGET and held < SKETCH_SIZE
+    few = Folder(agg, {}, 1_000_000, 1, gen, cohort=4)
+    few.add("c0", delta, 1.0, float(delta.norm()))
+    assert few.sketch.rows["c0"][1].numel() >= SKETCH_SIZE - 1

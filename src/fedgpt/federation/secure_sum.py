@@ -157,7 +157,7 @@ class PlainSum(SecureSum):
         folder = Folder(
             fold.aggregator, fold.state, state.weights.numel(), state.round + 1, fold.gen,
             factor=f.norm_outlier_factor, holdback=f.outlier_holdback,
-            tier_masks=self.tier_masks, sketch=fold.sketch,
+            tier_masks=self.tier_masks, sketch=fold.sketch, cohort=len(msgs),
         )  # fmt: skip
         kept: dict[str, dict] = {}  # client -> its reply's config, and its weight n_k
         first: dict[str, str | None] = {}  # client -> the hash of its first reply

@@ -17,7 +17,9 @@ update's norm computed once and reused. Two rules look at the round as a whole:
 
 Each client's heterogeneity (``‖Δ_k − Δ‖ / ‖Δ‖``, ``cos``) comes from a
 :class:`~fedgpt.aggregation.stream.Sketch` (exact for models of at most 65,536
-parameters, else from a systematic sample of that many coordinates).
+parameters, else from a systematic sample of that many coordinates per client, fewer in a
+large cohort: the round's sketches together hold at most 4 M values, 16 MB, so they do not
+grow the server with the number of clients).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch
 from fedgpt.aggregation.base import Aggregate, Aggregator
 from fedgpt.aggregation.stream import Sketch
 
-SKETCH_SIZE = 65_536
+SKETCH_SIZE = 65_536  # sampled coordinates per client, at most
+SKETCH_BUDGET = 1 << 22  # ... and in all, over the round's cohort
 
 
 @dataclass(order=True)
@@ -58,13 +61,15 @@ class Folder:
         holdback: int = 0,
         tier_masks: dict[str, torch.Tensor] | None = None,
         sketch: bool = True,
+        cohort: int = 1,
     ):
         self.agg, self.state, self.numel, self.gen = aggregator, state, numel, gen
         self.acc = aggregator.begin(state, numel, rnd)
         self.factor, self.holdback = factor, holdback
         self.masks = tier_masks or {}
         self._index: dict[str, torch.Tensor] = {}
-        self.sketch = Sketch(numel, SKETCH_SIZE, gen) if sketch else None
+        size = max(1, min(SKETCH_SIZE, SKETCH_BUDGET // max(1, cohort)))
+        self.sketch = Sketch(numel, size, gen) if sketch else None
         self.held: list[_Held] = []  # a min-heap by norm
         self.folded: dict[str, tuple[float, float, str | None]] = {}  # cid -> norm, w, tier
         self.norms: dict[str, float] = {}

@@ -6,10 +6,13 @@ in each round (fraction 1, so both frameworks train the same cohort), R rounds o
 local training (FedGPT's trainer: the same model, local steps, batch, sequence length and
 per-client seeds), FedAvg weighted by the number of examples, no evaluation during the
 rounds. FedGPT runs it with ``fedgpt.experiment.run_experiment`` (everything a run does:
-ledger, checkpoints, receipts, report) with ``runtime.workers`` = cores; Flower with its
-``FedAvg`` strategy and a ClientApp that calls FedGPT's client algorithm, under
-``flwr.simulation.run_simulation`` with one actor per core. Both final weight vectors are
-evaluated by the same function on every client's test text: the losses must agree.
+ledger, checkpoints, receipts, report, and the evaluation of the final model on every
+client's test text) with ``runtime.workers`` = cores; Flower with its ``FedAvg`` strategy
+and a ClientApp that calls FedGPT's client algorithm, under
+``flwr.simulation.run_simulation`` with one actor per core, followed by the same final
+evaluation (one ``evaluate`` message to every node, FedGPT's task evaluation there).
+Both final weight vectors are evaluated again by the same function on every client's
+test text: the losses must agree.
 
 The clients' training CPU is the floor for both: a third process (``train``) runs only
 the clients' training, every client of every round, one thread, in a plain loop over the
@@ -18,8 +21,10 @@ non-training CPU per round is its CPU minus that, over the rounds.
 
 Each run is its own process; the parent samples the process tree (psutil, every 0.1 s)
 for peak memory (PSS summed over the tree: pages shared by forked or Ray processes
-count once) and CPU seconds, and repeats the two interleaved
-(FedGPT, Flower, FedGPT, Flower, ...). Needs ``pip install -e ".[bench]"``.
+count once) and CPU seconds (each process's own user + system time at its last sample,
+so a forked worker is counted once, not again in its parent's children's time), and
+repeats the three interleaved (FedGPT, Flower, training only, FedGPT, ...). Needs
+``pip install -e ".[bench]"``.
 
 Usage: python benchmarks/vs_flower.py [--clients 10 50 100] [--rounds 3] [--repeats 2]
 """
@@ -125,6 +130,19 @@ def run_flower(clients: int, rounds: int, workers: int, out: str) -> str:
         metrics = MetricRecord({"num-examples": int(up.num_examples)})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """FedGPT's own evaluation of the final weights on this client's test text."""
+        prep, algo, ids = _prepared(cfg)
+        cid = ids[int(context.node_config["partition-id"])]
+        fm = algo.fm
+        fm.load(msg.content["arrays"].to_torch_state_dict()["w"])
+        loss_sum, _, count, _ = algo.task.evaluate(
+            fm.model, prep.data[cid].test, cfg.client.seq_len, cfg.federation.eval_max_chars
+        )
+        out = MetricRecord({"loss-sum": float(loss_sum), "count": float(count)})
+        return Message(RecordDict({"metrics": out}), reply_to=msg)
+
     server = ServerApp()
     final: dict = {}
 
@@ -138,10 +156,20 @@ def run_flower(clients: int, rounds: int, workers: int, out: str) -> str:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": init}),
                                 num_rounds=rounds)  # fmt: skip
         final["w"] = result.arrays.to_torch_state_dict()["w"]
+        # then, as a FedGPT run does after its last round, every client evaluates the model
+        content = RecordDict({"arrays": result.arrays})
+        asks = [Message(content, dst_node_id=n, message_type="evaluate")
+                for n in grid.get_node_ids()]  # fmt: skip
+        replies = list(grid.send_and_receive(asks))
+        got = [r.content["metrics"] for r in replies if r.has_content()]
+        if len(got) != clients:
+            raise RuntimeError(f"{clients - len(got)} clients did not evaluate")
+        final["loss"] = sum(m["loss-sum"] for m in got) / sum(m["count"] for m in got)
 
     backend = {"init_args": {"num_cpus": workers, "include_dashboard": False},
                "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}  # fmt: skip
     run_simulation(server, client, num_supernodes=clients, backend_config=backend)
+    print(f"final evaluation on every client: loss {final['loss']:.6f}", file=sys.stderr)
     path = Path(out) / "weights.pt"
     torch.save(final["w"], path)
     return str(path)
@@ -210,8 +238,8 @@ def measure(kind: str, clients: int, rounds: int, workers: int) -> dict:
                     for p in tree:
                         try:
                             rss += p.memory_full_info().pss  # shared pages once
-                            t = p.cpu_times()
-                            cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+                            t = p.cpu_times()  # its own: a reaped child's is not added
+                            cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
                         except psutil.Error:
                             pass
                     peak[0] = max(peak[0], rss)

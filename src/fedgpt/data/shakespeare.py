@@ -419,7 +419,40 @@ def _inline_label(text: str, known: set[str] | frozenset[str]) -> tuple[str, str
 
 @functools.cache
 def _play_speeches(play: str) -> tuple[Speech, ...]:
-    return tuple(parse_play(load_plays()[play], play))
+    return _parsed()[play]
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed() -> dict[str, tuple[Speech, ...]]:
+    """Every play's speeches: parsed (about 2 s for the 37 plays), or read back from the
+    per-user cache (``$FEDGPT_HOME/cache``) under the SHA-256 of the shipped archive and of
+    this parser's source, so a changed archive or parser is parsed afresh. A cache that is
+    missing, unreadable or unwritable only costs the parse."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    from fedgpt.files import fedgpt_home
+
+    h = hashlib.sha256(files("fedgpt.resources").joinpath(_ARCHIVE).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    path = fedgpt_home() / "cache" / f"shakespeare-{h.hexdigest()[:32]}.json"
+    try:
+        rows = json.loads(path.read_text())
+        return {p: tuple(Speech(p, r, tuple(ls)) for r, ls in v) for p, v in rows.items()}
+    except (OSError, ValueError, TypeError):
+        pass
+    parsed = {p: tuple(parse_play(text, p)) for p, text in load_plays().items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        rows = {p: [[s.role, list(s.lines)] for s in v] for p, v in parsed.items()}
+        tmp.write_text(json.dumps(rows))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return parsed
 
 
 def _check_names(names: Iterable[str], valid: Sequence[str], what: str) -> None:

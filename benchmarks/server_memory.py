@@ -12,6 +12,7 @@ streaming with the norm-outlier rule on (its holdback of the largest updates) an
 the held path (federation.streaming = false) where it fits in memory.
 
 Usage: python benchmarks/server_memory.py [--clients 10 50 200] [--held-max-gb 8]
+                                          [--models full lora]  (rows of the others kept)
 """
 
 from __future__ import annotations
@@ -81,14 +82,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 50, 200])
     ap.add_argument("--held-max-gb", type=float, default=8.0)
+    ap.add_argument("--models", nargs="+", choices=["full", "lora"], default=["full", "lora"])
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         p, k, s, f = args.one
         print(json.dumps(one(int(p), int(k), s == "1", float(f))))
         return
-    rows = []
-    for model, params in MODELS.items():
+    chosen = {m: p for m, p in MODELS.items() if m.split()[1] in args.models}
+    old = RESULTS / "server_memory.json"
+    rows = (
+        [r for r in json.loads(old.read_text()) if r["model"] not in chosen] if old.exists() else []
+    )
+    for model, params in chosen.items():
         for k in args.clients:
             modes = [
                 ("streaming, outlier rule on", True, 10.0),
@@ -112,6 +118,7 @@ def main() -> None:
                 rows.append({"model": model, "params": params, "clients": k, "mode": name, **got})
                 gb, times = got["growth_bytes"] / 1e9, got["growth_models"]
                 print(f"{model:24s} {k:4d} {name:30s} +{gb:6.2f} GB = {times:5.2f} models")
+    rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["clients"]))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "server_memory.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [

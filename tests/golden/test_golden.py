@@ -66,15 +66,15 @@ def test_flower_grid_matches_golden(case, tmp_path, monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
     from test_flower_grid import MemoryGrid, final_weights, split_nodes
 
-    from fedgpt.runtime.flower import client_app, server_app
+    from fedgpt.runtime.flower import node, server_app
     from fedgpt.runtime.flower.settings import FlowerSettings
 
     monkeypatch.setattr(TaskIdentity, "_run_id", 7)
     monkeypatch.setattr(TaskIdentity, "_node_id", 1)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    client_app._CACHE.clear()
+    node._CACHE.clear()
     over = with_identities(overrides(case, tmp_path), tmp_path / "identities")
     grid = MemoryGrid(split_nodes(over))
     server_app.run(grid, FlowerSettings(overrides=tuple(over), min_nodes=1, node_wait=0))
-    client_app._CACHE.clear()
+    node._CACHE.clear()
     check(case, final_weights(tmp_path / case))

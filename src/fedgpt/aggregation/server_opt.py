@@ -16,15 +16,17 @@ save and restore them exactly. With Δ_t the weighted average of client deltas
   then x_{t+1} = x_t + η m_t / (√v_t + τ), with v_{−1} = τ² and m_{−1} = 0 as in the
   paper (no bias correction).
 
-``apply(state, params, delta, consume=False)`` returns (new params, new state) and leaves
-its inputs as they were; with ``consume=True`` the caller hands over ``delta`` (the
-round's own aggregate buffer, used for nothing after) and FedAvgM builds v_t in it, so a
-round's server step needs one new model-sized buffer (the new params), not two.
+``apply(state, params, delta)`` returns (new params, new state) and leaves its inputs as
+they were. An optimiser that declares ``consumes_delta = True`` (FedAvgM) is also called
+``apply(..., consume=True)`` when the caller hands over ``delta`` (the round's own
+aggregate buffer, used for nothing after): FedAvgM builds v_t in it, so a round's server
+step needs one new model-sized buffer (the new params), not two.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -57,6 +59,7 @@ class FedAvg:
 class FedAvgM:
     lr: float = 1.0
     momentum: float = 0.9
+    consumes_delta: ClassVar[bool] = True  # apply(..., consume=True) builds v_t in Δ_t
 
     @classmethod
     def from_config(cls, f) -> FedAvgM:

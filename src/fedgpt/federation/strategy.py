@@ -97,7 +97,10 @@ class FedAvgFamily(Strategy):
         # a folded or securely summed aggregate is this round's own buffer, used for nothing
         # after: the server step may build in it (a held rule's may view the updates)
         own = got.folded is not None or got.average is not None
-        new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta, consume=own)
+        if own and getattr(self.optimizer, "consumes_delta", False):
+            new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta, consume=True)
+        else:
+            new_w, opt = self.optimizer.apply(state.opt_state, state.weights, delta)
         for step in self.post_steps:
             new_w = step(new_w, rnd, state.weights, got.updates)
         if not_finite(new_w):  # one pass of its norm, no mask of the model's size

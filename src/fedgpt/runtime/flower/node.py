@@ -79,6 +79,7 @@ class Local:
 
 
 _CACHE: dict[tuple, Local] = {}
+CACHED = 2  # prepared runs kept (the oldest goes first)
 
 
 def prepare_local(cfg, node_config) -> Local:
@@ -137,6 +138,8 @@ def prepare_local(cfg, node_config) -> Local:
         data = {c.client_id: full.data[c.client_id] for c in clients}
         prep = Prepared(clients, full.bundle, full.fm, data, full.init, full.public)
     local = Local(prep, model_fingerprint(prep.bundle, prep.fm))
+    while len(_CACHE) >= CACHED:  # a long-lived agent serves run after run
+        _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = local
     return local
 

@@ -638,3 +638,24 @@ def test_an_error_in_the_agent_reaches_the_clientapp():
     status, why, _ = agent.recv_frames(ours, 3)
     server.join()
     assert status == b"err" and why == b"ValueError: not a FedGPT batch"
+
+
+def test_an_agent_folder_another_can_enter_is_refused_and_the_node_answers_itself(
+    tmp_path, monkeypatch, caplog
+):
+    """Someone who made the agents' folder first, open to others, could listen in or pose
+    as the agent: the ClientApp refuses it and does the work itself."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    planted = tmp_path / f"fedgpt-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    with pytest.raises(agent.Unavailable):
+        agent.socket_path({"client-id": "x"}, os.getpid())
+    grid = MemoryGrid(split_nodes(FLOWER_TINY), handler=client_app.forward)
+    ref = in_process(FLOWER_TINY, tmp_path)
+    over_flower(FLOWER_TINY, tmp_path, grid)
+    assert (final_weights(tmp_path / "fl" / "fl") - ref).abs().max().item() <= 1e-6
+    assert "not a private folder" in caplog.text and not list(planted.glob("*.sock"))

@@ -634,10 +634,50 @@ def test_an_error_in_the_agent_reaches_the_clientapp():
     server = threading.Thread(target=agent.serve_one, args=(theirs, handler))
     server.start()
     rd = RecordDict({"x": ConfigRecord({"a": 1})})
-    agent.send_frames(ours, b"{}", agent.to_bytes(rd), agent.to_bytes(rd))
-    status, why, _ = agent.recv_frames(ours, 3)
+    agent.send_frames(ours, b"{}")
+    agent.send_record(ours, rd)
+    agent.send_record(ours, rd)
+    status, why = agent.recv_frames(ours, 2)
     server.join()
     assert status == b"err" and why == b"ValueError: not a FedGPT batch"
+
+
+def test_the_agent_sends_array_bytes_outside_the_protobuf_and_keeps_them_exact():
+    """A protobuf message cannot exceed 2 GB, so each Array's bytes travel in a frame of
+    their own; what arrives is the same records, bit for bit."""
+    import socket
+    import threading
+
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    from fedgpt.runtime.flower.codec import decode_tensor, encode_tensor
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "w": torch.randn(300, 7, generator=g),
+        "b": torch.randn(5, generator=g).to(torch.bfloat16),
+        "e": torch.zeros(0),
+    }
+    rd = RecordDict(
+        {
+            "0.meta": ConfigRecord({"client": "c", "blob": [b"\x00\xff"]}),
+            "0.tensors": ArrayRecord({k: encode_tensor(v) for k, v in tensors.items()}),
+        }
+    )
+    frames = agent.record_frames(rd)
+    head = frames[1]
+    assert len(frames) == 2 + 3 and len(head) < 1000  # the 8.4 kB of weights are not in it
+    ours, theirs = socket.socketpair()
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(rd=agent.recv_record(theirs)))
+    reader.start()
+    agent.send_record(ours, rd)
+    reader.join()
+    back = got["rd"]
+    assert back["0.meta"]["blob"] == [b"\x00\xff"] and back["0.meta"]["client"] == "c"
+    for k, v in tensors.items():
+        t = decode_tensor(back["0.tensors"][k])
+        assert t.dtype == v.dtype and t.shape == v.shape and torch.equal(t, v)
 
 
 def test_an_agent_folder_another_can_enter_is_refused_and_the_node_answers_itself(

@@ -16,7 +16,8 @@ fedgpt.runtime.flower.agent``) in a session of its own and waits until it listen
 agent serves one message at a time and exits when the SuperNode's process that launched
 the ClientApps is gone or after ``agent-idle`` seconds (node-config, default 600) without
 a message. The socket lives in a folder only this user can enter (``$TMPDIR/fedgpt-UID``,
-mode 0700); requests and replies are Flower's own protobuf records (``flwr.common.serde``),
+mode 0700); requests and replies are Flower's own protobuf records (``flwr.common.serde``)
+with each Array's bytes in a frame of its own (so a message may exceed protobuf's 2 GB);
 nothing is unpickled. ``--node-config "agent=false"`` turns the agent off.
 """
 
@@ -72,9 +73,9 @@ def socket_path(node_config, parent: int) -> Path:
 # --- framing -------------------------------------------------------------------------
 
 
-def send_frames(conn: socket.socket, *frames: bytes) -> None:
+def send_frames(conn: socket.socket, *frames: bytes | memoryview) -> None:
     for f in frames:
-        conn.sendall(_LEN.pack(len(f)))
+        conn.sendall(_LEN.pack(memoryview(f).nbytes))
         conn.sendall(f)
 
 
@@ -93,17 +94,46 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def to_bytes(rd) -> bytes:
+def record_frames(rd) -> list[bytes | memoryview]:
+    """``rd`` as frames: Flower's protobuf of its structure with every Array's bytes left
+    out (a protobuf message cannot exceed 2 GB), then each Array's bytes, unchanged."""
+    from flwr.app import Array, ArrayRecord, RecordDict
     from flwr.common.serde import recorddict_to_proto
 
-    return recorddict_to_proto(rd).SerializeToString()
+    light, data = RecordDict(), []
+    for key, record in rd.items():
+        if isinstance(record, ArrayRecord):
+            arrays = list(record.items())
+            data += [memoryview(a.data) for _, a in arrays]
+            record = ArrayRecord({k: _hollow(Array, a) for k, a in arrays})
+        light[key] = record
+    head = recorddict_to_proto(light).SerializeToString()
+    return [_LEN.pack(len(data)), head, *data]
 
 
-def from_bytes(raw: bytes):
+def _hollow(Array, a):
+    """``a`` without its bytes (they travel in a frame of their own)."""
+    return Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype, data=b"")
+
+
+def recv_record(conn: socket.socket):
+    """The RecordDict :func:`record_frames` sent."""
+    from flwr.app import ArrayRecord
     from flwr.common.serde import recorddict_from_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-    return recorddict_from_proto(ProtoRecordDict.FromString(raw))
+    (n,), head = _LEN.unpack(recv_frames(conn, 1)[0]), recv_frames(conn, 1)[0]
+    rd = recorddict_from_proto(ProtoRecordDict.FromString(head))
+    arrays = [a for r in rd.values() if isinstance(r, ArrayRecord) for a in r.values()]
+    if len(arrays) != n:
+        raise ConnectionError(f"{n} array frames announced for {len(arrays)} arrays")
+    for a, raw in zip(arrays, recv_frames(conn, n), strict=True):
+        a.data = raw
+    return rd
+
+
+def send_record(conn: socket.socket, rd) -> None:
+    send_frames(conn, *record_frames(rd))
 
 
 # --- the ClientApp's side ------------------------------------------------------------
@@ -118,14 +148,15 @@ def call(node_config, state, content, parent: int | None = None):
     conn = _connect(path) or _start(path, node_config, parent)
     with conn:
         try:
-            request = json.dumps(dict(node_config)).encode(), to_bytes(state), to_bytes(content)
-            send_frames(conn, *request)
-            status, a, b = recv_frames(conn, 3)
+            send_frames(conn, json.dumps(dict(node_config)).encode())
+            send_record(conn, state)
+            send_record(conn, content)
+            status = recv_frames(conn, 1)[0]
+            if status != b"ok":
+                raise AgentError(recv_frames(conn, 1)[0].decode(errors="replace"))
+            return recv_record(conn), recv_record(conn)
         except OSError as exc:  # the agent died mid-message: nothing was answered
             raise Unavailable(f"the node agent went away ({exc})") from None
-    if status != b"ok":
-        raise AgentError(a.decode(errors="replace"))
-    return from_bytes(a), from_bytes(b)
 
 
 def _connect(path: Path) -> socket.socket | None:
@@ -176,13 +207,14 @@ class _Context:
 
 def serve_one(conn: socket.socket, handle) -> None:
     """Answer one request: the reply and the new state, or the handler's error."""
-    raw_config, raw_state, raw_content = recv_frames(conn, 3)
+    raw_config = recv_frames(conn, 1)[0]
+    state, content = recv_record(conn), recv_record(conn)
     try:
-        ctx = _Context(json.loads(raw_config), from_bytes(raw_state))
-        reply = handle(from_bytes(raw_content), ctx)
-        frames = (b"ok", to_bytes(reply), to_bytes(ctx.state))
+        ctx = _Context(json.loads(raw_config), state)
+        reply = handle(content, ctx)
+        frames = [b"ok", *record_frames(reply), *record_frames(ctx.state)]
     except Exception as exc:  # reported to the ClientApp, which raises it to Flower
-        frames = (b"err", f"{type(exc).__name__}: {exc}".encode(), b"")
+        frames = [b"err", f"{type(exc).__name__}: {exc}".encode()]
     send_frames(conn, *frames)
 
 

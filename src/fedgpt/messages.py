@@ -38,6 +38,25 @@ class Failure:
 
 Reply = Message | Failure
 
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def broadcast(weights: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+    """The global weights as they go down to the clients (``federation.broadcast_dtype``):
+    unchanged in float32, else rounded to nearest in ``dtype`` (half the bytes). The server
+    keeps its float32 weights; a client starts from the rounded ones and sends its update
+    against them, so the rounding does not accumulate over rounds."""
+    wire = WIRE_DTYPES[dtype]
+    return weights if weights.dtype == wire else weights.to(wire)
+
+
+def widened(msg: Message) -> Message:
+    """``msg`` with broadcast weights in float32 again (a client computes in float32)."""
+    w = msg.tensors.get("weights")
+    if w is None or w.dtype == torch.float32 or not w.is_floating_point():
+        return msg
+    return Message(msg.type, msg.config, {**msg.tensors, "weights": w.float()}, msg.blobs)
+
 
 class Runtime(Protocol):
     """Carries messages to clients and brings their replies back: the one way the server

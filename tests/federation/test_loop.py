@@ -129,3 +129,42 @@ def test_validate_reply_rejects_bad_updates():
         {"delta": torch.zeros(4, dtype=torch.float16)},
     )
     assert "float32" in validate_reply(half, 2, 4)
+
+
+def test_bfloat16_broadcast_halves_the_bytes_down_and_updates_are_taken_against_it():
+    """federation.broadcast_dtype = bfloat16: the weights go down rounded (half the bytes);
+    each client's update is taken against the weights it received, so the new global
+    weights are w0 + the mean of those updates, not of updates against w0."""
+    cfg, fm, data, server = setup(["federation.broadcast_dtype=bfloat16"])
+    w0 = fm.flat.clone()
+    state = server.init_state(w0)
+    state, result = server.run_round(state)
+    assert result.participants == ["a", "b"]
+    assert result.bytes_down == 3 * w0.numel() * 2 and result.bytes_up == 2 * w0.numel() * 4
+    start = w0.to(torch.bfloat16).float()
+    assert not torch.equal(start, w0)  # the rounding is real
+    ups = [
+        local_update(
+            fm,
+            start,
+            data[c].train,
+            cfg.client,
+            torch.Generator().manual_seed(client_seed(cfg.seed, 1, c)),
+            c,
+            1,
+        )  # fmt: skip
+        for c in ("a", "b")
+    ]
+    n = torch.tensor([float(u.num_examples) for u in ups])
+    expected = w0 + (n[0] * ups[0].delta + n[1] * ups[1].delta) / n.sum()
+    assert torch.allclose(state.weights, expected, atol=1e-6)
+    assert state.weights.dtype == torch.float32  # the server keeps float32 weights
+    assert result.eval["bytes_down"] == 3 * w0.numel() * 2
+
+
+def test_broadcast_dtype_float32_sends_the_server_weights_themselves():
+    cfg, fm, data, server = setup()
+    w0 = fm.flat.clone()
+    state = server.init_state(w0)
+    msgs, _ = server.strategy.secure_sum._messages(state, ["a", "b"])
+    assert all(m.tensors["weights"] is state.weights for m in msgs.values())  # no copy

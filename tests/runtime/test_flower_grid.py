@@ -122,6 +122,7 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
     "extra",
     [
         [],
+        ['federation.broadcast_dtype="bfloat16"'],
         [
             'privacy.secure_aggregation="secagg"',
             "federation.min_clients=3",
@@ -159,7 +160,17 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
             "federation.min_clients=4",
         ],
     ],
-    ids=["fedavg", "secagg", "local_dp", "attack", "tiers", "attention-feddf", "fedmd", "faults"],
+    ids=[
+        "fedavg",
+        "bf16-down",
+        "secagg",
+        "local_dp",
+        "attack",
+        "tiers",
+        "attention-feddf",
+        "fedmd",
+        "faults",
+    ],
 )
 def test_memory_grid_matches_in_process(extra, tmp_path):
     overrides = with_identities([*FLOWER_TINY, *extra], tmp_path / "identities")

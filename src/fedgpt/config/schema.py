@@ -324,6 +324,13 @@ class FederationConfig(_Section):
         "updates are kept back until the round's median norm is known; more outliers than "
         "this fail the round (nothing aggregated) with one line",
     )
+    broadcast_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="the dtype the global weights travel to the clients in (training and "
+        "evaluation): bfloat16 or float16 halve the bytes down; the server keeps float32 "
+        "weights and each client's update is taken against the rounded weights it received, "
+        "so the rounding does not accumulate; evaluation reads the rounded model",
+    )
     max_held_updates: int = Field(
         256,
         ge=1,

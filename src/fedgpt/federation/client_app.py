@@ -26,7 +26,7 @@ from fedgpt.config import ClientConfig, PrivacyConfig
 from fedgpt.federation.ledger import payload_hash
 from fedgpt.federation.receipts import RECEIPT, ReceiptBook
 from fedgpt.federation.secure_sum_client import SecAggClient, SecureSumClient
-from fedgpt.messages import Message
+from fedgpt.messages import Message, widened
 from fedgpt.models.params import FlatModel
 from fedgpt.tasks import CausalLM, Task
 
@@ -115,6 +115,7 @@ class ClientApp:
         return reply
 
     def _answer(self, client_id: str, msg: Message) -> Message:
+        msg = widened(msg)
         if msg.type == RECEIPT:
             return self._receipt(client_id, msg)
         if msg.type == "train":

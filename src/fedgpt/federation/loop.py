@@ -21,7 +21,7 @@ from fedgpt.federation.exchange import Exchange
 from fedgpt.federation.sampling import sample_clients
 from fedgpt.federation.state import RoundResult, ServerState
 from fedgpt.federation.strategy import Strategy
-from fedgpt.messages import Message, Reply, Runtime
+from fedgpt.messages import Message, Reply, Runtime, broadcast
 from fedgpt.schemas import Expect, parse_reply
 from fedgpt.tasks import scores
 
@@ -123,7 +123,8 @@ class FederatedServer:
             "seq_len": self.cfg.client.seq_len,
             "max_tokens": self.cfg.federation.eval_max_chars,
         }
-        msgs = {cid: Message("evaluate", cfg, {"weights": weights}) for cid in ids}
+        down = broadcast(weights, self.cfg.federation.broadcast_dtype)
+        msgs = {cid: Message("evaluate", cfg, {"weights": down}) for cid in ids}
         replies = self.runtime.send_and_receive(msgs, on_reply=self.on_reply)
         per_client: dict[str, dict] = {}
         loss_sum = correct = count = 0.0

@@ -37,7 +37,7 @@ from fedgpt.federation.validation import (
     max_update_bytes,
     validate_reply,
 )
-from fedgpt.messages import Failure, Message
+from fedgpt.messages import Failure, Message, broadcast
 from fedgpt.registry import Registry
 from fedgpt.schemas import Expect, check_reply
 from fedgpt.seeding import client_seed
@@ -133,7 +133,8 @@ class PlainSum(SecureSum):
 
     def _messages(self, state: ServerState, cohort: list[str]):
         """The train messages, each with a fresh nonce the reply must echo."""
-        rnd, w, seed = state.round + 1, state.weights, self.cfg.seed
+        rnd, seed = state.round + 1, self.cfg.seed
+        w = broadcast(state.weights, self.cfg.federation.broadcast_dtype)
         nonces = {cid: secrets.token_hex(16) for cid in cohort}  # echoed: replays refused
         msgs = {
             cid: Message(
@@ -375,7 +376,8 @@ class SecAggSum(SecureSum):
         from fedgpt.privacy.secagg.quantize import bits_for
         from fedgpt.privacy.secagg.server import run_round as secagg
 
-        rnd, p, w = state.round + 1, self.cfg.privacy, state.weights
+        rnd, p = state.round + 1, self.cfg.privacy
+        w = broadcast(state.weights, self.cfg.federation.broadcast_dtype)
 
         def arrival(cid, reply):
             if isinstance(reply, Message) and reply.type == "secagg/masked_input":

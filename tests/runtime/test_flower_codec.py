@@ -174,3 +174,28 @@ def test_client_state_survives_a_fresh_process_per_message(post_quantum):
     restored.load_state_dict(saved)
     assert set(restored.algorithm.training.memory) == set(ids)
     assert restored.secure["secagg"].rounds == {}  # the unmask step ends the round's secrets
+
+
+def test_weights_several_clients_share_are_sent_once_and_held_once_on_the_node():
+    """The round's weights go to every client of a node: they are encoded once on the
+    server, carried once (Flower keeps one object per content), and decoded into one
+    tensor on the node; replies decode into tensors of their own."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    from fedgpt.runtime.flower.codec import encode_batch
+
+    w = torch.randn(4000, generator=torch.Generator().manual_seed(1))
+    items = [(c, Message("train", {"round": 1}, {"weights": w})) for c in ("a", "b", "c")]
+    rd = encode_batch(items)
+    arrays = [rd[f"{i}.tensors"]["weights"] for i in range(3)]
+    assert arrays[0].data is arrays[1].data is arrays[2].data  # encoded once
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(rd).items()}
+    assert sum(len(c) for c in contents.values()) < 1.2 * 4 * w.numel()  # once, not 3 times
+    again = dict(contents)
+    node = decode_batch(inflate_object_from_contents(rd.object_id, contents), shared=True)
+    assert node[0][1].tensors["weights"] is node[2][1].tensors["weights"]
+    assert torch.equal(node[0][1].tensors["weights"], w)
+    server = decode_batch(inflate_object_from_contents(rd.object_id, again))
+    a, b = server[0][1].tensors["weights"], server[1][1].tensors["weights"]
+    assert a is not b and a.data_ptr() != b.data_ptr() and torch.equal(a, b)

@@ -710,3 +710,30 @@ def test_an_agent_folder_another_can_enter_is_refused_and_the_node_answers_itsel
     over_flower(FLOWER_TINY, tmp_path, grid)
     assert (final_weights(tmp_path / "fl" / "fl") - ref).abs().max().item() <= 1e-6
     assert "not a private folder" in caplog.text and not list(planted.glob("*.sock"))
+
+
+def test_the_agent_sends_bytes_arrays_share_once():
+    import socket
+    import threading
+
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    from fedgpt.runtime.flower.codec import RAW
+
+    data = b"\x01" * 5000
+    one = Array(dtype="torch.uint8", shape=(5000,), stype=RAW, data=data)
+    two = Array(dtype="torch.uint8", shape=(5000,), stype=RAW, data=data)
+    other = Array(dtype="torch.uint8", shape=(3,), stype=RAW, data=b"abc")
+    rd = RecordDict(
+        {f"{i}.tensors": ArrayRecord({"w": a}) for i, a in enumerate([one, other, two])}
+    )
+    frames = agent.record_frames(rd)
+    assert len(frames) == 2 + 2 and sum(memoryview(f).nbytes for f in frames) < 6000
+    ours, theirs = socket.socketpair()
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(rd=agent.recv_record(theirs)))
+    reader.start()
+    agent.send_record(ours, rd)
+    reader.join()
+    back = [got["rd"][f"{i}.tensors"]["w"].data for i in range(3)]
+    assert back == [data, b"abc", data] and back[0] is back[2]

@@ -95,20 +95,26 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 
 def record_frames(rd) -> list[bytes | memoryview]:
-    """``rd`` as frames: Flower's protobuf of its structure with every Array's bytes left
-    out (a protobuf message cannot exceed 2 GB), then each Array's bytes, unchanged."""
+    """``rd`` as frames: which data frame each Array reads (Arrays that share one bytes
+    object, as Flower inflates identical content, share a frame), Flower's protobuf of the
+    structure with every Array's bytes left out (a protobuf message cannot exceed 2 GB),
+    then the data frames, unchanged."""
     from flwr.app import Array, ArrayRecord, RecordDict
     from flwr.common.serde import recorddict_to_proto
 
-    light, data = RecordDict(), []
+    light, data, index, seen = RecordDict(), [], [], {}
     for key, record in rd.items():
         if isinstance(record, ArrayRecord):
             arrays = list(record.items())
-            data += [memoryview(a.data) for _, a in arrays]
+            for _, a in arrays:
+                if id(a.data) not in seen:
+                    seen[id(a.data)] = len(data)
+                    data.append(memoryview(a.data))
+                index.append(seen[id(a.data)])
             record = ArrayRecord({k: _hollow(Array, a) for k, a in arrays})
         light[key] = record
     head = recorddict_to_proto(light).SerializeToString()
-    return [_LEN.pack(len(data)), head, *data]
+    return [json.dumps([len(data), index]).encode(), head, *data]
 
 
 def _hollow(Array, a):
@@ -122,13 +128,15 @@ def recv_record(conn: socket.socket):
     from flwr.common.serde import recorddict_from_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-    (n,), head = _LEN.unpack(recv_frames(conn, 1)[0]), recv_frames(conn, 1)[0]
+    table, head = recv_frames(conn, 2)
+    n, index = json.loads(table)
     rd = recorddict_from_proto(ProtoRecordDict.FromString(head))
     arrays = [a for r in rd.values() if isinstance(r, ArrayRecord) for a in r.values()]
-    if len(arrays) != n:
-        raise ConnectionError(f"{n} array frames announced for {len(arrays)} arrays")
-    for a, raw in zip(arrays, recv_frames(conn, n), strict=True):
-        a.data = raw
+    if len(arrays) != len(index) or not all(0 <= i < n for i in index):
+        raise ConnectionError(f"a frame table for {len(index)} arrays came with {len(arrays)}")
+    data = recv_frames(conn, n)
+    for a, i in zip(arrays, index, strict=True):
+        a.data = data[i]
     return rd
 
 

@@ -70,7 +70,7 @@ def decode_tensor(a: Array) -> torch.Tensor:
     return torch.from_numpy(np.array(a.numpy(), copy=True))
 
 
-def _put(rd: RecordDict, i: int, cid: str, item: Reply) -> None:
+def _put(rd: RecordDict, i: int, cid: str, item: Reply, memo: dict) -> None:
     if isinstance(item, Failure):
         rd[f"{i}.meta"] = ConfigRecord({"client": cid, "failure": item.reason})
         return
@@ -80,7 +80,12 @@ def _put(rd: RecordDict, i: int, cid: str, item: Reply) -> None:
         "config": json.dumps(item.config, default=_json_default, allow_nan=True),
     }
     rd[f"{i}.meta"] = ConfigRecord(meta)
-    rd[f"{i}.tensors"] = ArrayRecord({k: encode_tensor(v) for k, v in item.tensors.items()})
+    arrays = {}
+    for k, v in item.tensors.items():  # a tensor several messages share is encoded once
+        if id(v) not in memo:
+            memo[id(v)] = (v, encode_tensor(v))
+        arrays[k] = memo[id(v)][1]
+    rd[f"{i}.tensors"] = ArrayRecord(arrays)
     blobs = {}
     for k, chunks in item.blobs.items():
         if not all(isinstance(c, bytes) for c in chunks):
@@ -92,13 +97,28 @@ def _put(rd: RecordDict, i: int, cid: str, item: Reply) -> None:
 def encode_batch(items: list[tuple[str, Reply]]) -> RecordDict:
     """``[(client id, Message or Failure), ...]`` as one RecordDict."""
     rd = RecordDict({BATCH: ConfigRecord({"version": VERSION, "size": len(items)})})
+    memo: dict = {}
     for i, (cid, item) in enumerate(items):
-        _put(rd, i, cid, item)
+        _put(rd, i, cid, item, memo)
     return rd
 
 
-def decode_batch(rd: RecordDict) -> list[tuple[str, Reply]]:
-    """The ``(client id, Message or Failure)`` items of an :func:`encode_batch` record."""
+def decode_batch(rd: RecordDict, shared: bool = False) -> list[tuple[str, Reply]]:
+    """The ``(client id, Message or Failure)`` items of an :func:`encode_batch` record.
+
+    With ``shared`` (a node reading the server's batch) Arrays that hold the same bytes
+    object (Flower inflates identical content once) become one tensor, read-only to the
+    handler as in-process: the round's weights are in memory once, not once per client.
+    Replies are decoded into tensors of their own (the server may fold them in place)."""
+    memo: dict[int, tuple[bytes, torch.Tensor]] = {}
+
+    def tensor(a: Array) -> torch.Tensor:
+        if not shared or not a.data:
+            return decode_tensor(a)
+        if id(a.data) not in memo:
+            memo[id(a.data)] = (a.data, decode_tensor(a))
+        return memo[id(a.data)][1]
+
     head = rd.get(BATCH)
     if not isinstance(head, ConfigRecord) or head.get("version") != VERSION:
         raise CodecError(f"not a FedGPT batch (version {VERSION}) record")
@@ -125,7 +145,7 @@ def decode_batch(rd: RecordDict) -> list[tuple[str, Reply]]:
                 Message(
                     str(meta["type"]),
                     config,
-                    {k: decode_tensor(a) for k, a in tensors.items()},
+                    {k: tensor(a) for k, a in tensors.items()},
                     {k: list(v) for k, v in blobs.items()},
                 ),
             )

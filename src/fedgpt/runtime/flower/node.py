@@ -259,7 +259,7 @@ def handle(message: FlowerMessage, context: Context) -> FlowerMessage:
 def handle_content(content, context) -> RecordDict:
     """Decode the batch, run each FedGPT message, save the client state, encode replies
     (``context``: anything with Flower's ``state`` and ``node_config``)."""
-    items = decode_batch(content)
+    items = decode_batch(content, shared=True)
     out: list[tuple[str, Reply]] = []
     client = store = None
     refused = ""  # the run setup failed: the batch's other messages are refused with it

@@ -125,3 +125,16 @@ def test_client_state_merges_per_client():
     assert json.loads(merged["a"]) == {"x": 5, "y": 7}
     with pytest.raises(RuntimeError, match="not kept per client"):
         merge_states(base, [{"k": b"other"}])
+
+
+def test_the_server_process_uses_one_torch_thread_while_workers_run():
+    """Idle torch threads of the server process would spin on the workers' cores."""
+    rt = WorkerRuntime(handler_dying_in_a_worker(os.getpid(), "none"), workers=2, threads=2)
+    msgs = {f"c{i}": Message("train", {}, {"weights": torch.zeros(2048)}) for i in range(4)}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        during = [torch.get_num_threads() for _ in rt.stream(msgs)]
+        assert during == [1, 1, 1, 1] and torch.get_num_threads() == 2  # and given back
+    finally:
+        torch.set_num_threads(before)

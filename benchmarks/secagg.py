@@ -35,19 +35,21 @@ RESULTS = Path(__file__).parent / "results" / "secagg.json"
 
 
 class Synthetic:
-    """Clients with fixed random inputs (no training): only the protocol is measured.
-    With ``identities`` they sign their keys and the survivor set, and check their peers'."""
+    """Clients with a fixed random input (no training; drawn once, outside the timed
+    protocol, and masked by each client into a copy of its own): only the protocol is
+    measured. With ``identities`` they sign their keys and the survivor set, and check their
+    peers'."""
 
     def __init__(self, d: int, seed: int = 0, identities=None):
-        self.d, self.store, self.rng = d, {}, np.random.default_rng(seed)
+        self.d, self.store, rng = d, {}, np.random.default_rng(seed)
+        self.x = rng.integers(0, 2**40, size=words(d), dtype=np.uint64)
         self.seconds, self.identities = 0.0, identities
 
     def __call__(self, cid, msg):
         t = time.perf_counter()
         try:
             if msg.type == "secagg/train":
-                x = self.rng.integers(0, 2**40, size=words(self.d), dtype=np.uint64)
-                st = self.store[cid] = sa.advertise(int(msg.config["round"]), x)
+                st = self.store[cid] = sa.advertise(int(msg.config["round"]), self.x)
                 return sa.keys_message(st, 1, {}, cid, self.identities)
             return sa.handle(self.store, cid, msg, identities=self.identities)
         finally:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fedgpt.privacy.secagg import client as sa
-from fedgpt.privacy.secagg.quantize import bits_for, words
+from fedgpt.privacy.secagg.quantize import WORDS, bits_for, words
 from fedgpt.privacy.secagg.server import run_round
 from fedgpt.runtime import InProcessRuntime
 
@@ -40,9 +40,10 @@ class Synthetic:
     measured. With ``identities`` they sign their keys and the survivor set, and check their
     peers'."""
 
-    def __init__(self, d: int, seed: int = 0, identities=None):
+    def __init__(self, d: int, seed: int = 0, identities=None, word: int = 64):
         self.d, self.store, rng = d, {}, np.random.default_rng(seed)
-        self.x = rng.integers(0, 2**40, size=words(d), dtype=np.uint64)
+        top = 2**40 if word == 64 else 2**20
+        self.x = rng.integers(0, top, size=words(d), dtype=np.uint64).astype(WORDS[word])
         self.seconds, self.identities = 0.0, identities
 
     def __call__(self, cid, msg):
@@ -56,12 +57,12 @@ class Synthetic:
             self.seconds += time.perf_counter() - t
 
 
-def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
+def protocol(n: int, d: int, k: int, signed: bool = True, word: int = 64) -> dict:
     from fedgpt.privacy.secagg.identity import Identities
 
     ids = [f"client-{i:03d}" for i in range(n)]
     identities = Identities.generate(ids) if signed else None
-    app = Synthetic(d, identities=identities)
+    app = Synthetic(d, identities=identities, word=word)
     start, cpu0 = time.perf_counter(), time.process_time()
     out = run_round(
         InProcessRuntime(app),
@@ -71,7 +72,8 @@ def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
         torch.zeros(1),
         d,
         value_range=1.0,
-        bits=bits_for(n),
+        bits=bits_for(n, word),
+        word=word,
         weight_cap=1000,
         threshold_fraction=0.5,
         k=k,
@@ -89,6 +91,7 @@ def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
         "dim": d,
         "neighbours": k or n - 1,
         "signed": signed,
+        "word": word,
         "wall_s": wall,
         "cpu_s": cpu,
         "client_s_total": app.seconds,
@@ -101,35 +104,43 @@ def protocol(n: int, d: int, k: int, signed: bool = True) -> dict:
     }
 
 
-def allocating_keystream(seed: bytes, n: int):
+def allocating_keystream(seed: bytes, n: int, dtype=np.uint64):
     """The mask expansion as it was: fresh zero input, fresh output and a copy per call."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
     enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(enc.update(b"\0" * (8 * n)), dtype=np.uint64).copy()
+    size = n * np.dtype(dtype).itemsize
+    return np.frombuffer(enc.update(b"\0" * size), dtype=dtype).copy()
 
 
 def compare_prg(n: int, d: int, repeats: int) -> dict:
-    """SecAgg+ protocol CPU with the reused keystream buffer against the allocating
-    expansion, interleaved (A B A B) in this process."""
+    """SecAgg+ protocol CPU with the reused keystream buffer (64-bit words, and 32-bit
+    words: ``privacy.secagg_word = 32``) against the allocating expansion as it was,
+    interleaved (A B C A B C) in this process."""
     from fedgpt.privacy.secagg import crypto
 
     k = 2 * math.ceil(math.log2(n))
     reused, original = crypto._keystream, allocating_keystream
-    runs: dict[str, list[dict]] = {"reused buffers": [], "allocating": []}
+    arms = (("reused buffers", reused, 64), ("32-bit words", reused, 32),
+            ("allocating", original, 64))  # fmt: skip
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in arms}
     for _ in range(repeats):
-        for name, fn in (("reused buffers", reused), ("allocating", original)):
+        for name, fn, word in arms:
             crypto._keystream = fn
             try:
-                runs[name].append(protocol(n, d, k))
+                runs[name].append(protocol(n, d, k, word=word))
             finally:
                 crypto._keystream = reused
-    med = {name: {m: float(np.median([r[m] for r in v])) for m in ("wall_s", "cpu_s")}
+    keep = ("wall_s", "cpu_s", "bytes_up_per_client")
+    med = {name: {m: float(np.median([r[m] for r in v])) for m in keep}
            for name, v in runs.items()}  # fmt: skip
-    new, old = med["reused buffers"], med["allocating"]
+    old = med["allocating"]
     return {
         "clients": n, "dim": d, "neighbours": k, "repeats": repeats, "median": med,
-        "cpu_ratio": new["cpu_s"] / old["cpu_s"], "wall_ratio": new["wall_s"] / old["wall_s"],
+        "cpu_ratio": med["reused buffers"]["cpu_s"] / old["cpu_s"],
+        "wall_ratio": med["reused buffers"]["wall_s"] / old["wall_s"],
+        "cpu_ratio_32_bit": med["32-bit words"]["cpu_s"] / old["cpu_s"],
+        "wall_ratio_32_bit": med["32-bit words"]["wall_s"] / old["wall_s"],
     }  # fmt: skip
 
 

@@ -217,6 +217,7 @@ class Expect:
     survivors: frozenset[str] = field(default_factory=frozenset)
     dropped: frozenset[str] = field(default_factory=frozenset)
     index: int = 0
+    item: int = 8  # bytes per word of a SecAgg masked input
     finite: bool = True  # check a train delta is finite (False: the caller does, by its norm)
 
 
@@ -354,7 +355,8 @@ def check_payload(reply: Message, model: _Config, expect: Expect) -> str | None:
         y = reply.blobs.get("y")
         if set(reply.blobs) != {"y"} or reply.tensors or len(y) != 1:
             return "masked input must be one blob 'y' of one byte string"
-        return None if len(y[0]) == 8 * (expect.numel + 1) else "masked input of wrong length"
+        ok = len(y[0]) == expect.item * (expect.numel + 1)
+        return None if ok else "masked input of wrong length"
     if kind == "secagg/shares_out":
         if reply.tensors or reply.blobs:
             return "unexpected payload"

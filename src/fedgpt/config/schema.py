@@ -449,6 +449,14 @@ class PrivacyConfig(_Section):
     secagg_range: float = Field(
         1.0, gt=0.0, description="secagg: each update coordinate is clipped to [-range, range]"
     )
+    secagg_word: Literal[32, 64] = Field(
+        64,
+        description="secagg: bits of the words the update is masked in; 64 gives "
+        "min(52, 63 - ceil(log2 n)) bits per value (52 at 100 clients), 32 gives "
+        "31 - ceil(log2 n) (24 at 100 clients: a step of 2 * range / 2^24) for half the "
+        "bytes up (4 per value, as float32) and half the mask expansion; 64 with "
+        "distributed_dp",
+    )
     secagg_weight_cap: int = Field(
         100_000,
         ge=1,
@@ -674,6 +682,11 @@ class RunConfig(_Section):
             raise ValueError(
                 f"federation.fedmd_client_layers ({f.fedmd_client_layers}) must be <= "
                 f"model.n_layer ({self.model.n_layer})"
+            )
+        if p.secagg_word == 32 and p.mode == "distributed_dp":
+            raise ValueError(
+                'privacy.secagg_word = 32 does not apply to privacy.mode = "distributed_dp" '
+                "(its noisy integers need the 64-bit word)"
             )
         if p.post_quantum and p.secure_aggregation != "secagg":
             raise ValueError(

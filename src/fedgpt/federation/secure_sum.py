@@ -387,7 +387,8 @@ class SecAggSum(SecureSum):
 
         out = secagg(
             ex.runtime, cohort, rnd, {c: client_seed(self.cfg.seed, rnd, c) for c in cohort},
-            w, w.numel(), value_range=p.secagg_range, bits=bits_for(len(cohort)),
+            w, w.numel(), value_range=p.secagg_range, bits=bits_for(len(cohort), p.secagg_word),
+            word=p.secagg_word,
             weight_cap=p.secagg_weight_cap, threshold_fraction=p.secagg_threshold,
             k=p.secagg_neighbours, graph_seed=self.cfg.seed, post_quantum=p.post_quantum,
             on_reply=arrival, registry=self.registry, codec=self.codec,

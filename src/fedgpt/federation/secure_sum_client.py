@@ -71,7 +71,7 @@ class SecAggClient(SecureSumClient):
         else:
             w = min(n, c["weight_cap"]) / c["weight_cap"]
             loss = metrics.get("train_loss")
-            x = encode(reply.tensors["delta"], w, c["range"], c["bits"], loss)
+            x = encode(reply.tensors["delta"], w, c["range"], c["bits"], loss, c.get("word", 64))
         st = self.rounds[client_id] = sa.advertise(rnd, x, bool(c.get("post_quantum")))
         st.min_sum = self.codec.min_sum if self.codec is not None else 0
         # n_k and the loss ride inside the masked vector; only a DP-SGD client's own
@@ -160,7 +160,8 @@ def dump_round_state(st: RoundState) -> dict:
 
     return {
         "rnd": st.rnd,
-        "x": st.x.astype("<u8").tobytes().hex(),
+        "x": st.x.astype(f"<u{st.x.itemsize}").tobytes().hex(),
+        "word": 8 * st.x.itemsize,
         "c_sk": private_bytes(st.c_sk).hex(),
         "s_sk": st.s_sk.hex(),
         "c_pk": st.c_pk.hex(),
@@ -178,6 +179,12 @@ def dump_round_state(st: RoundState) -> dict:
     }
 
 
+def _words(hexed: str, word: int) -> np.ndarray:
+    from fedgpt.privacy.secagg.quantize import WORDS
+
+    return np.frombuffer(bytes.fromhex(hexed), dtype=f"<u{word // 8}").astype(WORDS[word])
+
+
 def load_round_state(d: dict) -> RoundState:
     """The inverse of :func:`dump_round_state`."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -189,7 +196,7 @@ def load_round_state(d: dict) -> RoundState:
         kem = tuple(MLKEM768PrivateKey.from_seed_bytes(bytes.fromhex(k)) for k in d["kem"])
     return RoundState(
         rnd=int(d["rnd"]),
-        x=np.frombuffer(bytes.fromhex(d["x"]), dtype="<u8").astype(np.uint64),
+        x=_words(d["x"], int(d.get("word", 64))),
         c_sk=X25519PrivateKey.from_private_bytes(bytes.fromhex(d["c_sk"])),
         s_sk=bytes.fromhex(d["s_sk"]),
         c_pk=bytes.fromhex(d["c_pk"]),

@@ -54,12 +54,19 @@ def ad(rnd: int, sender: str, recipient: str) -> bytes:
 
 
 def pairwise_mask(
-    s_sk: bytes, peer_s_pk: bytes, rnd: int, me: str, peer: str, n: int, pq: bytes = b""
+    s_sk: bytes,
+    peer_s_pk: bytes,
+    rnd: int,
+    me: str,
+    peer: str,
+    n: int,
+    pq: bytes = b"",
+    dtype=np.uint64,
 ):
     """The mask ``me`` adds for ``peer``: +PRG(s_uv) if peer > me, else −PRG(s_uv)."""
     seed = crypto.agree(s_sk, peer_s_pk, MASK_INFO, salt(rnd), pq)
-    m = crypto.prg(seed, n)
-    return m if peer > me else (np.uint64(0) - m)
+    m = crypto.prg(seed, n, dtype)
+    return m if peer > me else (m.dtype.type(0) - m)
 
 
 @dataclass

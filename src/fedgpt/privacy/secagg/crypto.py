@@ -96,29 +96,32 @@ def open_sealed(key: bytes, blob: bytes, ad: bytes) -> bytes:
         raise TamperedShare("encrypted share failed authentication") from None
 
 
-def prg(seed: bytes, n: int) -> np.ndarray:
-    """``n`` uint64 words of the ChaCha20 keystream keyed by the 256-bit ``seed``."""
-    return _keystream(seed, n).copy()
+def prg(seed: bytes, n: int, dtype=np.uint64) -> np.ndarray:
+    """``n`` words (uint64, or uint32 for SecAgg's 32-bit domain) of the ChaCha20
+    keystream keyed by the 256-bit ``seed``."""
+    return _keystream(seed, n, dtype).copy()
 
 
-_SCRATCH: dict[int, tuple[bytearray, memoryview]] = {}  # n -> (zeros in, keystream out)
+_SCRATCH: dict[int, tuple[bytearray, memoryview]] = {}  # bytes -> (zeros in, keystream out)
 
 
-def _keystream(seed: bytes, n: int) -> np.ndarray:
+def _keystream(seed: bytes, n: int, dtype=np.uint64) -> np.ndarray:
     """The keystream in a buffer reused from call to call (valid until the next call):
     expanding a mask allocates nothing, so a round of many masks does not fault in fresh
     pages for each (``update_into``, the library's in-place form)."""
-    if n not in _SCRATCH:
+    size = n * np.dtype(dtype).itemsize
+    if size not in _SCRATCH:
         _SCRATCH.clear()  # one size at a time: the round's vector length
-        _SCRATCH[n] = (bytearray(8 * n), memoryview(bytearray(8 * n + 64)))
-    zeros, out = _SCRATCH[n]
+        _SCRATCH[size] = (bytearray(size), memoryview(bytearray(size + 64)))
+    zeros, out = _SCRATCH[size]
     enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
     enc.update_into(zeros, out)
-    return np.frombuffer(out, dtype=np.uint64, count=n)
+    return np.frombuffer(out, dtype=dtype, count=n)
 
 
 def add_prg(acc: np.ndarray, seed: bytes, sign: int = 1) -> np.ndarray:
-    """``acc`` ± PRG(``seed``) over Z_2^64, in place (no temporary vector)."""
-    m = _keystream(seed, acc.size)
+    """``acc`` ± PRG(``seed``) over Z_2^64 (or Z_2^32 for a uint32 ``acc``), in place
+    (no temporary vector)."""
+    m = _keystream(seed, acc.size, acc.dtype)
     (np.add if sign > 0 else np.subtract)(acc, m, out=acc)
     return acc

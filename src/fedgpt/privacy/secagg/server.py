@@ -25,7 +25,7 @@ from fedgpt.messages import Failure, Message
 from fedgpt.privacy.secagg import crypto, shamir
 from fedgpt.privacy.secagg.client import MASK_INFO, min_threshold, salt
 from fedgpt.privacy.secagg.identity import keys_statement
-from fedgpt.privacy.secagg.quantize import decode_all, words
+from fedgpt.privacy.secagg.quantize import WORDS, decode_all, words
 from fedgpt.schemas import Expect, check_reply, envelope, nbytes, parse_reply
 
 
@@ -106,6 +106,7 @@ class SecAggParams:
     post_quantum: bool = False
     codec: object = None
     rotation_seed: int = 0
+    word: int = 64  # bits of the masked words (64, or 32: privacy.secagg_word)
 
 
 class _Abort(Exception):
@@ -169,7 +170,7 @@ def out_of_range(total: np.ndarray, count: int, bits: int) -> str | None:
     an encoding lies in [0, 2^bits − 1], so their sum in [0, count·(2^bits − 1)]), or None.
     A client whose masked input is not a masked encoding, or a false share that rebuilt a
     wrong mask, shows here with near certainty; the round then fails, nothing applied."""
-    bound = np.uint64(count * (2**bits - 1))
+    bound = total.dtype.type(count * (2**bits - 1))
     over = int(np.count_nonzero(total > bound))
     if not over:
         return None
@@ -189,6 +190,7 @@ class _Round:
         self.out, self.rnd, self.numel, self.p = SecAggOutcome(), rnd, numel, p
         # the encoding: values, metadata, weight (fixed point) or distributed DP's
         self.words = p.codec.words(numel) if p.codec is not None else words(numel)
+        self.dtype = WORDS[p.word]
         self.registry = registry  # privacy.secagg.identity.Identities (public part), or None
         self.ex = _Exchange(runtime, on_reply, self.out, rnd)
         self.names = ("c_pk", "s_pk", "kc_pk", "ks_pk") if p.post_quantum else ("c_pk", "s_pk")
@@ -204,6 +206,8 @@ class _Round:
                "weight_cap": p.weight_cap, "post_quantum": p.post_quantum}  # fmt: skip
         if p.codec is not None:
             cfg["rotation"] = p.rotation_seed
+        if p.word != 64:
+            cfg["word"] = p.word
         msgs = {
             c: Message("secagg/train", {**cfg, "seed": seeds[c]}, {"weights": weights})
             for c in chosen
@@ -282,7 +286,8 @@ class _Round:
             for u in u2
         }
         want = "secagg/masked_input"  # y: self.words words
-        masked = self.ex(msgs, want, lambda u: Expect(want, rnd, self.words - 1))
+        item = np.dtype(self.dtype).itemsize
+        masked = self.ex(msgs, want, lambda u: Expect(want, rnd, self.words - 1, item=item))
         self._need(len(masked), "sent masked inputs")
         return masked
 
@@ -299,9 +304,9 @@ class _Round:
         """4. Ask the signers for the shares that remove every mask; the masked sum
         minus the survivors' self masks and the pairwise masks of the dropped."""
         b_sh, s_sh, pq = self._reveal(sorted(masked), gone, sigs)
-        total = np.zeros(self.words, dtype=np.uint64)
+        total = np.zeros(self.words, dtype=self.dtype)
         for u in sorted(masked):
-            total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=np.uint64)
+            total += np.frombuffer(masked[u][0].blobs["y"][0], dtype=self.dtype)
         for u in sorted(masked):  # remove self masks
             crypto.add_prg(total, self._secret(b_sh[u], f"{u}'s self mask"), -1)
         for u in sorted(gone):  # remove the pairwise masks survivors shared with dropped u

@@ -139,6 +139,15 @@ def test_a_64_bit_masked_input_in_a_32_bit_round_is_refused():
     assert why and "wrong length" in why[0]
 
 
+def test_a_client_refuses_an_encoding_that_does_not_fit_its_word():
+    """A server that asks for more bits per value than the word holds (so the sum would
+    wrap) gets no masked input from that client."""
+    with pytest.raises(ValueError, match="do not fit a 32-bit word"):
+        encode(torch.zeros(3), 1.0, 1.0, 40, word=32)
+    with pytest.raises(ValueError, match="16-bit word"):
+        encode(torch.zeros(3), 1.0, 1.0, 8, word=16)
+
+
 def test_a_32_bit_client_state_survives_a_save_and_restore():
     from fedgpt.federation.secure_sum_client import dump_round_state, load_round_state
 

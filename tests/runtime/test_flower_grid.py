@@ -129,6 +129,11 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
             "client.keep_optimizer_state=true",
         ],
         [
+            'privacy.secure_aggregation="secagg"',
+            "privacy.secagg_word=32",
+            "federation.min_clients=3",
+        ],
+        [
             'privacy.mode="local_dp"',
             "privacy.noise_multiplier=0.5",
             "privacy.clip_norm=1.0",
@@ -164,6 +169,7 @@ def over_flower(overrides: list[str], tmp_path, grid: MemoryGrid) -> dict:
         "fedavg",
         "bf16-down",
         "secagg",
+        "secagg32",
         "local_dp",
         "attack",
         "tiers",

@@ -151,6 +151,8 @@ class TensorBoard(Callback):
         self.writer = None
 
     def on_start(self, run) -> None:
+        if not run.cfg.report.tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -180,6 +182,8 @@ class Report(Callback):
     """``report.md`` and its plots, from the run folder's files (:mod:`fedgpt.report`)."""
 
     def on_saved(self, run, summary) -> None:
+        if not run.cfg.report.enabled:  # `fedgpt report RUN_DIR` writes it later
+            return
         from fedgpt.report import write_report
 
         write_report(run.run_dir)

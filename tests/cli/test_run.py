@@ -217,3 +217,23 @@ def summary_seed(run_dir) -> int:
     from fedgpt.config import load_config
 
     return load_config(run_dir / "config.toml").seed
+
+
+def test_a_run_without_report_or_tensorboard_writes_neither_and_fedgpt_report_adds_it(
+    tiny_overrides, tmp_path
+):
+    out = tmp_path / "lean"
+    lean = [*tiny_overrides, "report.enabled=false", "report.tensorboard=false"]
+    res = runner.invoke(app, ["run", "--quiet", "--out", str(out), *sets(lean)])
+    assert res.exit_code == 0, res.output
+    assert (out / "summary.json").is_file() and (out / "model/model.safetensors").is_file()
+    assert not (out / "report.html").exists() and not (out / "report.md").exists()
+    assert not (out / "plots").exists() and not (out / "tensorboard").exists()
+    assert f"run folder: {out} (no report)" in " ".join(res.output.split())
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert list((out / "plots").glob("*.png"))  # the plots, from the run folder's files
+    missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "run folder not found" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1

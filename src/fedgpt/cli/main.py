@@ -158,7 +158,19 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         )
     console = Console()
     console.print(table)
-    console.print(f"report: {run_dir / 'report.html'}  ({summary['seconds']:.0f} s)")
+    html = run_dir / "report.html"
+    where = f"report: {html}" if html.is_file() else f"run folder: {run_dir} (no report)"
+    console.print(f"{where}  ({summary['seconds']:.0f} s)")
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+    """Write a run folder's report.md, report.html and plots (again) from its files."""
+    from fedgpt.report import write_report
+
+    _, html = write_report(run_dir)
+    typer.echo(f"report: {html}")
 
 
 @config_app.command("show")

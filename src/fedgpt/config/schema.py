@@ -606,6 +606,19 @@ class RuntimeConfig(_Section):
 class ReportConfig(_Section):
     """What the run's report shows beyond its metrics."""
 
+    enabled: bool = Field(
+        True,
+        description="write report.md, report.html and their plots at the end of the run; "
+        "false leaves them out (`fedgpt report RUN_DIR` writes them later from the run "
+        "folder; the sample generations, made while the model is loaded, still follow "
+        "report.prompts)",
+    )
+    tensorboard: bool = Field(
+        True,
+        description="write every round's scalars under RUN_DIR/tensorboard (needs the "
+        "tensorboard package)",
+    )
+
     prompts: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=lambda: ["To be, or not to be", "The king"],
         max_length=10,

@@ -14,6 +14,10 @@ evaluation (one ``evaluate`` message to every node, FedGPT's task evaluation the
 Both final weight vectors are evaluated again by the same function on every client's
 test text: the losses must agree.
 
+A fourth run is FedGPT without its report, TensorBoard curves and sample generations
+(``report.enabled = false``, ``report.tensorboard = false``, ``report.prompts = []``),
+which Flower's job does not make; both FedGPT rows are reported.
+
 The clients' training CPU is the floor for both: a third process (``train``) runs only
 the clients' training, every client of every round, one thread, in a plain loop over the
 same trainer and seeds (plus one process's imports and preparation). Each framework's
@@ -73,12 +77,15 @@ def job(clients: int, rounds: int, workers: int, out: str) -> list[str]:
     ]
 
 
-def run_fedgpt(clients: int, rounds: int, workers: int, out: str) -> str:
+LEAN = ["report.enabled=false", "report.tensorboard=false", "report.prompts=[]"]
+
+
+def run_fedgpt(clients: int, rounds: int, workers: int, out: str, lean: bool = False) -> str:
     from fedgpt.config import load_config
     from fedgpt.experiment import run_experiment
     from fedgpt.federation.checkpoint import latest_checkpoint, load_checkpoint
 
-    cfg = load_config(None, job(clients, rounds, workers, out))
+    cfg = load_config(None, job(clients, rounds, workers, out) + (LEAN if lean else []))
     run_experiment(cfg, Path(out) / "run")
     w = load_checkpoint(latest_checkpoint(Path(out) / "run" / "checkpoints")).weights
     path = Path(out) / "weights.pt"
@@ -270,12 +277,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         kind, k, r, w, out = args.one
-        fn = {"fedgpt": run_fedgpt, "flower": run_flower, "train": run_train}[kind]
+        lean = lambda *a: run_fedgpt(*a, lean=True)  # noqa: E731
+        fn = {"fedgpt": run_fedgpt, "lean": lean, "flower": run_flower, "train": run_train}[kind]
         print(fn(int(k), int(r), int(w), out), flush=True)
         return
     rows = []
     for k in args.clients:
-        runs: dict[str, list[dict]] = {"fedgpt": [], "flower": [], "train": []}
+        runs: dict[str, list[dict]] = {"fedgpt": [], "lean": [], "flower": [], "train": []}
         for _ in range(args.repeats):
             for kind in runs:  # interleaved: A B A B
                 runs[kind].append(measure(kind, k, args.rounds, args.workers))
@@ -283,13 +291,17 @@ def main() -> None:
         med = {
             kind: {m: statistics.median(x[m] for x in v) for m in v[0]} for kind, v in runs.items()
         }
-        f, g, t = med["flower"], med["fedgpt"], med["train"]
-        for m in (f, g):  # CPU beyond the clients' training, per round
+        f, g, t, lean = med["flower"], med["fedgpt"], med["train"], med["lean"]
+        for m in (f, g, lean):  # CPU beyond the clients' training, per round
             m["non_training_cpu_per_round_s"] = (m["cpu_s"] - t["cpu_s"]) / args.rounds
         gn, fn = g["non_training_cpu_per_round_s"], f["non_training_cpu_per_round_s"]
+        ln = lean["non_training_cpu_per_round_s"]
         rows.append({
             "clients": k, "rounds": args.rounds, "workers": args.workers, "fedgpt": g, "flower": f,
             "training_only": {"cpu_s": t["cpu_s"], "wall_s": t["wall_s"]},
+            "fedgpt_without_report": lean,
+            "lean_wall_flower_over_fedgpt": f["wall_s"] / lean["wall_s"],
+            "lean_non_training_cpu_fedgpt_over_flower": ln / fn if fn > 0 else None,
             "non_training_cpu_fedgpt_over_flower": gn / fn if fn > 0 else None,
             "wall_flower_over_fedgpt": f["wall_s"] / g["wall_s"],
             "cpu_flower_over_fedgpt": f["cpu_s"] / g["cpu_s"],
@@ -314,6 +326,24 @@ def main() -> None:
             f" ({nt:.3f}) | {g['peak_rss_gb']:.2f} / {f['peak_rss_gb']:.2f} GB "
             f"({r['memory_fedgpt_over_flower']:.2f}) | {g['loss']:.5f} / {f['loss']:.5f} |"
         )
+    lines += [
+        "",
+        "FedGPT without its report, TensorBoard curves and sample generations "
+        "(`report.enabled = false`, `report.tensorboard = false`, `report.prompts = []`), "
+        "which Flower's job does not make:",
+        "",
+        "| clients | FedGPT wall | Flower ÷ FedGPT wall | non-training CPU per round FedGPT / "
+        "Flower |",
+        "| --: | --: | --: | --: |",
+    ]
+    for r in rows:
+        lean, f = r["fedgpt_without_report"], r["flower"]
+        lines.append(
+            f"| {r['clients']} | {lean['wall_s']:.1f} s | {r['lean_wall_flower_over_fedgpt']:.2f}x"
+            f" | {lean['non_training_cpu_per_round_s']:.2f} / "
+            f"{f['non_training_cpu_per_round_s']:.2f} s "
+            f"({r['lean_non_training_cpu_fedgpt_over_flower']:.3f}) |"
+        )
     (RESULTS / "vs_flower.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(rows)
@@ -332,7 +362,9 @@ def plot(rows: list[dict]) -> None:
               ("peak_rss_gb", "peak memory, PSS (GB)")]  # fmt: skip
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for kind, name in (("fedgpt", "FedGPT in-process"), ("flower", "Flower simulation")):
+        for kind, name in (("fedgpt", "FedGPT in-process"),
+                           ("fedgpt_without_report", "FedGPT, no report"),
+                           ("flower", "Flower simulation")):  # fmt: skip
             ax.plot(ks, [r[kind][key] for r in rows], marker="o", label=name)
         ax.set_xlabel("clients per round")
         ax.set_ylabel(label)

@@ -31,6 +31,7 @@ from fedgpt.build import (  # noqa: F401  (re-exported: the builder's entry poin
 from fedgpt.callbacks import Hooks
 from fedgpt.client.attack import Poison
 from fedgpt.config import RunConfig, check_paths
+from fedgpt.errors import ConfigError
 from fedgpt.federation.loop import FederatedServer
 from fedgpt.privacy.local_dp import LocalDPRelease
 from fedgpt.runner import (  # noqa: F401  (re-exported)
@@ -63,7 +64,12 @@ def in_process_runtime(cfg: RunConfig, app, faults=None) -> InProcessRuntime:
     """The in-process runtime of ``cfg``: serial, or ``runtime.workers`` processes."""
     timeout = cfg.runtime.round_timeout or None
     if cfg.runtime.workers > 1:
+        from fedgpt.config.schema import WORKERS_ON_CUDA
+        from fedgpt.models.device import resolve_device
         from fedgpt.runtime.workers import WorkerRuntime
+
+        if resolve_device(cfg.runtime.device).type == "cuda":  # "auto" on a GPU machine
+            raise ConfigError(WORKERS_ON_CUDA)
 
         return WorkerRuntime(
             app, cfg.runtime.workers, cfg.runtime.threads, faults=faults, timeout=timeout

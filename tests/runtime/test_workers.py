@@ -138,3 +138,16 @@ def test_the_server_process_uses_one_torch_thread_while_workers_run():
         assert during == [1, 1, 1, 1] and torch.get_num_threads() == 2  # and given back
     finally:
         torch.set_num_threads(before)
+
+
+def test_workers_with_a_cuda_device_are_refused_in_one_line(monkeypatch):
+    """Forked workers cannot share the parent's CUDA context: refused before the run."""
+    from fedgpt.errors import ConfigError
+    from fedgpt.experiment import in_process_runtime
+
+    with pytest.raises(ConfigError, match="runtime.workers > 1 trains on the CPU"):
+        load_config(None, ["runtime.workers=2", 'runtime.device="cuda"'])
+    cfg = load_config(None, ["runtime.workers=2"])  # auto: on a machine with a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="cannot share the parent's CUDA context"):
+        in_process_runtime(cfg, lambda cid, msg: None)

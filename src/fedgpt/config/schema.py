@@ -517,6 +517,12 @@ class AttackConfig(_Section):
     scale: float = Field(4.0, gt=0.0, description="strength of the attack")
 
 
+WORKERS_ON_CUDA = (
+    "runtime.workers > 1 trains on the CPU: forked workers cannot share the parent's CUDA "
+    'context; set runtime.device = "cpu" or runtime.workers = 1'
+)
+
+
 class RuntimeConfig(_Section):
     """How messages travel between server and clients."""
 
@@ -527,7 +533,8 @@ class RuntimeConfig(_Section):
         description="in-process runs: clients trained and evaluated by this many worker "
         "processes at once (forked each exchange, sharing the data, model and weights "
         "copy-on-write; updates return through shared memory; each gets threads / workers "
-        "torch threads); same results as 1 for the same seed",
+        "torch threads); same results as 1 for the same seed; CPU only (with a CUDA "
+        "device, 1)",
     )
     device: str = Field(
         "auto",
@@ -696,6 +703,8 @@ class RunConfig(_Section):
                 f"federation.fedmd_client_layers ({f.fedmd_client_layers}) must be <= "
                 f"model.n_layer ({self.model.n_layer})"
             )
+        if self.runtime.workers > 1 and self.runtime.device.startswith("cuda"):
+            raise ValueError(WORKERS_ON_CUDA)
         if p.secagg_word == 32 and p.mode == "distributed_dp":
             raise ValueError(
                 'privacy.secagg_word = 32 does not apply to privacy.mode = "distributed_dp" '

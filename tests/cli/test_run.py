@@ -237,3 +237,14 @@ def test_a_run_without_report_or_tensorboard_writes_neither_and_fedgpt_report_ad
     missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "run folder not found" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
+
+
+def test_a_run_whose_clients_evaluate_no_tokens_finishes_and_says_n_a(tiny_overrides, tmp_path):
+    """federation.eval_max_chars = 1 leaves no next-character pair to score: the run
+    finishes and its summary table shows n/a (found by the generated-configuration test)."""
+    out = tmp_path / "none"
+    over = [*tiny_overrides, "federation.eval_max_chars=1"]
+    res = runner.invoke(app, ["run", "--quiet", "--no-baselines", "--out", str(out), *sets(over)])
+    assert res.exit_code == 0, (res.output, repr(res.exception))
+    assert "│ federated │ n/a" in res.output
+    assert json.loads((out / "summary.json").read_text())["federated"]["test_loss"] is None

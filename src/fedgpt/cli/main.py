@@ -129,6 +129,11 @@ def _rounds_done(run_dir: Path) -> int:
     return int(latest.name.removeprefix("round_")) if latest is not None else 0
 
 
+def _num(value, spec: str = ".4f") -> str:
+    """``value`` formatted, or "n/a" where there is none (no test tokens evaluated)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -141,21 +146,21 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     for col in ("method", "test loss", "AUC" if auc else "perplexity", "accuracy"):
         table.add_column(col)
     mid = lambda d, k="": (  # noqa: E731
-        f"{d.get('test_auc' + k) or float('nan'):.4f}" if auc else f"{d['perplexity' + k]:.2f}"
+        _num(d.get("test_auc" + k), ".4f") if auc else _num(d.get("perplexity" + k), ".2f")
     )
-    table.add_row("federated", f"{fed['test_loss']:.4f}", mid(fed), f"{fed['test_accuracy']:.4f}")
+
+    def row(d, k=""):
+        return _num(d.get("test_loss" + k)), mid(d, k), _num(d.get("test_accuracy" + k))
+
+    table.add_row("federated", *row(fed))
     b = summary.get("baselines") or {}
     if b.get("centralized"):
-        c = b["centralized"]
-        table.add_row("centralized", f"{c['test_loss']:.4f}", mid(c), f"{c['test_accuracy']:.4f}")
+        table.add_row("centralized", *row(b["centralized"]))
     if b.get("local_only"):
         lo = b["local_only"]
-        table.add_row(
-            f"local-only ({lo['num_clients']} clients, mean ± sd)",
-            f"{lo['test_loss_mean']:.4f}",
-            mid(lo, "_mean"),
-            f"{lo['test_accuracy_mean']:.4f} ± {lo['test_accuracy_std']:.4f}",
-        )
+        loss, middle, acc = row(lo, "_mean")
+        name = f"local-only ({lo['num_clients']} clients, mean ± sd)"
+        table.add_row(name, loss, middle, f"{acc} ± {_num(lo.get('test_accuracy_std'))}")
     console = Console()
     console.print(table)
     html = run_dir / "report.html"

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "runtime"), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 RESULTS = Path(__file__).parent / "results" / "big_message.json"
 
-from flower_overhead import in_process, rows, weights  # noqa: E402
+from flower_overhead import in_process, rows, submit_run, weights  # noqa: E402
 
 
 def job(clients: int, layers: int) -> list[str]:
@@ -80,7 +80,6 @@ class MemoryWatch:
 def over_flower(overrides: list[str], out: Path) -> dict:
     from flower_harness import Deployment
 
-    import fedgpt.runtime.flower as pkg
     from fedgpt.config import load_config
     from fedgpt.experiment import prepare
 
@@ -90,17 +89,7 @@ def over_flower(overrides: list[str], out: Path) -> dict:
     try:
         dep.start_superlink()
         dep.start_supernode("node0", f"client-id='{','.join(ids)}'")
-        items = [*overrides, f'out_dir="{out}"', 'name="flower"']
-        rc = out / "run.toml"
-        rc.write_text(
-            "overrides = '" + "; ".join(items).replace("'", '"') + "'\n"
-            "min-nodes = 1\nnode-wait = 180.0\ntimeout = 1500.0\n"
-        )
-        t = time.perf_counter()
-        run_id = dep.submit(Path(pkg.__file__).parent / "app", rc)
-        row = dep.wait(run_id, timeout=2400, hint=out / "flower" / "summary.json")
-        wall = time.perf_counter() - t
-        log = dep.log(run_id)
+        row, wall, log = submit_run(dep, overrides, out, 1, 1500.0, 2400)
     finally:
         dep.close()
         peak = watch.close()

@@ -101,10 +101,26 @@ def over_flower(overrides: list[str], out: Path, src: str | None = None) -> dict
             os.environ["PYTHONPATH"] = old
 
 
+def submit_run(dep, overrides: list[str], out: Path, nodes: int, timeout: float, wait: float):
+    """Submit the FedGPT Flower App with ``overrides`` (run folder ``out/flower``) to the
+    deployment ``dep`` and wait for it: (its run row, wall seconds, its log)."""
+    import fedgpt.runtime.flower as pkg
+
+    items = [*overrides, f'out_dir="{out}"', 'name="flower"']
+    rc = out / "run.toml"
+    rc.write_text(
+        "overrides = '" + "; ".join(items).replace("'", '"') + "'\n"
+        f"min-nodes = {nodes}\nnode-wait = 180.0\ntimeout = {timeout}\n"
+    )
+    t = time.perf_counter()
+    run_id = dep.submit(Path(pkg.__file__).parent / "app", rc)
+    row = dep.wait(run_id, timeout=wait, hint=out / "flower" / "summary.json")
+    return row, time.perf_counter() - t, dep.log(run_id)
+
+
 def _over_flower(overrides: list[str], out: Path) -> dict:
     from flower_harness import Deployment
 
-    import fedgpt.runtime.flower as pkg
     from fedgpt.config import load_config
     from fedgpt.experiment import prepare
 
@@ -114,17 +130,7 @@ def _over_flower(overrides: list[str], out: Path) -> dict:
         dep.start_superlink()
         for i in range(NODES):
             dep.start_supernode(f"node{i}", f"client-id='{','.join(ids[i::NODES])}'")
-        items = [*overrides, f'out_dir="{out}"', 'name="flower"']
-        rc = out / "run.toml"
-        rc.write_text(
-            "overrides = '" + "; ".join(items).replace("'", '"') + "'\n"
-            f"min-nodes = {NODES}\nnode-wait = 180.0\ntimeout = 600.0\n"
-        )
-        t = time.perf_counter()
-        run_id = dep.submit(Path(pkg.__file__).parent / "app", rc)
-        row = dep.wait(run_id, timeout=1800, hint=out / "flower" / "summary.json")
-        wall = time.perf_counter() - t
-        log = dep.log(run_id)
+        row, wall, log = submit_run(dep, overrides, out, NODES, 600.0, 1800)
     finally:
         dep.close()
     if row["status"] != "finished:completed":

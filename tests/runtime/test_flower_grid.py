@@ -659,11 +659,23 @@ def test_an_error_in_the_agent_reaches_the_clientapp():
     assert status == b"err" and why == b"ValueError: not a FedGPT batch"
 
 
+def through_agent_socket(rd):
+    """``rd`` sent as the agent sends records and read back at the other end."""
+    import socket
+    import threading
+
+    ours, theirs = socket.socketpair()
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(rd=agent.recv_record(theirs)))
+    reader.start()
+    agent.send_record(ours, rd)
+    reader.join()
+    return got["rd"]
+
+
 def test_the_agent_sends_array_bytes_outside_the_protobuf_and_keeps_them_exact():
     """A protobuf message cannot exceed 2 GB, so each Array's bytes travel in a frame of
     their own; what arrives is the same records, bit for bit."""
-    import socket
-    import threading
 
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
@@ -684,13 +696,7 @@ def test_the_agent_sends_array_bytes_outside_the_protobuf_and_keeps_them_exact()
     frames = agent.record_frames(rd)
     head = frames[1]
     assert len(frames) == 2 + 3 and len(head) < 1000  # the 8.4 kB of weights are not in it
-    ours, theirs = socket.socketpair()
-    got = {}
-    reader = threading.Thread(target=lambda: got.update(rd=agent.recv_record(theirs)))
-    reader.start()
-    agent.send_record(ours, rd)
-    reader.join()
-    back = got["rd"]
+    back = through_agent_socket(rd)
     assert back["0.meta"]["blob"] == [b"\x00\xff"] and back["0.meta"]["client"] == "c"
     for k, v in tensors.items():
         t = decode_tensor(back["0.tensors"][k])
@@ -719,8 +725,6 @@ def test_an_agent_folder_another_can_enter_is_refused_and_the_node_answers_itsel
 
 
 def test_the_agent_sends_bytes_arrays_share_once():
-    import socket
-    import threading
 
     from flwr.app import Array, ArrayRecord, RecordDict
 
@@ -735,11 +739,6 @@ def test_the_agent_sends_bytes_arrays_share_once():
     )
     frames = agent.record_frames(rd)
     assert len(frames) == 2 + 2 and sum(memoryview(f).nbytes for f in frames) < 6000
-    ours, theirs = socket.socketpair()
-    got = {}
-    reader = threading.Thread(target=lambda: got.update(rd=agent.recv_record(theirs)))
-    reader.start()
-    agent.send_record(ours, rd)
-    reader.join()
-    back = [got["rd"][f"{i}.tensors"]["w"].data for i in range(3)]
+    got = through_agent_socket(rd)
+    back = [got[f"{i}.tensors"]["w"].data for i in range(3)]
     assert back == [data, b"abc", data] and back[0] is back[2]

@@ -53,22 +53,6 @@ def ad(rnd: int, sender: str, recipient: str) -> bytes:
     return json.dumps([rnd, sender, recipient]).encode()
 
 
-def pairwise_mask(
-    s_sk: bytes,
-    peer_s_pk: bytes,
-    rnd: int,
-    me: str,
-    peer: str,
-    n: int,
-    pq: bytes = b"",
-    dtype=np.uint64,
-):
-    """The mask ``me`` adds for ``peer``: +PRG(s_uv) if peer > me, else −PRG(s_uv)."""
-    seed = crypto.agree(s_sk, peer_s_pk, MASK_INFO, salt(rnd), pq)
-    m = crypto.prg(seed, n, dtype)
-    return m if peer > me else (m.dtype.type(0) - m)
-
-
 @dataclass
 class RoundState:
     rnd: int
@@ -185,7 +169,7 @@ def masked_input(st: RoundState, me: str, inbox: dict[str, list[bytes]], alive: 
         if v != me and v in st.peers:
             pq = st.pq_mask.get(v, b"") if st.kem is not None else b""
             seed = crypto.agree(st.s_sk, st.peers[v][1], MASK_INFO, salt(st.rnd), pq)
-            crypto.add_prg(y, seed, 1 if v > me else -1)  # as pairwise_mask, in place
+            crypto.add_prg(y, seed, 1 if v > me else -1)  # +PRG(s_uv) if v > me, else −
     return y
 
 

@@ -96,12 +96,6 @@ def open_sealed(key: bytes, blob: bytes, ad: bytes) -> bytes:
         raise TamperedShare("encrypted share failed authentication") from None
 
 
-def prg(seed: bytes, n: int, dtype=np.uint64) -> np.ndarray:
-    """``n`` words (uint64, or uint32 for SecAgg's 32-bit domain) of the ChaCha20
-    keystream keyed by the 256-bit ``seed``."""
-    return _keystream(seed, n, dtype).copy()
-
-
 _SCRATCH: dict[int, tuple[bytearray, memoryview]] = {}  # bytes -> (zeros in, keystream out)
 
 

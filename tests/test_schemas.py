@@ -579,3 +579,20 @@ def test_secagg_shares_decoded_from_flower_records_are_lists_and_still_valid():
     expect = Expect("secagg/shares_out", 1, survivors=frozenset("a"), index=2)
     assert check_reply(got, expect) is None
     assert "x is not" in check_reply(got, Expect("secagg/shares_out", 1, survivors={"a"}, index=3))
+
+
+def test_update_norm_is_the_float64_norm_and_flags_every_non_finite_value():
+    from fedgpt.schemas import l2_norm, not_finite
+
+    x = torch.randn(100_003, generator=torch.Generator().manual_seed(0)) * 0.01
+    exact = float(torch.linalg.vector_norm(x.double()))
+    assert abs(l2_norm(x) - exact) <= 1e-6 * exact
+    assert l2_norm(x.view(-1, 1).expand(-1, 2).t()) == pytest.approx(exact * 2**0.5, rel=1e-6)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[7] = bad
+        assert not_finite(y)
+    huge = x.clone()
+    huge[7] = 1e30  # its square overflows float32; the update is finite and so is its norm
+    assert l2_norm(huge) == pytest.approx(1e30, rel=1e-6)
+    assert not not_finite(huge)

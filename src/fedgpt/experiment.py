@@ -131,12 +131,17 @@ def run_prepared(
         elif (ldp := app.algorithm.step(LocalDPRelease)) is not None:  # older checkpoints
             ldp.releases = dict(ck.meta.get("privacy", {}).get("participation", {}))
 
-    return Runner(
+    runner = Runner(
         cfg, prep, server, privacy, run_dir, hooks, resume=resume,
         on_attempt=faults.set_attempt if faults is not None else None,
         restore_clients=restore_clients, client_state=app.state_dict, baselines=baselines,
         t_start=t_start,
-    ).run()  # fmt: skip
+    )  # fmt: skip
+    try:
+        return runner.run()
+    finally:
+        if hasattr(runtime, "close"):  # runtime.workers: the worker processes end with the run
+            runtime.close()
 
 
 def run_baselines(

@@ -1,9 +1,15 @@
 """``runtime.workers``: clients answered by forked worker processes give the same weights
-and the same client state as one process for the same seed; a worker that dies costs
-only its clients' replies; faults apply as in the serial runtime."""
+and the same client state as one process for the same seed; the workers stay for the run
+and carry each client's state from the server process, whichever worker answers it; a
+worker that dies costs only its clients' replies and is replaced; the workers end with
+the run, and when the server process is killed; faults apply as in the serial runtime."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -151,3 +157,103 @@ def test_workers_with_a_cuda_device_are_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ConfigError, match="cannot share the parent's CUDA context"):
         in_process_runtime(cfg, lambda cid, msg: None)
+
+
+class Counting:
+    """A client that remembers how many messages it answered (its state, per client)."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, cid, msg):
+        self.seen[cid] = self.seen.get(cid, 0) + 1
+        config = {"round": 1, "num_examples": 1, "pid": os.getpid(), "seen": self.seen[cid]}
+        return Message("train/result", config, {"delta": msg.tensors["weights"] + 1})
+
+    def state_dict(self):
+        return {"seen": json.dumps(self.seen).encode()}
+
+    def load_state_dict(self, saved):
+        self.seen = json.loads(saved.get("seen", b"{}"))
+
+
+def exchange(rt, ids, value=0.0):
+    w = torch.full((4096,), value)  # one tensor for every message: it travels once
+    return rt.send_and_receive({c: Message("train", {"round": 1}, {"weights": w}) for c in ids})
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has ended
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_workers_stay_for_the_run_and_carry_each_clients_state():
+    app = Counting()
+    rt = WorkerRuntime(app, workers=2, threads=2)
+    try:
+        first = exchange(rt, ["a", "b", "c", "d"], 1.0)
+        # b, c, d now go to other workers than before: their counts come from the server
+        second = exchange(rt, ["b", "c", "d"], 2.0)
+        pids = {r.config["pid"] for r in [*first.values(), *second.values()]}
+        assert len(pids) == 2 and os.getpid() not in pids  # the same two workers, twice
+        assert [second[c].config["seen"] for c in "bcd"] == [2, 2, 2]
+        assert all(torch.equal(second[c].tensors["delta"], torch.full((4096,), 3.0))
+                   for c in "bcd")  # fmt: skip
+        assert app.seen == {"a": 1, "b": 2, "c": 2, "d": 2}  # merged back
+    finally:
+        rt.close()
+    time.sleep(0.2)
+    assert not any(alive(p) for p in pids)
+
+
+def test_a_dead_worker_is_replaced_at_the_next_exchange():
+    rt = WorkerRuntime(handler_dying_in_a_worker(os.getpid(), "c2"), workers=2, threads=2)
+    try:
+        exchange(rt, [f"c{i}" for i in range(6)])
+        again = exchange(rt, ["c0", "c1", "c3", "c4"])
+        assert all(isinstance(r, Message) for r in again.values())
+    finally:
+        rt.close()
+
+
+SERVER = """
+import os, sys, time, torch
+sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]
+from test_workers import Counting, exchange
+from fedgpt.runtime.workers import WorkerRuntime
+rt = WorkerRuntime(Counting(), workers=2, threads=2)
+got = exchange(rt, ["a", "b", "c", "d"])
+print(" ".join(str(p) for p in {r.config["pid"] for r in got.values()}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_end_when_the_server_process_is_killed():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, os.path.dirname(__file__)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+
+
+def test_a_run_stops_its_workers(tmp_path):
+    import psutil
+
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    run(tmp_path, 2)
+    time.sleep(0.2)
+    after = {c.pid for c in psutil.Process().children(recursive=True) if alive(c.pid)}
+    assert after <= before

@@ -531,8 +531,9 @@ class RuntimeConfig(_Section):
         1,
         ge=1,
         description="in-process runs: clients trained and evaluated by this many worker "
-        "processes at once (forked each exchange, sharing the data, model and weights "
-        "copy-on-write; updates return through shared memory; each gets threads / workers "
+        "processes at once (forked at the first exchange and kept for the run, sharing the "
+        "data and model copy-on-write; weights and updates travel through shared memory; "
+        "each gets threads / workers "
         "torch threads); same results as 1 for the same seed; CPU only (with a CUDA "
         "device, 1)",
     )

@@ -1,13 +1,18 @@
 """``runtime.workers = N``: in-process clients answered by N worker processes at once.
 
-For each exchange the server process forks N workers. A fork shares, copy-on-write, what
-the server process holds: the clients' tokenised data, the model and the round's global
-weights, so nothing is pickled per round; each worker then loads the weights into its
-own copy of the model (one model per worker, whatever the number of clients). Worker
-``j`` answers the messages ``j, j + N, j + 2N, …`` of the exchange in order, with
-``threads // N`` torch threads; while they run, the server process uses one (its idle
-torch threads would otherwise spin on the workers' cores: a 20-client round took 1.13 s
-with them and 0.96 s without, benchmarks/limits.py).
+The first exchange that has work for them forks N workers, which then stay for the run
+(:meth:`WorkerRuntime.close`, or the end of the server process, stops them). A fork
+shares, copy-on-write, what the server process holds: the clients' tokenised data and the
+model, so one model per worker, whatever the number of clients. For each exchange the
+server process writes the tensors its messages carry (the round's global weights, once
+however many messages carry them) into a shared-memory buffer and sends each worker only
+the messages' configs, with the state of the clients it will answer; nothing model-sized
+is pickled. Worker ``j`` answers the messages ``j, j + N, j + 2N, …`` of the exchange in
+order, with ``threads // N`` torch threads; while they run, the server process uses one
+(its idle torch threads would otherwise spin on the workers' cores: a 20-client round took
+1.13 s with them and 0.96 s without, benchmarks/limits.py). Keeping the workers saves
+each exchange a fork and an exit of the server-sized process and the workers' first,
+cold, client (about 0.1 s of a 1-s round here).
 
 A reply's update comes back through shared memory: each worker owns two slots of the
 model's size, writes a float32 update there and sends only the reply's config over a
@@ -17,11 +22,12 @@ once it has folded the update: the updates handed out by :meth:`stream` are *bor
 (``borrowed = True``), valid until the next one is asked for.
 
 What the clients remember between messages (optimiser memory, DP-SGD steps, local-DP
-releases, the hashes of the updates sent) is each worker's state for the clients it
-answered, sent back when its share is done and merged into the server process's
-:class:`~fedgpt.federation.client_app.ClientApp`. Only ``train`` (without secure
-aggregation) and ``evaluate`` go to workers; the secure sums' stages and receipts are
-answered in the server process, one after another.
+releases, the hashes of the updates sent) lives in the server process's
+:class:`~fedgpt.federation.client_app.ClientApp`: each exchange hands every worker the
+state of the clients it answers and takes back their new state when its share is done.
+Only ``train`` (without secure aggregation) and ``evaluate`` go to workers; the secure
+sums' stages and receipts are answered in the server process, one after another. A worker
+that dies costs the replies of its share; the next exchange forks a new set.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -42,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SLOTS = 2  # per worker: one update being folded while the next is written
 MIN_SHARED = 1024  # tensors smaller than this travel in the pipe
+ALIGN = 64  # bytes: each tensor of the shared input buffer starts on a cache line
 
 
 def parallel(msg: Message) -> bool:
@@ -61,7 +69,7 @@ class WorkerRuntime(InProcessRuntime):
         super().__init__(handler, **kw)
         self.workers = workers
         self.threads = max(1, (threads or torch.get_num_threads()) // workers)
-        self._slots: torch.Tensor | None = None
+        self._pool: _Pool | None = None
 
     def send_and_receive(self, messages, timeout=None, on_reply=None) -> dict[str, Reply]:
         replies: dict[str, Reply] = {}
@@ -78,7 +86,8 @@ class WorkerRuntime(InProcessRuntime):
         threads = torch.get_num_threads()
         if len(tasks) > 1:  # the workers hold the cores: idle torch threads here would spin
             torch.set_num_threads(1)  # on them (the fold is one memory-bound pass anyway)
-        pool = _Pool(self, tasks) if len(tasks) > 1 else None
+        pool = self._start(tasks) if len(tasks) > 1 else None
+        done = False
         try:
             for cid, msg in messages.items():
                 if cid in early:
@@ -93,17 +102,28 @@ class WorkerRuntime(InProcessRuntime):
                 del reply
                 if pool is not None:
                     pool.release()
+            done = True
         finally:
-            if pool is not None:
-                pool.close(self.handler)
+            if pool is not None and not pool.finish(self.handler, done):
+                self.close()  # a share left unread: these workers cannot take another
             torch.set_num_threads(threads)
 
-    def slots(self, numel: int) -> torch.Tensor:
-        """(workers, SLOTS, numel) float32 in shared memory, reused across exchanges."""
-        s = self._slots
-        if s is None or s.shape[0] < self.workers or s.shape[2] < numel:
-            self._slots = torch.empty((self.workers, SLOTS, numel)).share_memory_()
-        return self._slots
+    def _start(self, tasks: list[tuple[str, Message]]) -> _Pool:
+        """This exchange handed to the workers, forked anew if there are none that fit."""
+        up = max(max((_numel(m) for _, m in tasks), default=0), MIN_SHARED)
+        down = _down_bytes([m for _, m in tasks])
+        pool = self._pool
+        if pool is None or pool.busy or not pool.fits(up, down):
+            self.close()
+            pool = self._pool = _Pool(self, up, down)
+        pool.start(tasks, getattr(self.handler, "state_dict", None))
+        return pool
+
+    def close(self) -> None:
+        """Stop the workers (the next exchange forks new ones)."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
 
 def _own(r: Reply) -> Reply:
@@ -112,32 +132,71 @@ def _own(r: Reply) -> Reply:
     return Message(r.type, r.config, {k: t.clone() for k, t in r.tensors.items()}, r.blobs)
 
 
-class _Pool:
-    """One exchange's forked workers and the server's side of their pipes."""
+def _shared_inputs(messages) -> dict[int, torch.Tensor]:
+    """The distinct tensors of ``messages`` that travel through the shared buffer."""
+    return {id(t): t for m in messages for t in m.tensors.values() if t.numel() >= MIN_SHARED}
 
-    def __init__(self, rt: WorkerRuntime, tasks: list[tuple[str, Message]]):
-        numel = max((_numel(m) for _, m in tasks), default=0)
-        self.slots = rt.slots(max(numel, MIN_SHARED))
-        self.n = min(rt.workers, len(tasks))
-        self.order = {cid: i for i, (cid, _) in enumerate(tasks)}
+
+def _down_bytes(messages) -> int:
+    return sum(_aligned(t.numel() * t.element_size()) for t in _shared_inputs(messages).values())
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class _Pool:
+    """The forked workers of a run and the server's side of their pipes."""
+
+    def __init__(self, rt: WorkerRuntime, up: int, down: int):
+        self.rt, self.n = rt, rt.workers
+        self.slots = torch.empty((self.n, SLOTS, up)).share_memory_()
+        self.down = torch.empty(max(down, ALIGN), dtype=torch.uint8).share_memory_()
         ctx = mp.get_context("fork")
         self.conns, self.procs = [], []
         for j in range(self.n):
-            mine = tasks[j :: self.n]
             here, there = ctx.Pipe()
             p = ctx.Process(
-                target=_work, args=(rt, j, mine, self.slots[j], there, rt.threads), daemon=True
-            )
+                target=_serve,
+                args=(rt, j, self.slots[j], self.down, there, rt.threads, [*self.conns, here]),
+                daemon=True,
+            )  # fmt: skip
             p.start()
             there.close()
             self.conns.append(here)
             self.procs.append(p)
-        self.held: tuple[int, int] | None = None  # (worker, slot) of the reply handed out
+        self._stopper = weakref.finalize(self, _stop, self.conns, self.procs)
         self.dead: set[int] = set()
+        self.held: tuple[int, int] | None = None  # (worker, slot) of the reply handed out
+        self.busy = False  # an exchange is under way
+
+    def fits(self, up: int, down: int) -> bool:
+        alive = not self.dead and all(p.is_alive() for p in self.procs)
+        return alive and up <= self.slots.shape[2] and down <= self.down.numel()
+
+    def start(self, tasks: list[tuple[str, Message]], state) -> None:
+        """Write the exchange's shared tensors, then give each worker its share."""
+        where, at = {}, 0
+        for key, t in _shared_inputs([m for _, m in tasks]).items():
+            n = t.numel() * t.element_size()
+            self.down[at : at + n].view(t.dtype).copy_(t.reshape(-1))
+            where[key], at = at, at + _aligned(n)
+        self.busy = True
+        self.order = {cid: i for i, (cid, _) in enumerate(tasks)}
+        self.n_used = min(self.n, len(tasks))
+        full = state() if state is not None else None
+        for j in range(self.n_used):
+            mine = tasks[j :: self.n_used]
+            items = [(cid, _pack(m, where)) for cid, m in mine]
+            states = client_states(full, {c for c, _ in mine}) if full is not None else None
+            try:
+                self.conns[j].send(("exchange", items, states))
+            except OSError:
+                self.dead.add(j)
 
     def next(self, cid: str) -> Reply:
         """The reply to ``cid``'s message (the next one of its worker, in order)."""
-        j = self.order[cid] % self.n
+        j = self.order[cid] % self.n_used
         if j in self.dead:
             return Failure("worker process died")
         try:
@@ -162,29 +221,48 @@ class _Pool:
             self.held = None
             try:
                 self.conns[j].send(slot)
-            except OSError:  # the worker is done (or gone): what it sent is still readable
-                pass
+            except OSError:  # the worker is gone: what it sent is still readable
+                self.dead.add(j)
 
-    def close(self, handler) -> None:
-        """Collect each worker's client state, merge it, and reap the workers."""
+    def finish(self, handler, complete: bool) -> bool:
+        """Take each worker's client state and merge it. False when these workers cannot
+        serve another exchange (a worker died, or the consumer stopped reading early)."""
+        if not complete:
+            return False
+        self.busy = False
         states = []
-        for j, conn in enumerate(self.conns):
-            if j not in self.dead:
-                try:
-                    while True:
-                        kind, got = conn.recv()
-                        if kind == "state":
-                            states.append(got)
-                            break
-                except (EOFError, OSError):
-                    log.warning("worker %d ended without its client state", j)
-            conn.close()
-        for p in self.procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-        if states and hasattr(handler, "state_dict"):
+        for j in range(self.n_used):
+            if j in self.dead:
+                continue
+            try:
+                kind, got = self.conns[j].recv()
+            except (EOFError, OSError):
+                kind = None
+            if kind == "state":
+                states.append(got)
+            else:
+                log.warning("worker %d ended without its client state", j)
+                self.dead.add(j)
+        if states and hasattr(handler, "load_state_dict"):
             handler.load_state_dict(merge_states(handler.state_dict(), states))
+        return not self.dead
+
+    def stop(self) -> None:
+        self._stopper()
+
+
+def _stop(conns, procs) -> None:
+    for conn in conns:
+        try:
+            conn.send(None)
+        except OSError:
+            pass
+        conn.close()
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _numel(m: Message) -> int:
@@ -192,35 +270,76 @@ def _numel(m: Message) -> int:
     return int(w.numel()) if w is not None else 0
 
 
-def _work(rt: WorkerRuntime, j: int, tasks, slots: torch.Tensor, conn, threads: int) -> None:
-    """A worker's share of the exchange: answer in order, updates into the slots."""
+def _pack(m: Message, where: dict[int, int]):
+    """``m`` for the pipe: its shared tensors as (offset, dtype, shape) in the buffer."""
+    small = {k: t for k, t in m.tensors.items() if id(t) not in where}
+    shared = {k: (where[id(t)], t.dtype, tuple(t.shape)) for k, t in m.tensors.items()
+              if id(t) in where}  # fmt: skip
+    return m.type, m.config, small, shared, m.blobs
+
+
+def _unpack(packed, down: torch.Tensor) -> Message:
+    mtype, config, small, shared, blobs = packed
+    tensors = dict(small)
+    for name, (at, dtype, shape) in shared.items():
+        n = dtype.itemsize * _count(shape)
+        tensors[name] = down[at : at + n].view(dtype).view(shape)
+    return Message(mtype, config, tensors, blobs)
+
+
+def _count(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _serve(rt: WorkerRuntime, j: int, slots: torch.Tensor, down, conn, threads, others) -> None:
+    """A worker: exchange after exchange, answer its share in order, updates into the
+    slots, then send its clients' new state; exits when the server says so or is gone."""
+    for other in others:  # the server's ends of this and the earlier pipes: held here, they
+        other.close()  # would keep the workers waiting after the server process is gone
     torch.set_num_threads(threads)
     free = list(range(SLOTS))
-    handled = []
+    state = getattr(rt.handler, "state_dict", None)
     try:
-        for cid, msg in tasks:
-            reply = rt.call(cid, msg)
-            handled.append(cid)
-            if not isinstance(reply, Message):
-                conn.send(("failure", reply.reason))
+        while True:
+            job = conn.recv()
+            if isinstance(job, int):  # a slot the server freed after the last exchange
+                free.append(job)
                 continue
-            big = _shared_part(reply.tensors, slots.shape[1])
-            if big and not free:
-                free.append(conn.recv())  # wait until the server folded an earlier one
-            slot = free.pop(0) if big else -1
-            shared = {}
-            for name, t in big.items():
-                slots[slot, : t.numel()].copy_(t.reshape(-1))
-                shared[name] = (tuple(t.shape), t.numel())
-            small = {k: t for k, t in reply.tensors.items() if k not in big}
-            conn.send(("reply", (reply.type, reply.config, small, shared, reply.blobs, slot)))
-        state = getattr(rt.handler, "state_dict", None)
-        conn.send(("state", client_states(state(), set(handled)) if state else {}))
+            if job is None:
+                break
+            _, items, states = job
+            if states is not None:
+                rt.handler.load_state_dict(overlay_states(state(), states))
+            _answer_share(rt, items, down, slots, conn, free)
+            conn.send(("state", client_states(state(), {c for c, _ in items}) if state else {}))
+    except (EOFError, OSError):  # the server process is gone
+        pass
     except Exception as exc:  # the server sees the rest of this share as failures
         log.warning("worker %d failed: %r", j, exc)
     finally:
         conn.close()
         os._exit(0)
+
+
+def _answer_share(rt, items, down, slots: torch.Tensor, conn, free: list[int]) -> None:
+    for cid, packed in items:
+        reply = rt.call(cid, _unpack(packed, down))
+        if not isinstance(reply, Message):
+            conn.send(("failure", reply.reason))
+            continue
+        big = _shared_part(reply.tensors, slots.shape[1])
+        while big and not free:
+            free.append(conn.recv())  # wait until the server folded an earlier one
+        slot = free.pop(0) if big else -1
+        shared = {}
+        for name, t in big.items():
+            slots[slot, : t.numel()].copy_(t.reshape(-1))
+            shared[name] = (tuple(t.shape), t.numel())
+        small = {k: t for k, t in reply.tensors.items() if k not in big}
+        conn.send(("reply", (reply.type, reply.config, small, shared, reply.blobs, slot)))
 
 
 def _shared_part(tensors: Mapping[str, torch.Tensor], room: int) -> dict[str, torch.Tensor]:
@@ -258,6 +377,19 @@ def merge_states(base: Mapping[str, bytes], parts: list[Mapping[str, bytes]]) ->
                 out[key] = _encode({**(old or {}), **value}, raw)
             elif key not in out or out[key] != raw:
                 raise RuntimeError(f"client state {key!r} is not kept per client; cannot merge")
+    return out
+
+
+def overlay_states(base: Mapping[str, bytes], part: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``base`` with ``part`` laid over it: ``part``'s per-client entries replace those of
+    ``base``, its other values replace ``base``'s (the server process's state wins)."""
+    out = dict(base)
+    for key, raw in part.items():
+        value, old = _decode(raw), _decode(out[key]) if key in out else None
+        if isinstance(value, dict) and isinstance(old, dict):
+            out[key] = _encode({**old, **value}, raw)
+        else:
+            out[key] = raw
     return out
 
 

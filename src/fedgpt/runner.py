@@ -172,6 +172,9 @@ class Runner:
         if self.last_eval is None or not rows or rows[-1].get("test_loss") is None:
             self.last_eval = self.server.evaluate(state.weights, state.round)
         final_eval, t0 = clock() - t0, clock()
+        rest = getattr(self.server.runtime, "close", None)
+        if rest is not None:  # the federation is done: worker processes end before the report
+            rest()  # (a later exchange, for baselines, starts them again)
         self.prep.fm.load(state.weights)
         save_model(self.prep.bundle, self.run_dir / "model")
         summary = self._summary()

@@ -249,11 +249,25 @@ def test_workers_end_when_the_server_process_is_killed():
     assert not any(alive(p) for p in pids)
 
 
-def test_a_run_stops_its_workers(tmp_path):
+def test_a_run_stops_its_workers_before_its_report(tmp_path, monkeypatch):
     import psutil
 
-    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    import fedgpt.callbacks
+
+    def children():
+        return {c.pid for c in psutil.Process().children(recursive=True) if alive(c.pid)}
+
+    seen = []
+    real = fedgpt.callbacks.Report.on_saved
+
+    def on_saved(self, run, summary):  # the report is drawn with no worker alive
+        time.sleep(0.2)
+        seen.append(children() - before)
+        real(self, run, summary)
+
+    monkeypatch.setattr(fedgpt.callbacks.Report, "on_saved", on_saved)
+    before = children()
     run(tmp_path, 2)
     time.sleep(0.2)
-    after = {c.pid for c in psutil.Process().children(recursive=True) if alive(c.pid)}
-    assert after <= before
+    assert seen == [set()]
+    assert children() <= before

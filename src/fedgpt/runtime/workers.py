@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import weakref
@@ -111,12 +112,12 @@ class WorkerRuntime(InProcessRuntime):
     def _start(self, tasks: list[tuple[str, Message]]) -> _Pool:
         """This exchange handed to the workers, forked anew if there are none that fit."""
         up = max(max((_numel(m) for _, m in tasks), default=0), MIN_SHARED)
-        down = _down_bytes([m for _, m in tasks])
+        where, down = _layout([m for _, m in tasks])
         pool = self._pool
         if pool is None or pool.busy or not pool.fits(up, down):
             self.close()
             pool = self._pool = _Pool(self, up, down)
-        pool.start(tasks, getattr(self.handler, "state_dict", None))
+        pool.start(tasks, where, getattr(self.handler, "state_dict", None))
         return pool
 
     def close(self) -> None:
@@ -132,24 +133,23 @@ def _own(r: Reply) -> Reply:
     return Message(r.type, r.config, {k: t.clone() for k, t in r.tensors.items()}, r.blobs)
 
 
-def _shared_inputs(messages) -> dict[int, torch.Tensor]:
-    """The distinct tensors of ``messages`` that travel through the shared buffer."""
-    return {id(t): t for m in messages for t in m.tensors.values() if t.numel() >= MIN_SHARED}
-
-
-def _down_bytes(messages) -> int:
-    return sum(_aligned(t.numel() * t.element_size()) for t in _shared_inputs(messages).values())
-
-
-def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def _layout(messages) -> tuple[dict[int, tuple[int, torch.Tensor]], int]:
+    """Where each distinct tensor of ``messages`` that travels through the shared buffer
+    goes (id -> (byte offset, tensor)), and the bytes they take."""
+    where, at = {}, 0
+    for m in messages:
+        for t in m.tensors.values():
+            if t.numel() >= MIN_SHARED and id(t) not in where:
+                where[id(t)] = (at, t)
+                at += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+    return where, at
 
 
 class _Pool:
     """The forked workers of a run and the server's side of their pipes."""
 
     def __init__(self, rt: WorkerRuntime, up: int, down: int):
-        self.rt, self.n = rt, rt.workers
+        self.n = rt.workers
         self.slots = torch.empty((self.n, SLOTS, up)).share_memory_()
         self.down = torch.empty(max(down, ALIGN), dtype=torch.uint8).share_memory_()
         ctx = mp.get_context("fork")
@@ -174,13 +174,12 @@ class _Pool:
         alive = not self.dead and all(p.is_alive() for p in self.procs)
         return alive and up <= self.slots.shape[2] and down <= self.down.numel()
 
-    def start(self, tasks: list[tuple[str, Message]], state) -> None:
-        """Write the exchange's shared tensors, then give each worker its share."""
-        where, at = {}, 0
-        for key, t in _shared_inputs([m for _, m in tasks]).items():
+    def start(self, tasks: list[tuple[str, Message]], where: dict, state) -> None:
+        """Write the exchange's shared tensors (``where``: :func:`_layout`), then give each
+        worker its share with the state of the clients in it."""
+        for at, t in where.values():
             n = t.numel() * t.element_size()
             self.down[at : at + n].view(t.dtype).copy_(t.reshape(-1))
-            where[key], at = at, at + _aligned(n)
         self.busy = True
         self.order = {cid: i for i, (cid, _) in enumerate(tasks)}
         self.n_used = min(self.n, len(tasks))
@@ -270,10 +269,10 @@ def _numel(m: Message) -> int:
     return int(w.numel()) if w is not None else 0
 
 
-def _pack(m: Message, where: dict[int, int]):
+def _pack(m: Message, where: dict):
     """``m`` for the pipe: its shared tensors as (offset, dtype, shape) in the buffer."""
     small = {k: t for k, t in m.tensors.items() if id(t) not in where}
-    shared = {k: (where[id(t)], t.dtype, tuple(t.shape)) for k, t in m.tensors.items()
+    shared = {k: (where[id(t)][0], t.dtype, tuple(t.shape)) for k, t in m.tensors.items()
               if id(t) in where}  # fmt: skip
     return m.type, m.config, small, shared, m.blobs
 
@@ -282,16 +281,9 @@ def _unpack(packed, down: torch.Tensor) -> Message:
     mtype, config, small, shared, blobs = packed
     tensors = dict(small)
     for name, (at, dtype, shape) in shared.items():
-        n = dtype.itemsize * _count(shape)
+        n = dtype.itemsize * math.prod(shape)
         tensors[name] = down[at : at + n].view(dtype).view(shape)
     return Message(mtype, config, tensors, blobs)
-
-
-def _count(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _serve(rt: WorkerRuntime, j: int, slots: torch.Tensor, down, conn, threads, others) -> None:
@@ -311,8 +303,8 @@ def _serve(rt: WorkerRuntime, j: int, slots: torch.Tensor, down, conn, threads, 
             if job is None:
                 break
             _, items, states = job
-            if states is not None:
-                rt.handler.load_state_dict(overlay_states(state(), states))
+            if states is not None:  # these clients' state, as the server process holds it
+                rt.handler.load_state_dict(states)
             _answer_share(rt, items, down, slots, conn, free)
             conn.send(("state", client_states(state(), {c for c, _ in items}) if state else {}))
     except (EOFError, OSError):  # the server process is gone
@@ -377,19 +369,6 @@ def merge_states(base: Mapping[str, bytes], parts: list[Mapping[str, bytes]]) ->
                 out[key] = _encode({**(old or {}), **value}, raw)
             elif key not in out or out[key] != raw:
                 raise RuntimeError(f"client state {key!r} is not kept per client; cannot merge")
-    return out
-
-
-def overlay_states(base: Mapping[str, bytes], part: Mapping[str, bytes]) -> dict[str, bytes]:
-    """``base`` with ``part`` laid over it: ``part``'s per-client entries replace those of
-    ``base``, its other values replace ``base``'s (the server process's state wins)."""
-    out = dict(base)
-    for key, raw in part.items():
-        value, old = _decode(raw), _decode(out[key]) if key in out else None
-        if isinstance(value, dict) and isinstance(old, dict):
-            out[key] = _encode({**old, **value}, raw)
-        else:
-            out[key] = raw
     return out
 
 
